@@ -1,0 +1,1 @@
+"""Unlearning Lens backend: model pairs, probing, attribution, layers, metrics, unlearning, reports."""

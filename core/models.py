@@ -1,0 +1,347 @@
+"""ModelSpec → ModelPair: a base and an unlearned causal LM with one shared tokenizer, a device and locks.
+
+A pair whose two sides share a backbone (the same weights with a PEFT adapter on one or both sides) loads
+that backbone once: each side is the backbone with its adapter switched on, or with adapters disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SIDES = ("base", "unlearned")
+DEMO_PREFIX = "demo:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how to load it.
+
+    `source` is a local HF folder, a hub id, a `.gguf` file, a PEFT adapter folder (its base is read from
+    adapter_config.json) or `demo:<name>` for the embedded demo models.
+    """
+
+    source: str
+    revision: str | None = None
+    adapter: str | None = None
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    allow_unsafe_weights: bool = False
+
+    @classmethod
+    def parse(cls, text: str, **options: Any) -> ModelSpec:
+        """Parse `SOURCE[@REVISION][::adapter=DIR][::gguf=FILE]`; keyword options set the other fields."""
+        text = text.strip()
+        if not text:
+            raise UserError("model spec is empty")
+        source, *extras = text.split("::")
+        fields: dict[str, Any] = {}
+        for extra in extras:
+            key, sep, value = extra.partition("=")
+            if not sep or key not in {"adapter", "gguf", "revision"}:
+                raise UserError(f"unknown model spec option {extra!r} in {text!r} (use adapter=, gguf=, revision=)")
+            fields["gguf_file" if key == "gguf" else key] = value
+        if "@" in source and not Path(source).exists() and not source.startswith(DEMO_PREFIX):
+            source, fields["revision"] = source.rsplit("@", 1)
+        return cls(source=source, **fields, **options)
+
+    def backbone_key(self) -> tuple[Any, ...]:
+        """Identifies the weights before any adapter: two specs with the same key can share them."""
+        return (self.source, self.revision, self.gguf_file, self.dtype, self.device, self.device_map,
+                self.trust_remote_code, self.allow_unsafe_weights)
+
+    def label(self) -> str:
+        name = self.source if not self.adapter else f"{self.source} + {Path(self.adapter).name}"
+        return f"{name}@{self.revision}" if self.revision else name
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks cuda > mps > cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls lose too much for Δ)."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def resolve_spec(spec: ModelSpec) -> ModelSpec:
+    """Turn demo names, .gguf paths and adapter folders into an explicit spec; check local paths exist."""
+    if spec.source.startswith(DEMO_PREFIX):
+        from core.demo import resolve_demo_spec
+
+        return resolve_spec(resolve_demo_spec(spec.source[len(DEMO_PREFIX):], spec))
+    path = Path(spec.source).expanduser()
+    if spec.adapter and not (Path(spec.adapter).expanduser() / "adapter_config.json").is_file():
+        raise UserError(f"adapter folder not found or has no adapter_config.json: {spec.adapter}")
+    if path.is_file() and path.suffix == ".gguf":
+        return replace(spec, source=str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            if spec.adapter:
+                raise UserError(f"{path} is an adapter, and another adapter was given too ({spec.adapter})")
+            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise UserError(f"adapter {path} does not name its base model; pass it as SOURCE::adapter={path}")
+            return resolve_spec(replace(spec, source=base, adapter=str(path)))
+        if spec.gguf_file and not (path / spec.gguf_file).is_file():
+            raise UserError(f"GGUF file {spec.gguf_file} not found in {path}")
+        if not spec.gguf_file and not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model folder (no config.json), a PEFT adapter or a .gguf file")
+        return replace(spec, source=str(path))
+    looks_local = spec.source.startswith(("/", ".", "~")) or spec.source.count("/") > 1
+    if looks_local or not _HUB_ID.match(spec.source):
+        raise UserError(f"model path not found: {spec.source}")
+    return spec
+
+
+def _hub_error(spec: ModelSpec, exc: Exception) -> UserError:
+    text = str(exc)
+    if "safetensors" in text.lower() and not spec.allow_unsafe_weights:
+        return UserError(
+            f"{spec.source} has no safetensors weights. Loading pickle (.bin) weights can run code; "
+            "opt in with allow_unsafe_weights (CLI: --allow-unsafe-weights) only for a source you trust."
+        )
+    if Path(spec.source).exists():
+        return UserError(f"could not load the model in {spec.source}: {text.splitlines()[0] if text else exc}")
+    return UserError(
+        f"could not load {spec.source!r}: it is not a local folder, and as a hub id it could not be fetched "
+        f"(offline, private or misspelt?). Download it where a hub is reachable and pass the folder. ({text[:300]})"
+    )
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            spec.source, revision=spec.revision, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error(spec, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_backbone(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Load the weights named by a resolved spec (without its adapter), frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "trust_remote_code": spec.trust_remote_code}
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    else:
+        kwargs["use_safetensors"] = None if spec.allow_unsafe_weights else True
+    if spec.device_map:
+        kwargs["device_map"] = spec.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(spec, exc) from exc
+    if spec.gguf_file:
+        model.hf_quantizer = None  # dequantised to dense weights already
+    if not spec.device_map:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def describe_tokenizer_difference(a: Any, b: Any) -> str | None:
+    """None when two tokenizers agree on vocabulary and special tokens, else a sentence saying what differs."""
+    problems = []
+    vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
+    if vocab_a != vocab_b:
+        only_a = sorted(set(vocab_a) - set(vocab_b))[:5]
+        only_b = sorted(set(vocab_b) - set(vocab_a))[:5]
+        moved = sum(1 for tok, idx in vocab_a.items() if tok in vocab_b and vocab_b[tok] != idx)
+        problems.append(
+            f"vocabularies differ (sizes {len(vocab_a)} vs {len(vocab_b)}; only in base e.g. {only_a}; "
+            f"only in unlearned e.g. {only_b}; {moved} shared tokens with other ids)"
+        )
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        if getattr(a, attr, None) != getattr(b, attr, None):
+            problems.append(f"{attr} differs ({getattr(a, attr, None)!r} vs {getattr(b, attr, None)!r})")
+    return "; ".join(problems) or None
+
+
+class _Side:
+    """One side of a pair: a model, the lock that guards it, and how to switch its adapter on."""
+
+    def __init__(self, model: torch.nn.Module, lock: threading.RLock, adapter: str | None, peft: bool) -> None:
+        self.model = model
+        self.lock = lock
+        self.adapter = adapter
+        self.peft = peft
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[torch.nn.Module]:
+        with self.lock:
+            if not self.peft:
+                yield self.model
+            elif self.adapter is None:
+                with self.model.disable_adapter():
+                    yield self.model.get_base_model()
+            else:
+                self.model.set_adapter(self.adapter)
+                yield self.model.get_base_model()
+
+
+class ModelPair:
+    """Base and unlearned models with one tokenizer. Use a side only inside `pair.use(side)`."""
+
+    def __init__(self, sides: dict[str, _Side], tokenizer: Any, device: torch.device, dtype: torch.dtype,
+                 specs: dict[str, ModelSpec] | None = None) -> None:
+        self._sides = sides
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.specs = specs or {}
+
+    @classmethod
+    def from_models(cls, base: torch.nn.Module, unlearned: torch.nn.Module, tokenizer: Any) -> ModelPair:
+        """Wrap already loaded models (tests, notebooks). The same object twice shares one lock."""
+        base_lock = threading.RLock()
+        unlearned_lock = base_lock if unlearned is base else threading.RLock()
+        for model in (base, unlearned):
+            model.eval()
+            model.requires_grad_(False)
+        param = next(base.parameters())
+        return cls({"base": _Side(base, base_lock, None, False),
+                    "unlearned": _Side(unlearned, unlearned_lock, None, False)},
+                   tokenizer, param.device, param.dtype)
+
+    @classmethod
+    def load(cls, base: ModelSpec, unlearned: ModelSpec,
+             progress: Callable[[str], None] | None = None) -> ModelPair:
+        """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow."""
+        say = progress or (lambda message: log.info(message))
+        specs = {"base": resolve_spec(base), "unlearned": resolve_spec(unlearned)}
+        device = resolve_device(specs["base"].device)
+        dtype = resolve_dtype(specs["base"].dtype, device)
+        say(f"loading tokenizer of {specs['base'].label()}")
+        tokenizer = load_tokenizer(specs["base"])
+        if specs["unlearned"].backbone_key() != specs["base"].backbone_key():
+            other = load_tokenizer(specs["unlearned"])
+            difference = describe_tokenizer_difference(tokenizer, other)
+            if difference:
+                raise UserError(f"the two models do not share a tokenizer, so tokens cannot be compared: {difference}")
+        sides: dict[str, _Side] = {}
+        backbones: dict[tuple[Any, ...], tuple[torch.nn.Module, threading.RLock]] = {}
+        for name in SIDES:
+            spec = specs[name]
+            key = spec.backbone_key()
+            if key not in backbones:
+                say(f"loading {name} model {spec.label()}")
+                backbones[key] = (load_backbone(spec, device, dtype), threading.RLock())
+        for key, (model, lock) in backbones.items():
+            users = [name for name in SIDES if specs[name].backbone_key() == key]
+            adapters = {name: specs[name].adapter for name in users}
+            if not any(adapters.values()):
+                for name in users:
+                    sides[name] = _Side(model, lock, None, False)
+                continue
+            say(f"attaching adapter(s) {', '.join(a for a in adapters.values() if a)}")
+            peft_model = _attach_adapters(model, adapters)
+            for name in users:
+                sides[name] = _Side(peft_model, lock, name if adapters[name] else None, True)
+        return cls(sides, tokenizer, device, dtype, specs)
+
+    @contextlib.contextmanager
+    def use(self, side: str) -> Iterator[torch.nn.Module]:
+        """Hold the side's lock and yield its causal LM with the right adapter active."""
+        if side not in self._sides:
+            raise UserError(f"unknown side {side!r}; choose one of {SIDES}")
+        with self._sides[side].active() as model:
+            yield model
+
+    @property
+    def shares_backbone(self) -> bool:
+        return self._sides["base"].model is self._sides["unlearned"].model
+
+    @property
+    def context_length(self) -> int:
+        config = self._sides["base"].model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(limit or self.tokenizer.model_max_length)
+
+    def parameter_bytes(self) -> int:
+        """Bytes held by the pair's parameters, each storage counted once (shared weights are not doubled)."""
+        seen: set[int] = set()
+        total = 0
+        for side in self._sides.values():
+            for tensor in list(side.model.parameters()) + list(side.model.buffers()):
+                pointer = tensor.untyped_storage().data_ptr()
+                if pointer not in seen:
+                    seen.add(pointer)
+                    total += tensor.untyped_storage().nbytes()
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "base": self.specs["base"].label() if "base" in self.specs else "in-memory model",
+            "unlearned": self.specs["unlearned"].label() if "unlearned" in self.specs else "in-memory model",
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "shares_backbone": self.shares_backbone,
+            "parameter_mb": round(self.parameter_bytes() / 2**20, 1),
+            "specs": {name: asdict(spec) for name, spec in self.specs.items()},
+        }
+
+
+def _attach_adapters(model: torch.nn.Module, adapters: dict[str, str | None]) -> torch.nn.Module:
+    """Load each side's adapter into one PeftModel under the side's name (the backbone stays shared)."""
+    from peft import PeftModel
+
+    peft_model = None
+    for name, path in adapters.items():
+        if not path:
+            continue
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=False)
+            else:
+                peft_model.load_adapter(path, adapter_name=name, is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"could not load adapter {path}: {str(exc).splitlines()[0]}") from exc
+    peft_model.eval()
+    peft_model.requires_grad_(False)
+    return peft_model

@@ -1,0 +1,353 @@
+"""Per-token likelihood shift between the two sides of a pair, and side-by-side generation.
+
+Scoring is teacher-forced: one batched forward pass per model per batch gives every statistic of every
+scored token (log-prob, rank, entropy, top-k, and KL between the two next-token distributions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from core.errors import UserError
+from core.models import SIDES, ModelPair
+
+DEFAULT_TOP_K = 5
+_SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
+
+
+@dataclass
+class Encoded:
+    """One prompt (+ answer) as token ids; tokens from `score_from` on are scored."""
+
+    input_ids: list[int]
+    score_from: int
+    truncated: bool = False
+
+
+@dataclass
+class Batch:
+    """Right-padded ids (positions match the unbatched run), and which positions predict a scored token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    predict_mask: torch.Tensor  # [B, T] True at position t when token t+1 is scored
+    targets: torch.Tensor  # [N] the scored tokens, row-major over predict_mask
+    rows: list[Encoded]
+
+
+def encode(tokenizer: Any, prompt: str, answer: str | None = None, chat: bool = False,
+           max_length: int = 2048) -> Encoded:
+    """Tokenise prompt (+ answer); over-long prompts keep their last tokens and are flagged as truncated."""
+    if not prompt or not prompt.strip():
+        raise UserError("the prompt is empty")
+    if answer is not None and not answer.strip():
+        raise UserError("the reference answer is empty (leave it out to score the prompt itself)")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("this tokenizer has no chat template; turn the chat template off")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    else:
+        prompt_ids = tokenizer(prompt).input_ids
+    if answer is None:
+        return _fit(prompt_ids, [], max_length)
+    if not chat and not prompt[-1].isspace() and not answer[0].isspace():
+        answer = " " + answer
+    return _fit(prompt_ids, tokenizer(answer, add_special_tokens=False).input_ids, max_length)
+
+
+def encode_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int = 2048) -> Encoded:
+    """Like `encode` for already tokenised parts (a generated continuation is scored exactly as generated)."""
+    return _fit(list(prompt_ids), list(answer_ids), max_length)
+
+
+def _fit(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> Encoded:
+    if len(answer_ids) >= max_length:
+        raise UserError(f"the answer has {len(answer_ids)} tokens, more than the context allows ({max_length})")
+    keep = max_length - len(answer_ids)
+    truncated = len(prompt_ids) > keep
+    prompt_ids = prompt_ids[-keep:] if truncated else prompt_ids
+    if not answer_ids:
+        if len(prompt_ids) < 2:
+            raise UserError("the prompt has a single token: there is nothing to score (add text or an answer)")
+        return Encoded(prompt_ids, 1, truncated)
+    return Encoded(prompt_ids + answer_ids, len(prompt_ids), truncated)
+
+
+def collate(rows: list[Encoded], pad_id: int, device: torch.device) -> Batch:
+    width = max(len(row.input_ids) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    predict = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        ids[i, :n] = torch.tensor(row.input_ids)
+        attention[i, :n] = 1
+        predict[i, row.score_from - 1 : n - 1] = True
+    targets = ids[:, 1:][predict[:, :-1]]
+    return Batch(ids.to(device), attention.to(device), predict.to(device), targets.to(device), rows)
+
+
+def selected_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits [N, V] at the predicting positions only (the LM head never sees the rest)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    try:
+        logits = model(**inputs, logits_to_keep=batch.predict_mask).logits
+    except TypeError:  # an architecture without tensor logits_to_keep: compute all, then select
+        logits = model(**inputs).logits
+    return logits if logits.dim() == 2 else logits[batch.predict_mask]
+
+
+def token_statistics(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """Per scored token: log-prob and 1-based rank of the target, entropy, top-k, and the full log-probs."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    target_logp = logp.gather(1, targets[:, None])[:, 0]
+    probs = logp.exp()
+    top = logp.topk(top_k, dim=-1) if top_k > 0 else None
+    return {
+        "logp": logp,
+        "probs": probs,
+        "target_logp": target_logp,
+        "rank": (logp > target_logp[:, None]).sum(dim=-1) + 1,
+        "entropy": -(probs * logp).sum(dim=-1),
+        "top_ids": top.indices if top is not None else torch.empty(len(targets), 0, dtype=torch.long),
+        "top_logp": top.values if top is not None else torch.empty(len(targets), 0),
+    }
+
+
+@dataclass
+class TokenShift:
+    """One scored token under both models."""
+
+    position: int
+    token: str
+    token_id: int
+    logprob_base: float
+    logprob_unlearned: float
+    delta: float
+    rank_base: int
+    rank_unlearned: int
+    entropy_base: float
+    entropy_unlearned: float
+    kl: float
+    topk_base: list[tuple[str, float]] = field(default_factory=list)
+    topk_unlearned: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ProbeResult:
+    """The likelihood shift of one prompt (+ answer): scored tokens are the answer's, else the prompt's."""
+
+    prompt: str
+    answer: str | None
+    chat: bool
+    context_tokens: list[str]
+    tokens: list[TokenShift]
+    truncated: bool = False
+
+    @property
+    def answer_logprob_base(self) -> float:
+        return float(sum(t.logprob_base for t in self.tokens))
+
+    @property
+    def answer_logprob_unlearned(self) -> float:
+        return float(sum(t.logprob_unlearned for t in self.tokens))
+
+    @property
+    def delta(self) -> float:
+        return self.answer_logprob_unlearned - self.answer_logprob_base
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [asdict(t) for t in self.tokens]
+        for row in rows:
+            row["topk_base"] = ", ".join(f"{tok!r} {p:.3f}" for tok, p in row["topk_base"])
+            row["topk_unlearned"] = ", ".join(f"{tok!r} {p:.3f}" for tok, p in row["topk_unlearned"])
+        return pd.DataFrame(rows, columns=list(TokenShift.__dataclass_fields__))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["answer_logprob_base"] = self.answer_logprob_base
+        data["answer_logprob_unlearned"] = self.answer_logprob_unlearned
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        tokens = []
+        for raw in data["tokens"]:
+            raw = {k: v for k, v in raw.items() if k in TokenShift.__dataclass_fields__}
+            raw["topk_base"] = [tuple(x) for x in raw.get("topk_base", [])]
+            raw["topk_unlearned"] = [tuple(x) for x in raw.get("topk_unlearned", [])]
+            tokens.append(TokenShift(**raw))
+        return cls(data["prompt"], data.get("answer"), data.get("chat", False), data.get("context_tokens", []),
+                   tokens, data.get("truncated", False))
+
+    @classmethod
+    def from_json(cls, text: str) -> ProbeResult:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class ProbeRequest:
+    prompt: str
+    answer: str | None = None
+
+
+def score(pair: ModelPair, requests: Sequence[ProbeRequest | Encoded], chat: bool = False,
+          top_k: int = DEFAULT_TOP_K, batch_size: int = 16, max_length: int | None = None,
+          progress: Callable[[float], None] | None = None) -> list[ProbeResult]:
+    """Score each request under both models: one forward pass per model per batch."""
+    if not requests:
+        raise UserError("nothing to score")
+    limit = max_length or pair.context_length
+    encoded = [r if isinstance(r, Encoded) else encode(pair.tokenizer, r.prompt, r.answer, chat, limit)
+               for r in requests]
+    results: list[ProbeResult] = []
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start : start + batch_size]
+        shifts = _score_batch(pair, collate(rows, pair.tokenizer.pad_token_id, pair.device), top_k)
+        for offset, (row, tokens) in enumerate(zip(rows, shifts, strict=True)):
+            request = requests[start + offset]
+            prompt = request.prompt if isinstance(request, ProbeRequest) else ""
+            answer = request.answer if isinstance(request, ProbeRequest) else None
+            context = _token_texts(pair.tokenizer, row.input_ids[: row.score_from])
+            results.append(ProbeResult(prompt, answer, chat, context, tokens, row.truncated))
+        if progress:
+            progress(min(1.0, (start + len(rows)) / len(encoded)))
+    return results
+
+
+def _score_batch(pair: ModelPair, batch: Batch, top_k: int) -> list[list[TokenShift]]:
+    stats = {}
+    for side in SIDES:
+        with pair.use(side) as model, torch.no_grad():
+            stats[side] = token_statistics(selected_logits(model, batch), batch.targets, top_k)
+    base, unlearned = stats["base"], stats["unlearned"]
+    kl = (base["probs"] * (base["logp"] - unlearned["logp"])).sum(dim=-1).clamp_min(0.0)
+    return _to_shifts(pair.tokenizer, batch, stats, kl)
+
+
+def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]],
+               kl: torch.Tensor) -> list[list[TokenShift]]:
+    cols = {f"{key}_{side}": stats[side][key].cpu().tolist() for side in stats
+            for key in ("target_logp", "rank", "entropy", "top_ids", "top_logp")}
+    kl_list = kl.cpu().tolist()
+    targets = batch.targets.cpu().tolist()
+    target_texts = _token_texts(tokenizer, targets)
+    top_texts = {side: [_token_texts(tokenizer, ids) for ids in cols[f"top_ids_{side}"]] for side in stats}
+    out: list[list[TokenShift]] = []
+    i = 0
+    for row in batch.rows:
+        tokens = []
+        for position in range(row.score_from, len(row.input_ids)):
+            lp_b, lp_u = cols["target_logp_base"][i], cols["target_logp_unlearned"][i]
+            tokens.append(TokenShift(
+                position=position, token=target_texts[i], token_id=targets[i],
+                logprob_base=lp_b, logprob_unlearned=lp_u, delta=lp_u - lp_b,
+                rank_base=cols["rank_base"][i], rank_unlearned=cols["rank_unlearned"][i],
+                entropy_base=cols["entropy_base"][i], entropy_unlearned=cols["entropy_unlearned"][i],
+                kl=kl_list[i],
+                topk_base=_topk(top_texts["base"][i], cols["top_logp_base"][i]),
+                topk_unlearned=_topk(top_texts["unlearned"][i], cols["top_logp_unlearned"][i]),
+            ))
+            i += 1
+        out.append(tokens)
+    return out
+
+
+def _topk(texts: list[str], logps: list[float]) -> list[tuple[str, float]]:
+    return [(text, math.exp(lp)) for text, lp in zip(texts, logps, strict=True)]
+
+
+def _token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token as the text it adds (byte-level markers decoded), so 'Ġ' shows as a space."""
+    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """Both models' continuations of one prompt, each scored by both models (cross-scoring)."""
+
+    prompt: str
+    chat: bool
+    settings: GenerationSettings
+    base_text: str
+    unlearned_text: str
+    base_scored: ProbeResult
+    unlearned_scored: ProbeResult
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["base_scored"] = self.base_scored.to_dict()
+        data["unlearned_scored"] = self.unlearned_scored.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
+        return cls(data["prompt"], data["chat"], GenerationSettings(**data["settings"]), data["base_text"],
+                   data["unlearned_text"], ProbeResult.from_dict(data["base_scored"]),
+                   ProbeResult.from_dict(data["unlearned_scored"]), data.get("truncated", False))
+
+
+def generate(pair: ModelPair, prompt: str, chat: bool = True, settings: GenerationSettings | None = None,
+             top_k: int = DEFAULT_TOP_K, max_length: int | None = None) -> GenerationResult:
+    """Generate from both sides (greedy, or sampled with a seed), then score each output under both models."""
+    settings = settings or GenerationSettings()
+    if settings.max_new_tokens < 1:
+        raise UserError("max_new_tokens must be at least 1")
+    limit = (max_length or pair.context_length) - settings.max_new_tokens
+    if limit < 2:
+        raise UserError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the prompt in the context")
+    prompt_row = encode(pair.tokenizer, prompt, None, chat, limit)
+    texts, new_ids = {}, {}
+    for side in SIDES:
+        new_ids[side] = _generate_side(pair, side, prompt_row.input_ids, settings)
+        texts[side] = pair.tokenizer.decode(new_ids[side], skip_special_tokens=True)
+    scored = {}
+    for side in SIDES:
+        if not new_ids[side]:
+            raise UserError(f"the {side} model generated nothing for this prompt")
+        row = encode_ids(prompt_row.input_ids, new_ids[side], limit + settings.max_new_tokens)
+        scored[side] = score(pair, [row], chat=chat, top_k=top_k)[0]
+        scored[side].prompt, scored[side].answer = prompt, texts[side]
+    return GenerationResult(prompt, chat, settings, texts["base"], texts["unlearned"], scored["base"],
+                            scored["unlearned"], prompt_row.truncated)
+
+
+def _generate_side(pair: ModelPair, side: str, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
+    ids = torch.tensor([prompt_ids], device=pair.device)
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                              "pad_token_id": pair.tokenizer.pad_token_id, "attention_mask": torch.ones_like(ids)}
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    with pair.use(side) as model, torch.no_grad():
+        if settings.do_sample:
+            with _SAMPLING_LOCK:
+                torch.manual_seed(settings.seed)
+                out = model.generate(ids, **kwargs)
+        else:
+            out = model.generate(ids, **kwargs)
+    return out[0, len(prompt_ids):].tolist()
