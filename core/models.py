@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 SIDES = ("base", "unlearned")
 DEMO_PREFIX = "demo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,16 @@ class ModelSpec:
 
     def backbone_key(self) -> tuple[Any, ...]:
         """Identifies the weights before any adapter: two specs with the same key can share them."""
-        return (self.source, self.revision, self.gguf_file, self.dtype, self.device, self.device_map,
-                self.trust_remote_code, self.allow_unsafe_weights)
+        return (
+            self.source,
+            self.revision,
+            self.gguf_file,
+            self.dtype,
+            self.device,
+            self.device_map,
+            self.trust_remote_code,
+            self.allow_unsafe_weights,
+        )
 
     def label(self) -> str:
         name = self.source if not self.adapter else f"{self.source} + {Path(self.adapter).name}"
@@ -107,7 +121,7 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     if spec.source.startswith(DEMO_PREFIX):
         from core.demo import resolve_demo_spec
 
-        return resolve_spec(resolve_demo_spec(spec.source[len(DEMO_PREFIX):], spec))
+        return resolve_spec(resolve_demo_spec(spec.source[len(DEMO_PREFIX) :], spec))
     path = Path(spec.source).expanduser()
     if spec.adapter and not (Path(spec.adapter).expanduser() / "adapter_config.json").is_file():
         raise UserError(f"adapter folder not found or has no adapter_config.json: {spec.adapter}")
@@ -228,8 +242,14 @@ class _Side:
 class ModelPair:
     """Base and unlearned models with one tokenizer. Use a side only inside `pair.use(side)`."""
 
-    def __init__(self, sides: dict[str, _Side], tokenizer: Any, device: torch.device, dtype: torch.dtype,
-                 specs: dict[str, ModelSpec] | None = None) -> None:
+    def __init__(
+        self,
+        sides: dict[str, _Side],
+        tokenizer: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        specs: dict[str, ModelSpec] | None = None,
+    ) -> None:
         self._sides = sides
         self.tokenizer = tokenizer
         self.device = device
@@ -245,13 +265,15 @@ class ModelPair:
             model.eval()
             model.requires_grad_(False)
         param = next(base.parameters())
-        return cls({"base": _Side(base, base_lock, None, False),
-                    "unlearned": _Side(unlearned, unlearned_lock, None, False)},
-                   tokenizer, param.device, param.dtype)
+        return cls(
+            {"base": _Side(base, base_lock, None, False), "unlearned": _Side(unlearned, unlearned_lock, None, False)},
+            tokenizer,
+            param.device,
+            param.dtype,
+        )
 
     @classmethod
-    def load(cls, base: ModelSpec, unlearned: ModelSpec,
-             progress: Callable[[str], None] | None = None) -> ModelPair:
+    def load(cls, base: ModelSpec, unlearned: ModelSpec, progress: Callable[[str], None] | None = None) -> ModelPair:
         """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow."""
         say = progress or (lambda message: log.info(message))
         specs = {"base": resolve_spec(base), "unlearned": resolve_spec(unlearned)}
@@ -345,3 +367,33 @@ def _attach_adapters(model: torch.nn.Module, adapters: dict[str, str | None]) ->
     peft_model.eval()
     peft_model.requires_grad_(False)
     return peft_model
+
+
+def add_pair_arguments(parser: Any) -> None:
+    """The CLI options that name a pair; without --base/--unlearned the embedded demo pair is used."""
+    parser.add_argument("--base", help="base model SPEC: folder, hub id, .gguf, adapter folder or demo:NAME")
+    parser.add_argument("--unlearned", help="unlearned model SPEC (same forms; PATH::adapter=DIR for an adapter)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device-map-auto", action="store_true", help="spread a large model over several GPUs")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the model folder")
+    parser.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle .bin weights")
+
+
+DEFAULT_BASE, DEFAULT_UNLEARNED = "demo:target", "demo:unlearned"
+
+
+def pair_from_args(args: Any, progress: Callable[[str], None] | None = None) -> ModelPair:
+    """Build the pair named by `add_pair_arguments` options."""
+    if bool(args.base) != bool(args.unlearned):
+        raise UserError("give both --base and --unlearned, or neither (for the embedded demo pair)")
+    options = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+        "allow_unsafe_weights": args.allow_unsafe_weights,
+        "device_map": "auto" if args.device_map_auto else None,
+    }
+    base = ModelSpec.parse(args.base or DEFAULT_BASE, **options)
+    unlearned = ModelSpec.parse(args.unlearned or DEFAULT_UNLEARNED, **options)
+    return ModelPair.load(base, unlearned, progress)

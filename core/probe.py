@@ -6,8 +6,10 @@ scored token (log-prob, rank, entropy, top-k, and KL between the two next-token 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +19,7 @@ import pandas as pd
 import torch
 
 from core.errors import UserError
-from core.models import SIDES, ModelPair
+from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 
 DEFAULT_TOP_K = 5
 _SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
@@ -43,8 +45,9 @@ class Batch:
     rows: list[Encoded]
 
 
-def encode(tokenizer: Any, prompt: str, answer: str | None = None, chat: bool = False,
-           max_length: int = 2048) -> Encoded:
+def encode(
+    tokenizer: Any, prompt: str, answer: str | None = None, chat: bool = False, max_length: int = 2048
+) -> Encoded:
     """Tokenise prompt (+ answer); over-long prompts keep their last tokens and are flagged as truncated."""
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
@@ -53,8 +56,9 @@ def encode(tokenizer: Any, prompt: str, answer: str | None = None, chat: bool = 
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("this tokenizer has no chat template; turn the chat template off")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
     else:
         prompt_ids = tokenizer(prompt).input_ids
@@ -190,8 +194,14 @@ class ProbeResult:
             raw["topk_base"] = [tuple(x) for x in raw.get("topk_base", [])]
             raw["topk_unlearned"] = [tuple(x) for x in raw.get("topk_unlearned", [])]
             tokens.append(TokenShift(**raw))
-        return cls(data["prompt"], data.get("answer"), data.get("chat", False), data.get("context_tokens", []),
-                   tokens, data.get("truncated", False))
+        return cls(
+            data["prompt"],
+            data.get("answer"),
+            data.get("chat", False),
+            data.get("context_tokens", []),
+            tokens,
+            data.get("truncated", False),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ProbeResult:
@@ -204,15 +214,22 @@ class ProbeRequest:
     answer: str | None = None
 
 
-def score(pair: ModelPair, requests: Sequence[ProbeRequest | Encoded], chat: bool = False,
-          top_k: int = DEFAULT_TOP_K, batch_size: int = 16, max_length: int | None = None,
-          progress: Callable[[float], None] | None = None) -> list[ProbeResult]:
+def score(
+    pair: ModelPair,
+    requests: Sequence[ProbeRequest | Encoded],
+    chat: bool = False,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> list[ProbeResult]:
     """Score each request under both models: one forward pass per model per batch."""
     if not requests:
         raise UserError("nothing to score")
     limit = max_length or pair.context_length
-    encoded = [r if isinstance(r, Encoded) else encode(pair.tokenizer, r.prompt, r.answer, chat, limit)
-               for r in requests]
+    encoded = [
+        r if isinstance(r, Encoded) else encode(pair.tokenizer, r.prompt, r.answer, chat, limit) for r in requests
+    ]
     results: list[ProbeResult] = []
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start : start + batch_size]
@@ -238,10 +255,14 @@ def _score_batch(pair: ModelPair, batch: Batch, top_k: int) -> list[list[TokenSh
     return _to_shifts(pair.tokenizer, batch, stats, kl)
 
 
-def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]],
-               kl: torch.Tensor) -> list[list[TokenShift]]:
-    cols = {f"{key}_{side}": stats[side][key].cpu().tolist() for side in stats
-            for key in ("target_logp", "rank", "entropy", "top_ids", "top_logp")}
+def _to_shifts(
+    tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]], kl: torch.Tensor
+) -> list[list[TokenShift]]:
+    cols = {
+        f"{key}_{side}": stats[side][key].cpu().tolist()
+        for side in stats
+        for key in ("target_logp", "rank", "entropy", "top_ids", "top_logp")
+    }
     kl_list = kl.cpu().tolist()
     targets = batch.targets.cpu().tolist()
     target_texts = _token_texts(tokenizer, targets)
@@ -252,15 +273,23 @@ def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Te
         tokens = []
         for position in range(row.score_from, len(row.input_ids)):
             lp_b, lp_u = cols["target_logp_base"][i], cols["target_logp_unlearned"][i]
-            tokens.append(TokenShift(
-                position=position, token=target_texts[i], token_id=targets[i],
-                logprob_base=lp_b, logprob_unlearned=lp_u, delta=lp_u - lp_b,
-                rank_base=cols["rank_base"][i], rank_unlearned=cols["rank_unlearned"][i],
-                entropy_base=cols["entropy_base"][i], entropy_unlearned=cols["entropy_unlearned"][i],
-                kl=kl_list[i],
-                topk_base=_topk(top_texts["base"][i], cols["top_logp_base"][i]),
-                topk_unlearned=_topk(top_texts["unlearned"][i], cols["top_logp_unlearned"][i]),
-            ))
+            tokens.append(
+                TokenShift(
+                    position=position,
+                    token=target_texts[i],
+                    token_id=targets[i],
+                    logprob_base=lp_b,
+                    logprob_unlearned=lp_u,
+                    delta=lp_u - lp_b,
+                    rank_base=cols["rank_base"][i],
+                    rank_unlearned=cols["rank_unlearned"][i],
+                    entropy_base=cols["entropy_base"][i],
+                    entropy_unlearned=cols["entropy_unlearned"][i],
+                    kl=kl_list[i],
+                    topk_base=_topk(top_texts["base"][i], cols["top_logp_base"][i]),
+                    topk_unlearned=_topk(top_texts["unlearned"][i], cols["top_logp_unlearned"][i]),
+                )
+            )
             i += 1
         out.append(tokens)
     return out
@@ -305,13 +334,26 @@ class GenerationResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
-        return cls(data["prompt"], data["chat"], GenerationSettings(**data["settings"]), data["base_text"],
-                   data["unlearned_text"], ProbeResult.from_dict(data["base_scored"]),
-                   ProbeResult.from_dict(data["unlearned_scored"]), data.get("truncated", False))
+        return cls(
+            data["prompt"],
+            data["chat"],
+            GenerationSettings(**data["settings"]),
+            data["base_text"],
+            data["unlearned_text"],
+            ProbeResult.from_dict(data["base_scored"]),
+            ProbeResult.from_dict(data["unlearned_scored"]),
+            data.get("truncated", False),
+        )
 
 
-def generate(pair: ModelPair, prompt: str, chat: bool = True, settings: GenerationSettings | None = None,
-             top_k: int = DEFAULT_TOP_K, max_length: int | None = None) -> GenerationResult:
+def generate(
+    pair: ModelPair,
+    prompt: str,
+    chat: bool = True,
+    settings: GenerationSettings | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int | None = None,
+) -> GenerationResult:
     """Generate from both sides (greedy, or sampled with a seed), then score each output under both models."""
     settings = settings or GenerationSettings()
     if settings.max_new_tokens < 1:
@@ -331,14 +373,26 @@ def generate(pair: ModelPair, prompt: str, chat: bool = True, settings: Generati
         row = encode_ids(prompt_row.input_ids, new_ids[side], limit + settings.max_new_tokens)
         scored[side] = score(pair, [row], chat=chat, top_k=top_k)[0]
         scored[side].prompt, scored[side].answer = prompt, texts[side]
-    return GenerationResult(prompt, chat, settings, texts["base"], texts["unlearned"], scored["base"],
-                            scored["unlearned"], prompt_row.truncated)
+    return GenerationResult(
+        prompt,
+        chat,
+        settings,
+        texts["base"],
+        texts["unlearned"],
+        scored["base"],
+        scored["unlearned"],
+        prompt_row.truncated,
+    )
 
 
 def _generate_side(pair: ModelPair, side: str, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
     ids = torch.tensor([prompt_ids], device=pair.device)
-    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                              "pad_token_id": pair.tokenizer.pad_token_id, "attention_mask": torch.ones_like(ids)}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "pad_token_id": pair.tokenizer.pad_token_id,
+        "attention_mask": torch.ones_like(ids),
+    }
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=None)
     else:
@@ -350,4 +404,46 @@ def _generate_side(pair: ModelPair, side: str, prompt_ids: list[int], settings: 
                 out = model.generate(ids, **kwargs)
         else:
             out = model.generate(ids, **kwargs)
-    return out[0, len(prompt_ids):].tolist()
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def add_probe_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("probe", help="per-token likelihood shift between base and unlearned")
+    add_pair_arguments(parser)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--answer", help="reference answer to score (else the prompt's own tokens are scored)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument("--generate", action="store_true", help="also generate from both models and cross-score")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    pair = pair_from_args(args)
+    result = score(pair, [ProbeRequest(args.prompt, args.answer)], chat=args.chat, top_k=args.top_k)[0]
+    payload = result.to_dict()
+    if args.generate:
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
+        payload["generation"] = generate(
+            pair, args.prompt, chat=args.chat, settings=settings, top_k=args.top_k
+        ).to_dict()
+    if args.json:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return 0
+    frame = result.to_frame()[
+        ["position", "token", "logprob_base", "logprob_unlearned", "delta", "rank_base", "rank_unlearned", "kl"]
+    ]
+    sys.stdout.write(frame.to_string(index=False) + "\n")
+    sys.stdout.write(
+        f"answer log-prob: base {result.answer_logprob_base:.3f}  "
+        f"unlearned {result.answer_logprob_unlearned:.3f}  Δ {result.delta:+.3f}"
+        f"{'  (prompt truncated to fit the context)' if result.truncated else ''}\n"
+    )
+    if args.generate:
+        sys.stdout.write(f"base:      {payload['generation']['base_text']}\n")
+        sys.stdout.write(f"unlearned: {payload['generation']['unlearned_text']}\n")
+    return 0

@@ -21,10 +21,19 @@ def make_tiny_llama(seed: int = 0, vocab_size: int = 96, layers: int = 2, hidden
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     model.eval()
     return model
@@ -39,7 +48,7 @@ class TinyTokenizer:
     pad_token, bos_token, eos_token, unk_token = "<pad>", "<s>", "</s>", None
     chat_template = "user: {{ messages[0]['content'] }}\nassistant:"
     model_max_length = 128
-    _chars = [chr(c) for c in range(32, 32 + 93)]
+    _chars = tuple(chr(c) for c in range(32, 32 + 93))
 
     def __init__(self) -> None:
         self._ids = {ch: i + 3 for i, ch in enumerate(self._chars)}
@@ -57,8 +66,7 @@ class TinyTokenizer:
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
         special = {0: "<pad>", 1: "<s>", 2: "</s>"}
         return "".join(
-            "" if (i in special and skip_special_tokens) else special.get(i, self._chars_by_id.get(i, "?"))
-            for i in ids
+            "" if (i in special and skip_special_tokens) else special.get(i, self._chars_by_id.get(i, "?")) for i in ids
         )
 
     def get_vocab(self) -> dict[str, int]:

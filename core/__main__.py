@@ -1,0 +1,36 @@
+"""Command line: python -m core <command> … (each command's module registers its own parser)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core.errors import UserError
+from core.probe import add_probe_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Unlearning Lens, headless.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for register in (add_probe_parser,):
+        register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except MemoryError:
+        sys.stderr.write("error: out of memory; try a smaller batch, shorter inputs or a smaller dtype\n")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
