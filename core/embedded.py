@@ -6,6 +6,7 @@ and saved as safetensors in the cache home; later loads read the safetensors cop
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -100,3 +101,13 @@ def ensure_embedded_model() -> Path:
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
     return target
+
+
+def add_model_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("model", help="prepare the embedded SmolLM2 model and print its folder")
+    parser.set_defaults(handler=run_model)
+
+
+def run_model(args: argparse.Namespace) -> int:
+    sys.stdout.write(f"{ensure_embedded_model()}\n")
+    return 0

@@ -7,10 +7,13 @@ that backbone once: each side is the backbone with its adapter switched on, or w
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
+import socket
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -143,7 +146,27 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     looks_local = spec.source.startswith(("/", ".", "~")) or spec.source.count("/") > 1
     if looks_local or not _HUB_ID.match(spec.source):
         raise UserError(f"model path not found: {spec.source}")
+    if not _hub_reachable():
+        raise UserError(
+            f"model path not found: {spec.source}, and as a hub id it cannot be fetched: the hub is not reachable "
+            "from here (offline). Download the model where a hub is reachable and pass its folder."
+        )
     return spec
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connect to the hub endpoint, so an offline machine gets an answer in seconds, not after retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_error(spec: ModelSpec, exc: Exception) -> UserError:

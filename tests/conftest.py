@@ -46,7 +46,7 @@ class TinyTokenizer:
     bos_token_id = 1
     eos_token_id = 2
     pad_token, bos_token, eos_token, unk_token = "<pad>", "<s>", "</s>", None
-    chat_template = "user: {{ messages[0]['content'] }}\nassistant:"
+    chat_template = "user: {{ messages[0]['content'] }} | assistant:"
     model_max_length = 128
     _chars = tuple(chr(c) for c in range(32, 32 + 93))
 
@@ -61,7 +61,7 @@ class TinyTokenizer:
         return SimpleNamespace(input_ids=([self.bos_token_id] if add_special_tokens else []) + ids)
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = False):
-        return f"user: {messages[0]['content']}\nassistant:"
+        return f"user: {messages[0]['content']} | assistant:"
 
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
         special = {0: "<pad>", 1: "<s>", 2: "</s>"}
@@ -88,3 +88,29 @@ def embedded_model_dir() -> Path:
     from core.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
+
+
+def save_tiny_model_dir(path: Path, seed: int = 0, words: tuple[str, ...] = ()) -> Path:
+    """Save a tiny random Llama with a real (word-level) HF tokenizer, as a local model folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab_words = list(words) or [f"w{i}" for i in range(60)] + ["the", "capital", "of", "france", "is", "paris"]
+    vocab = {tok: i for i, tok in enumerate(specials + vocab_words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    model = make_tiny_llama(seed=seed, vocab_size=len(vocab))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    return save_tiny_model_dir(tmp_path / "tiny")

@@ -1,0 +1,52 @@
+# The two everyday commands: `make run` (dashboard) and `make test` (lint + the whole suite). Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8501
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+STREAMLIT_FLAGS := --server.headless true --server.address 127.0.0.1 --server.port $(PORT) \
+	--browser.gatherUsageStats false --server.fileWatcherType none
+
+.PHONY: run test lint format setup setup-dev chromium model bench clean
+
+run: setup model
+	$(BIN)/python -m streamlit run dashboard/app.py $(STREAMLIT_FLAGS)
+
+test: setup-dev chromium model
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+setup: $(VENV)/.deps
+setup-dev: $(VENV)/.deps-dev
+
+$(VENV)/.deps: requirements.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.deps-dev: $(VENV)/.deps requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+# Debian's Chromium for the browser tests and image export (never a browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# The embedded SmolLM2 model, converted once into the cache home.
+model: setup
+	$(BIN)/python -m core model
+
+bench: setup-dev model
+	$(BIN)/python bench/probe.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-output

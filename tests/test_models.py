@@ -1,0 +1,148 @@
+"""ModelSpec parsing, pair loading (folders, adapters sharing one backbone) and clear errors for bad sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_tiny_model_dir
+
+from safetensors.torch import load_file
+
+from core.errors import UserError
+from core.models import ModelPair, ModelSpec, describe_tokenizer_difference, load_tokenizer, resolve_dtype
+from core.probe import ProbeRequest, score
+
+
+def save_lora_adapter(model_dir: Path, out: Path, seed: int = 5) -> Path:
+    """A LoRA adapter with non-zero B (so it changes the model), saved like any PEFT adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_parse_spec_options():
+    spec = ModelSpec.parse("org/model@v2::adapter=/tmp/a::gguf=m.gguf", dtype="float32")
+    assert (spec.source, spec.revision, spec.adapter, spec.gguf_file, spec.dtype) == (
+        "org/model",
+        "v2",
+        "/tmp/a",
+        "m.gguf",
+        "float32",
+    )
+    with pytest.raises(UserError, match="unknown model spec option"):
+        ModelSpec.parse("org/model::colour=red")
+    with pytest.raises(UserError, match="empty"):
+        ModelSpec.parse("  ")
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(UserError, match=str(missing)):
+        ModelPair.load(ModelSpec(str(missing)), ModelSpec(str(missing)))
+
+
+def test_folder_without_config_is_explained(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a model folder"):
+        ModelPair.load(ModelSpec(str(tmp_path / "empty")), ModelSpec(str(tmp_path / "empty")))
+
+
+def test_unreachable_hub_id_fails_with_a_message():
+    with pytest.raises(UserError, match="someorg/not-a-real-model"):
+        ModelPair.load(ModelSpec("someorg/not-a-real-model"), ModelSpec("someorg/not-a-real-model"))
+
+
+def test_non_utf8_config_is_a_clear_error(tiny_model_dir):
+    (tiny_model_dir / "config.json").write_bytes(b'{"model_type": "llama", "x": "\xff\xfe"}')
+    with pytest.raises(UserError, match=str(tiny_model_dir)):
+        ModelPair.load(ModelSpec(str(tiny_model_dir)), ModelSpec(str(tiny_model_dir)))
+
+
+def test_pickle_only_folder_needs_opt_in(tiny_model_dir):
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    torch.save(weights, tiny_model_dir / "pytorch_model.bin")
+    (tiny_model_dir / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="safetensors"):
+        ModelPair.load(ModelSpec(str(tiny_model_dir)), ModelSpec(str(tiny_model_dir)))
+    opted = ModelSpec(str(tiny_model_dir), allow_unsafe_weights=True)
+    assert ModelPair.load(opted, opted).dtype == torch.float32
+
+
+def test_mismatched_tokenizers_say_what_differs(tmp_path):
+    first = save_tiny_model_dir(tmp_path / "a")
+    second = save_tiny_model_dir(tmp_path / "b", words=tuple(f"v{i}" for i in range(66)))
+    with pytest.raises(UserError, match="vocabularies differ"):
+        ModelPair.load(ModelSpec(str(first)), ModelSpec(str(second)))
+    message = describe_tokenizer_difference(
+        load_tokenizer(ModelSpec(str(first))), load_tokenizer(ModelSpec(str(second)))
+    )
+    assert "only in base e.g. ['capital'" in message and "only in unlearned e.g. ['v0'" in message
+
+
+def test_two_folders_with_one_tokenizer_load_as_separate_models(tmp_path):
+    first = save_tiny_model_dir(tmp_path / "a", seed=0)
+    second = save_tiny_model_dir(tmp_path / "b", seed=1)
+    pair = ModelPair.load(ModelSpec(str(first)), ModelSpec(str(second)))
+    assert not pair.shares_backbone
+    result = score(pair, [ProbeRequest("the capital of france is", "paris")])[0]
+    assert result.tokens[0].delta != 0.0
+
+
+def test_adapter_pair_shares_the_backbone(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = save_lora_adapter(tiny_model_dir, tmp_path / "adapter")
+    pair = ModelPair.load(ModelSpec(str(tiny_model_dir)), ModelSpec(str(adapter)))
+    assert pair.shares_backbone
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
+    adapter_bytes = sum(t.numel() * t.element_size() for t in load_file(adapter / "adapter_model.safetensors").values())
+    assert pair.parameter_bytes() == pytest.approx(plain_bytes + adapter_bytes, rel=0.02)
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).merge_and_unload()
+    ids = torch.tensor([[4, 9, 17, 30, 64, 65]])
+    with pair.use("base") as base, torch.no_grad():
+        torch.testing.assert_close(base(ids).logits, plain(ids).logits)
+    with pair.use("unlearned") as unlearned, torch.no_grad():
+        torch.testing.assert_close(unlearned(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-4)
+    with pair.use("base") as base, torch.no_grad():  # switching back really disables the adapter again
+        torch.testing.assert_close(base(ids).logits, plain(ids).logits)
+
+
+def test_two_adapters_on_one_backbone(tiny_model_dir, tmp_path):
+    first = save_lora_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
+    second = save_lora_adapter(tiny_model_dir, tmp_path / "a2", seed=2)
+    pair = ModelPair.load(ModelSpec(str(first)), ModelSpec(str(second)))
+    same = ModelPair.load(ModelSpec(str(first)), ModelSpec(str(first)))
+    assert pair.shares_backbone
+    moved = score(pair, [ProbeRequest("the capital of france", "is paris")])[0]
+    still = score(same, [ProbeRequest("the capital of france", "is paris")])[0]
+    assert any(abs(t.delta) > 1e-4 for t in moved.tokens)
+    assert all(t.delta == pytest.approx(0.0, abs=1e-6) for t in still.tokens)
+
+
+def test_adapter_without_base_is_explained(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(UserError, match="does not name its base model"):
+        ModelPair.load(ModelSpec(str(folder)), ModelSpec(str(folder)))
+
+
+def test_dtype_defaults():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UserError, match="unknown dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
