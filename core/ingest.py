@@ -462,7 +462,7 @@ def _discover(paths: Iterable[Path], warnings: list[IngestWarning]) -> dict[Path
             warnings.append(IngestWarning(str(path), None, "not a known result file (EVAL/SUMMARY json, legacy TOFU)"))
         for candidate in candidates:
             if _classify(candidate) is not None:
-                found.setdefault(candidate.parent, []).append(candidate)
+                found.setdefault(candidate.parent.resolve(), []).append(candidate)
         if path.is_dir():
             warnings.extend(_empty_checkpoints(path))
     for folder in found:
@@ -643,7 +643,7 @@ def _assemble(sinks: list[_Sink], warnings: list[IngestWarning], files: list[lis
         items=_frame([row for sink in sinks for row in sink.items], ITEM_COLUMNS),
         texts=_frame([row for sink in sinks for row in sink.texts], TEXT_COLUMNS),
         warnings=[*warnings, *(warning for sink in sinks for warning in sink.warnings)],
-        files=[str(path) for group in files for path in group],
+        files=[str(path) for group in files for path in group if _classify(path)[0] != "lmeval_samples"],
     )
 
 
