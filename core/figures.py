@@ -119,7 +119,11 @@ def _reference_traces(points: pd.DataFrame) -> list[go.Scatter]:
 def tradeoff_figure(
     summary: pd.DataFrame, x_metric: str, y_metric: str, *, log_y: bool = False, title: str | None = None
 ) -> go.Figure:
-    """Forget metric vs retain metric: one line per run through its checkpoints, references, Pareto front."""
+    """Forget metric vs retain metric: one line per run through its checkpoints, references, Pareto front.
+
+    The front is over unlearning runs (not target/base/oracle), each axis oriented by `metrics.orient`. A given
+    `title` is used as is (plotly renders it as HTML); the default is built from escaped metric names.
+    """
     points = tradeoff_points(summary, x_metric, y_metric)
     is_reference = points["method"].isin(REFERENCE_METHODS)
     runs, references = points[~is_reference], points[is_reference]

@@ -61,7 +61,7 @@ _LEGACY_CSV_NAMED = {
     "Model Utility": "model_utility",
     "Forget Quality": "forget_quality",
     "KS Test PVal Forget": "forget_quality",
-    "KS Test Forget": "forget_quality/ks_statistic",
+    "KS Test Forget": "forget_ks_statistic",
 }
 _PRIORITY = {"EVAL": 0, "SUMMARY": 1, "csv": 2, "legacy": 3, "lmeval_samples": 4}
 
@@ -755,11 +755,11 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def ingest_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m core ingest …` on its own: argv holds what follows `ingest`."""
+def ingest_main(argv: Sequence[str]) -> int:
+    """`python -m core ingest …` on its own: argv holds what follows `ingest`; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m core")
     add_ingest_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ingest", *(sys.argv[1:] if argv is None else argv)])
+    args = parser.parse_args(["ingest", *argv])
     try:
         return args.handler(args)
     except UserError as exc:
