@@ -8,6 +8,7 @@ import sys
 
 from core.embedded import add_model_parser
 from core.errors import UserError
+from core.ingest import add_ingest_parser
 from core.probe import add_probe_parser
 
 
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Unlearning Lens, headless.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (add_model_parser, add_probe_parser):
+    for register in (add_model_parser, add_probe_parser, add_ingest_parser):
         register(commands)
     return parser
 

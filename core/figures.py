@@ -18,7 +18,9 @@ from plotly.subplots import make_subplots
 
 from core import metrics
 from core.errors import UserError
+from core.highlight import NEGATIVE_RGB, POSITIVE_RGB, mix
 from core.ingest import REFERENCE_METHODS, forget_truth_ratios
+from core.probe import ProbeResult
 
 # ============================================================================================== shared helpers
 
@@ -263,4 +265,31 @@ def split_bars_figure(
         barmode="group",
         yaxis_title="value",
     )
+    return figure
+
+
+# ============================================================================================== probe
+
+
+def token_shift_figure(result: ProbeResult) -> go.Figure:
+    """Per-token Δ log-prob as bars (hover: both log-probs and ranks), red below zero."""
+    labels = [f"{i}:{t.token}" for i, t in enumerate(result.tokens)]
+    colours = [mix(NEGATIVE_RGB if t.delta < 0 else POSITIVE_RGB, 0.85) for t in result.tokens]
+    hover = [
+        esc(
+            f"{t.token!r}: base {t.logprob_base:.3f} (rank {t.rank_base}), "
+            f"unlearned {t.logprob_unlearned:.3f} (rank {t.rank_unlearned}), KL {t.kl:.3f}"
+        )
+        for t in result.tokens
+    ]
+    figure = go.Figure(
+        go.Bar(x=labels, y=[t.delta for t in result.tokens], marker_color=colours, hovertext=hover, hoverinfo="text")
+    )
+    figure.update_layout(
+        height=300,
+        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        yaxis_title="Δ log-prob",
+        title="Per-token shift (unlearned − base)",
+    )
+    figure.update_xaxes(tickvals=labels, ticktext=[esc(t.token) for t in result.tokens])
     return figure

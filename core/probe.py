@@ -22,6 +22,7 @@ from core.errors import UserError
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 
 DEFAULT_TOP_K = 5
+CHUNK_ROWS = 256  # rows of [N, V] log-probs processed at once: small temporaries, same numbers
 _SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
 
 
@@ -111,21 +112,54 @@ def selected_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return logits if logits.dim() == 2 else logits[batch.predict_mask]
 
 
-def token_statistics(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
-    """Per scored token: log-prob and 1-based rank of the target, entropy, top-k, and the full log-probs."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    target_logp = logp.gather(1, targets[:, None])[:, 0]
+def token_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, top_k: int, chunk_rows: int = CHUNK_ROWS
+) -> dict[str, torch.Tensor]:
+    """Per scored token under one model: target log-prob, 1-based rank, entropy (nats), top-k ids and log-probs."""
+    parts = [
+        _chunk_statistics(
+            torch.log_softmax(logits[s : s + chunk_rows].float(), dim=-1), targets[s : s + chunk_rows], top_k
+        )[0]
+        for s in range(0, len(targets), chunk_rows)
+    ]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def pair_statistics(
+    logits_base: torch.Tensor,
+    logits_unlearned: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Both sides' statistics plus KL(base‖unlearned), in row chunks so no [N, V] temporary outlives its chunk."""
+    parts: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "unlearned": []}
+    for s in range(0, len(targets), chunk_rows):
+        logp_b = torch.log_softmax(logits_base[s : s + chunk_rows].float(), dim=-1)
+        logp_u = torch.log_softmax(logits_unlearned[s : s + chunk_rows].float(), dim=-1)
+        stats_b, probs_b = _chunk_statistics(logp_b, targets[s : s + chunk_rows], top_k)
+        stats_u, _ = _chunk_statistics(logp_u, targets[s : s + chunk_rows], top_k)
+        # KL = Σ p_b (log p_b − log p_u) = −H_b − Σ p_b log p_u: one fused dot product, exactly 0 for equal inputs.
+        stats_b["kl"] = (-stats_b["entropy"] - torch.linalg.vecdot(probs_b, logp_u)).clamp_min(0.0)
+        parts["base"].append(stats_b)
+        parts["unlearned"].append(stats_u)
+    return {side: {key: torch.cat([p[key] for p in chunks]) for key in chunks[0]} for side, chunks in parts.items()}
+
+
+def _chunk_statistics(
+    logp: torch.Tensor, targets: torch.Tensor, top_k: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    target = logp.gather(1, targets[:, None])
     probs = logp.exp()
-    top = logp.topk(top_k, dim=-1) if top_k > 0 else None
-    return {
-        "logp": logp,
-        "probs": probs,
-        "target_logp": target_logp,
-        "rank": (logp > target_logp[:, None]).sum(dim=-1) + 1,
-        "entropy": -(probs * logp).sum(dim=-1),
-        "top_ids": top.indices if top is not None else torch.empty(len(targets), 0, dtype=torch.long),
-        "top_logp": top.values if top is not None else torch.empty(len(targets), 0),
+    top = logp.topk(top_k, dim=-1)
+    stats = {
+        "target_logp": target[:, 0],
+        "rank": (logp > target).sum(dim=-1) + 1,
+        "entropy": -torch.linalg.vecdot(probs, logp),
+        "top_ids": top.indices,
+        "top_logp": top.values,
     }
+    return stats, probs
 
 
 @dataclass
@@ -238,7 +272,9 @@ def score(
             request = requests[start + offset]
             prompt = request.prompt if isinstance(request, ProbeRequest) else ""
             answer = request.answer if isinstance(request, ProbeRequest) else None
-            context = _token_texts(pair.tokenizer, row.input_ids[: row.score_from])
+            context_ids = row.input_ids[: row.score_from]
+            context_texts = _token_texts(pair.tokenizer, context_ids)
+            context = [context_texts[i] for i in context_ids]
             results.append(ProbeResult(prompt, answer, chat, context, tokens, row.truncated))
         if progress:
             progress(min(1.0, (start + len(rows)) / len(encoded)))
@@ -246,27 +282,22 @@ def score(
 
 
 def _score_batch(pair: ModelPair, batch: Batch, top_k: int) -> list[list[TokenShift]]:
-    stats = {}
+    logits = {}
     for side in SIDES:
         with pair.use(side) as model, torch.no_grad():
-            stats[side] = token_statistics(selected_logits(model, batch), batch.targets, top_k)
-    base, unlearned = stats["base"], stats["unlearned"]
-    kl = (base["probs"] * (base["logp"] - unlearned["logp"])).sum(dim=-1).clamp_min(0.0)
-    return _to_shifts(pair.tokenizer, batch, stats, kl)
+            logits[side] = selected_logits(model, batch)
+    stats = pair_statistics(logits["base"], logits["unlearned"], batch.targets, top_k)
+    return _to_shifts(pair.tokenizer, batch, stats)
 
 
-def _to_shifts(
-    tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]], kl: torch.Tensor
-) -> list[list[TokenShift]]:
+def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]]) -> list[list[TokenShift]]:
     cols = {
-        f"{key}_{side}": stats[side][key].cpu().tolist()
-        for side in stats
-        for key in ("target_logp", "rank", "entropy", "top_ids", "top_logp")
+        f"{key}_{side}": values.cpu().tolist()
+        for side, side_stats in stats.items()
+        for key, values in side_stats.items()
     }
-    kl_list = kl.cpu().tolist()
     targets = batch.targets.cpu().tolist()
-    target_texts = _token_texts(tokenizer, targets)
-    top_texts = {side: [_token_texts(tokenizer, ids) for ids in cols[f"top_ids_{side}"]] for side in stats}
+    texts = _token_texts(tokenizer, targets + [i for side in SIDES for ids in cols[f"top_ids_{side}"] for i in ids])
     out: list[list[TokenShift]] = []
     i = 0
     for row in batch.rows:
@@ -276,7 +307,7 @@ def _to_shifts(
             tokens.append(
                 TokenShift(
                     position=position,
-                    token=target_texts[i],
+                    token=texts[targets[i]],
                     token_id=targets[i],
                     logprob_base=lp_b,
                     logprob_unlearned=lp_u,
@@ -285,9 +316,9 @@ def _to_shifts(
                     rank_unlearned=cols["rank_unlearned"][i],
                     entropy_base=cols["entropy_base"][i],
                     entropy_unlearned=cols["entropy_unlearned"][i],
-                    kl=kl_list[i],
-                    topk_base=_topk(top_texts["base"][i], cols["top_logp_base"][i]),
-                    topk_unlearned=_topk(top_texts["unlearned"][i], cols["top_logp_unlearned"][i]),
+                    kl=cols["kl_base"][i],
+                    topk_base=_topk(texts, cols["top_ids_base"][i], cols["top_logp_base"][i]),
+                    topk_unlearned=_topk(texts, cols["top_ids_unlearned"][i], cols["top_logp_unlearned"][i]),
                 )
             )
             i += 1
@@ -295,13 +326,15 @@ def _to_shifts(
     return out
 
 
-def _topk(texts: list[str], logps: list[float]) -> list[tuple[str, float]]:
-    return [(text, math.exp(lp)) for text, lp in zip(texts, logps, strict=True)]
+def _topk(texts: dict[int, str], ids: list[int], logps: list[float]) -> list[tuple[str, float]]:
+    return [(texts[i], math.exp(lp)) for i, lp in zip(ids, logps, strict=True)]
 
 
-def _token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Each token as the text it adds (byte-level markers decoded), so 'Ġ' shows as a space."""
-    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+def _token_texts(tokenizer: Any, ids: Sequence[int]) -> dict[int, str]:
+    """Each distinct token as the text it adds (byte-level markers decoded, 'Ġ' shows as a space): one call."""
+    unique = sorted(set(ids))
+    decoded = tokenizer.batch_decode([[i] for i in unique], clean_up_tokenization_spaces=False)
+    return dict(zip(unique, decoded, strict=True))
 
 
 @dataclass

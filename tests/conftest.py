@@ -69,6 +69,9 @@ class TinyTokenizer:
             "" if (i in special and skip_special_tokens) else special.get(i, self._chars_by_id.get(i, "?")) for i in ids
         )
 
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False):
+        return [self.decode(ids, skip_special_tokens) for ids in sequences]
+
     def get_vocab(self) -> dict[str, int]:
         return {**self._ids, "<pad>": 0, "<s>": 1, "</s>": 2}
 

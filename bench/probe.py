@@ -1,0 +1,169 @@
+"""Probe cost against its floor, on the embedded SmolLM2 pair.
+
+1. Time of a full probe (batch 32 × 64 tokens, every statistic, both models) / time of two bare forward passes
+   (one per model) on the same batch. Goal ≤ 1.15.
+2. Peak memory of a process holding an adapter pair (base + LoRA on the shared backbone) / one holding the model
+   alone, both after one forward on the batch. Goal ≤ 1.1.
+
+Usage: python bench/probe.py [--repeats N] [--batch 32] [--tokens 64] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from core.embedded import ensure_embedded_model  # noqa: E402
+from core.models import ModelPair, ModelSpec  # noqa: E402
+from core.probe import Encoded, score  # noqa: E402
+
+
+def make_adapter(model_dir: Path, out: Path) -> Path:
+    """A random LoRA (r=16, all linear layers) standing in for an unlearning run's adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def make_batch(vocab: int, batch: int, tokens: int) -> list[Encoded]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, vocab, (batch, tokens), generator=generator)
+    return [Encoded(row.tolist(), 1) for row in ids]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_speed(model_dir: Path, adapter: Path, args: argparse.Namespace) -> dict:
+    pair = ModelPair.load(ModelSpec(str(model_dir), device=args.device), ModelSpec(str(adapter), device=args.device))
+    rows = make_batch(len(pair.tokenizer), args.batch, args.tokens)
+    ids = torch.tensor([r.input_ids for r in rows], device=pair.device)
+    mask = torch.ones_like(ids)
+
+    def bare() -> None:
+        for side in ("base", "unlearned"):
+            with pair.use(side) as model, torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().sum().item()
+
+    def probe() -> None:
+        score(pair, rows, batch_size=args.batch, top_k=5)
+
+    t_bare = time_it(bare, pair.device, args.repeats)
+    t_probe = time_it(probe, pair.device, args.repeats)
+    return {"bare_two_forwards_s": t_bare, "full_probe_s": t_probe, "ratio": t_probe / t_bare}
+
+
+def peak_memory_child(mode: str, model_dir: str, adapter: str, batch: int, tokens: int, device: str) -> None:
+    """Run in a fresh process: load one model or the adapter pair, do one forward/probe, print peak memory."""
+    if mode == "single":
+        pair = ModelPair.load(ModelSpec(model_dir, device=device), ModelSpec(model_dir, device=device))
+    else:
+        pair = ModelPair.load(ModelSpec(model_dir, device=device), ModelSpec(adapter, device=device))
+    rows = make_batch(len(pair.tokenizer), batch, tokens)
+    score(pair, rows[:1], batch_size=1)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gpu = torch.cuda.max_memory_allocated() if pair.device.type == "cuda" else 0
+    print(json.dumps({"peak_rss": peak_rss, "peak_gpu": gpu, "parameter_bytes": pair.parameter_bytes()}))
+
+
+def bench_memory(model_dir: Path, adapter: Path, args: argparse.Namespace) -> dict:
+    out = {}
+    for mode in ("single", "pair"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--model",
+            str(model_dir),
+            "--adapter",
+            str(adapter),
+            "--batch",
+            str(args.batch),
+            "--tokens",
+            str(args.tokens),
+            "--device",
+            args.device,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    key = "peak_gpu" if out["single"]["peak_gpu"] else "peak_rss"
+    return {
+        "single": out["single"],
+        "pair": out["pair"],
+        "measure": key,
+        "peak_ratio": out["pair"][key] / out["single"][key],
+        "parameter_ratio": out["pair"]["parameter_bytes"] / out["single"]["parameter_bytes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--child")
+    parser.add_argument("--model")
+    parser.add_argument("--adapter")
+    args = parser.parse_args()
+    if args.child:
+        peak_memory_child(args.child, args.model, args.adapter, args.batch, args.tokens, args.device)
+        return
+    model_dir = ensure_embedded_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = make_adapter(model_dir, Path(tmp) / "adapter")
+        speed = bench_speed(model_dir, adapter, args)
+        memory = bench_memory(model_dir, adapter, args)
+    device = (
+        "cuda: " + torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(f"device: {device}; batch {args.batch} x {args.tokens} tokens; median of {args.repeats}")
+    print(f"two bare forward passes: {speed['bare_two_forwards_s']:.3f} s")
+    print(f"full probe (both models, all statistics): {speed['full_probe_s']:.3f} s")
+    print(f"ratio probe / floor: {speed['ratio']:.3f}  (goal <= 1.15)")
+    print(
+        f"peak memory ({memory['measure']}): single model {memory['single'][memory['measure']] / 2**20:.0f} MiB, "
+        f"adapter pair {memory['pair'][memory['measure']] / 2**20:.0f} MiB"
+    )
+    print(
+        f"ratio pair / single (peak): {memory['peak_ratio']:.3f}  (goal <= 1.1); "
+        f"weights only: {memory['parameter_ratio']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

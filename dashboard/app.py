@@ -1,0 +1,22 @@
+"""Entry point: `streamlit run dashboard/app.py`. One file per page; each page draws the shared sidebar first."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="Unlearning Lens", page_icon="🔬", layout="wide")
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "probe.py", title="Probe", icon="🔍", default=True),
+    ]
+)
+navigation.run()
