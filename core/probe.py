@@ -22,7 +22,7 @@ from core.errors import UserError
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 
 DEFAULT_TOP_K = 5
-CHUNK_ROWS = 256  # rows of [N, V] log-probs processed at once: small temporaries, same numbers
+CHUNK_ROWS = 256  # rows of [N, V] logits reduced at once: small temporaries, same numbers
 _SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
 
 
@@ -117,9 +117,7 @@ def token_statistics(
 ) -> dict[str, torch.Tensor]:
     """Per scored token under one model: target log-prob, 1-based rank, entropy (nats), top-k ids and log-probs."""
     parts = [
-        _chunk_statistics(
-            torch.log_softmax(logits[s : s + chunk_rows].float(), dim=-1), targets[s : s + chunk_rows], top_k
-        )[0]
+        _chunk_statistics(logits[s : s + chunk_rows].float(), targets[s : s + chunk_rows], top_k)[0]
         for s in range(0, len(targets), chunk_rows)
     ]
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
@@ -132,32 +130,42 @@ def pair_statistics(
     top_k: int,
     chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Both sides' statistics plus KL(base‖unlearned), in row chunks so no [N, V] temporary outlives its chunk."""
+    """Both sides' statistics plus KL(base‖unlearned), in row chunks small enough to stay in cache."""
     parts: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "unlearned": []}
     for s in range(0, len(targets), chunk_rows):
-        logp_b = torch.log_softmax(logits_base[s : s + chunk_rows].float(), dim=-1)
-        logp_u = torch.log_softmax(logits_unlearned[s : s + chunk_rows].float(), dim=-1)
-        stats_b, probs_b = _chunk_statistics(logp_b, targets[s : s + chunk_rows], top_k)
-        stats_u, _ = _chunk_statistics(logp_u, targets[s : s + chunk_rows], top_k)
-        # KL = Σ p_b (log p_b − log p_u) = −H_b − Σ p_b log p_u: one fused dot product, exactly 0 for equal inputs.
-        stats_b["kl"] = (-stats_b["entropy"] - torch.linalg.vecdot(probs_b, logp_u)).clamp_min(0.0)
+        z_b, z_u = logits_base[s : s + chunk_rows].float(), logits_unlearned[s : s + chunk_rows].float()
+        stats_b, probs_b = _chunk_statistics(z_b, targets[s : s + chunk_rows], top_k)
+        stats_u, _ = _chunk_statistics(z_u, targets[s : s + chunk_rows], top_k)
+        # KL = Σ p_b (log p_b − log p_u) = Σ p_b z_b − Σ p_b z_u + lse_u − lse_b; exactly 0 for equal logits.
+        cross = torch.linalg.vecdot(probs_b, z_u)
+        kl = stats_b.pop("p_dot_z") - cross + stats_u["lse"] - stats_b["lse"]
+        stats_b["kl"] = kl.clamp_min(0.0)
+        stats_u.pop("p_dot_z")
         parts["base"].append(stats_b)
         parts["unlearned"].append(stats_u)
-    return {side: {key: torch.cat([p[key] for p in chunks]) for key in chunks[0]} for side, chunks in parts.items()}
+    return {
+        side: {key: torch.cat([p[key] for p in chunks]) for key in chunks[0] if key != "lse"}
+        for side, chunks in parts.items()
+    }
 
 
 def _chunk_statistics(
-    logp: torch.Tensor, targets: torch.Tensor, top_k: int
+    z: torch.Tensor, targets: torch.Tensor, top_k: int
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    target = logp.gather(1, targets[:, None])
-    probs = logp.exp()
-    top = logp.topk(top_k, dim=-1)
+    """Everything from raw logits: log p = z − logsumexp(z), so no [rows, V] log-prob tensor is materialised."""
+    lse = torch.logsumexp(z, dim=-1)
+    probs = torch.softmax(z, dim=-1)
+    target_z = z.gather(1, targets[:, None])
+    p_dot_z = torch.linalg.vecdot(probs, z)
+    top = z.topk(top_k, dim=-1)
     stats = {
-        "target_logp": target[:, 0],
-        "rank": (logp > target).sum(dim=-1) + 1,
-        "entropy": -torch.linalg.vecdot(probs, logp),
+        "target_logp": target_z[:, 0] - lse,
+        "rank": (z > target_z).sum(dim=-1) + 1,
+        "entropy": lse - p_dot_z,
         "top_ids": top.indices,
-        "top_logp": top.values,
+        "top_logp": top.values - lse[:, None],
+        "lse": lse,
+        "p_dot_z": p_dot_z,
     }
     return stats, probs
 
