@@ -72,10 +72,7 @@ class QADataset:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per item: the known fields first (missing where unset), then extra fields as columns."""
-        rows = [
-            {name: getattr(item, name) for name in KNOWN_FIELDS} | {"perturbed_answer": list(item.perturbed_answer)}
-            for item in self.items
-        ]
+        rows = [{name: getattr(item, name) for name in KNOWN_FIELDS} for item in self.items]
         extra = pd.DataFrame([item.extra for item in self.items], index=range(len(self.items)))
         return pd.concat([pd.DataFrame(rows, columns=list(KNOWN_FIELDS)), extra], axis=1)
 
