@@ -4,15 +4,50 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import UserError
+from core.examples import Example, demo_examples
 from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from dashboard.state import pair_key, report_errors, require_pair, sidebar
 
+
+@st.cache_data(show_spinner=False)
+def examples() -> list[Example]:
+    """The demo forget and retain questions (a UserError, not cached, when the demo data is missing)."""
+    return demo_examples()
+
+
+def use_example(choices: list[Example]) -> None:
+    """Fill the prompt and answer widgets with the picked example (runs before they are drawn)."""
+    picked = st.session_state.get("probe_example")
+    if picked is not None:
+        st.session_state["probe_prompt"] = choices[picked].question
+        st.session_state["probe_answer"] = choices[picked].answer
+
+
 sidebar()
 st.title("Probe")
+handover = st.session_state.pop("probe_handover", None)  # an item opened from the Dataset page
+if handover:
+    st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
 pair = require_pair()
 
+try:
+    choices = examples()
+except UserError:
+    choices = []
+if choices:
+    st.selectbox(
+        "Example from the demo forget / retain sets",
+        range(len(choices)),
+        index=None,
+        format_func=lambda i: choices[i].label,
+        placeholder="Pick a question to fill in the prompt and answer…",
+        key="probe_example",
+        on_change=use_example,
+        args=(choices,),
+    )
 prompt = st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
 answer = st.text_input(
     "Reference answer (optional)",

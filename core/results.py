@@ -1,0 +1,229 @@
+"""What the Tradeoffs page needs on top of ingest: where results are, cache keys, axis choices, clicked points.
+
+Everything here takes and returns plain frames, paths and small dataclasses, so it is tested without Streamlit.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from core import metrics
+from core.cache import cache_home
+from core.errors import UserError
+from core.ingest import IngestResult, forget_truth_ratios
+from core.uploads import store_files
+
+EXAMPLE_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "open-unlearning-eval"
+OUR_RESULT_HOMES = ("demo", "evals")  # folders of the cache home holding our runs and our evaluation outputs
+RESULT_UPLOAD = re.compile(r"^\w+_(EVAL|SUMMARY)\.json$")
+_FINGERPRINT_SUFFIXES = {".json", ".csv"}
+_SPLIT_ORDER = ("forget", "utility", "retain", "real_authors", "world_facts", "holdout")
+X_PREFERRED = (
+    "forget_Q_A_Prob", "forget_truth_ratio", "forget_knowmem_ROUGE", "forget_verbmem_ROUGE", "forget_Q_A_ROUGE",
+    "forget_quality",
+)  # fmt: skip
+Y_PREFERRED = ("model_utility", "retain_Q_A_Prob", "retain_knowmem_ROUGE", "retain_Q_A_ROUGE")
+FQ_MU = ("model_utility", "forget_quality")
+_MIA_ITEM = re.compile(r"^(?P<attack>mia_\w+)/(?P<split>forget|holdout)$")
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def our_result_folders(home: Path | None = None) -> list[Path]:
+    """Runs under the cache home's demo/ and evals/ folders that hold open-unlearning result files."""
+    home = home or cache_home()
+    found = []
+    for name in OUR_RESULT_HOMES:
+        root = home / name
+        if not root.is_dir():
+            continue
+        for folder in sorted(child for child in root.iterdir() if child.is_dir()):
+            if any(RESULT_UPLOAD.match(path.name) for path in folder.rglob("*.json")):
+                found.append(folder)
+    return found
+
+
+def parse_paths(text: str) -> list[str]:
+    """Paths typed one per line (blank lines and surrounding spaces ignored), `~` expanded."""
+    return [str(Path(line.strip()).expanduser()) for line in text.splitlines() if line.strip()]
+
+
+def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    """(file, mtime_ns, size) of every JSON/CSV file under `paths`: a cache key that changes when results do."""
+    entries = []
+    for raw in paths:
+        path = Path(raw)
+        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        for file in files:
+            if file.suffix in _FINGERPRINT_SUFFIXES and file.is_file():
+                stat = file.stat()
+                entries.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
+def store_result_uploads(files: Sequence[tuple[str, bytes]], run_name: str) -> Path:
+    """Uploaded `<BENCH>_EVAL.json` / `<BENCH>_SUMMARY.json` files as one run folder named `run_name`."""
+    for name, _ in files:
+        if not RESULT_UPLOAD.match(name):
+            raise UserError(f"{name}: not an open-unlearning result file (expected a name like TOFU_EVAL.json)")
+    return store_files(files, subfolder=run_name.strip() or "uploaded")
+
+
+def result_paths(
+    picked: Sequence[str], typed: str, uploads: Sequence[tuple[str, bytes]] = (), run_name: str = "uploaded"
+) -> list[str]:
+    """The folders to ingest: those picked, those typed one per line, and the uploaded files' run folder."""
+    paths = [*picked, *parse_paths(typed)]
+    if uploads:
+        paths.append(str(store_result_uploads(uploads, run_name)))
+    if not paths:
+        raise UserError("name at least one result folder, pick one of ours, or upload result files")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- axes
+
+
+def metric_options(summary: pd.DataFrame) -> list[str]:
+    """Metrics with at least one value and a known better direction (usable as a tradeoff axis), forget first."""
+    present = summary.loc[summary["value"].notna(), "metric"].unique()
+    usable = [name for name in present if _has_direction(name)]
+    usable = [name for name in usable if not (name.endswith("/auc") and name.removesuffix("/auc") in usable)]
+    return sorted(usable, key=lambda name: (_split_rank(name), name))
+
+
+def _has_direction(name: str) -> bool:
+    info = metrics.describe(name)
+    return info.higher_is_better is not None or info.ideal is not None
+
+
+def _split_rank(name: str) -> int:
+    split = metrics.describe(name).split
+    if metrics.is_forgetting_split(split):
+        return 0
+    return _SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER)
+
+
+def default_axes(options: Sequence[str]) -> tuple[str, str]:
+    """(x, y): a forget-set metric against a utility/retain one, by preference, from `options`."""
+    if not options:
+        raise UserError("the results hold no metric with a known better direction to plot")
+    x = next((name for name in X_PREFERRED if name in options), options[0])
+    rest = [name for name in options if name != x] or [x]
+    y = next((name for name in Y_PREFERRED if name in rest), rest[0])
+    return x, y
+
+
+def has_points(summary: pd.DataFrame, x_metric: str, y_metric: str) -> bool:
+    """Whether any run has values for both metrics (a chart with nothing on it is not worth drawing)."""
+    rows = summary[summary["metric"].isin([x_metric, y_metric]) & summary["value"].notna()]
+    counts = rows.groupby(["model", "method", "step"], dropna=False)["metric"].nunique()
+    needed = len({x_metric, y_metric})
+    return bool((counts >= needed).any())
+
+
+# ---------------------------------------------------------------------------------------------- points
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated checkpoint: the run (model folder), its method and training step (None = final)."""
+
+    model: str
+    method: str
+    step: int | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} · {'final' if self.step is None else f'step {self.step}'}"
+
+
+def point_from_selection(figure: go.Figure, points: Sequence[Mapping[str, Any]]) -> Point | None:
+    """The checkpoint behind the first selected point, read from the clicked trace's customdata in `figure`.
+
+    core.figures puts (escaped model, escaped method, step label) in every tradeoff point's customdata.
+    """
+    for point in points:
+        curve, index = point.get("curve_number"), point.get("point_index", point.get("point_number"))
+        if curve is None or index is None or not 0 <= curve < len(figure.data):
+            continue
+        custom = figure.data[curve].customdata
+        if custom is None or not 0 <= index < len(custom):
+            continue
+        model, method, step = (html.unescape(str(value)) for value in custom[index])
+        return Point(model, method, None if step == "final" else int(step))
+    return None
+
+
+def run_points(summary: pd.DataFrame) -> list[Point]:
+    """Every (model, method, step) in the summary, in its order."""
+    runs = summary[["model", "method", "step"]].drop_duplicates()
+    rows = runs.itertuples(index=False)
+    return [Point(model, method, None if pd.isna(step) else int(step)) for model, method, step in rows]
+
+
+def _at(frame: pd.DataFrame, point: Point) -> pd.DataFrame:
+    steps = frame["step"].isna() if point.step is None else frame["step"].eq(point.step).fillna(False)
+    return frame[frame["model"].eq(point.model) & steps]
+
+
+def _direction(name: str) -> str:
+    info = metrics.describe(name)
+    if info.higher_is_better is True:
+        return "↑"
+    if info.higher_is_better is False:
+        return "↓"
+    return f"→ {info.ideal:g}" if info.ideal is not None else ""
+
+
+def checkpoint_metrics(summary: pd.DataFrame, point: Point) -> pd.DataFrame:
+    """The checkpoint's metrics: split, metric, value, better direction and the file it came from."""
+    rows = _at(summary, point)
+    if rows.empty:
+        raise UserError(f"no metrics for {point.label}")
+    table = rows[["split", "metric", "value", "source"]].copy()
+    table.insert(3, "better", table["metric"].map(_direction))
+    order = table["metric"].map(_split_rank)
+    return table.assign(_order=order).sort_values(["_order", "metric"]).drop(columns="_order").reset_index(drop=True)
+
+
+def split_bar_metrics(summary: pd.DataFrame, point: Point) -> list[str]:
+    """The checkpoint's per-split metrics on a 0–1 scale (probabilities, ROUGE, truth ratios, AUCs) for one bar chart.
+
+    Unbounded ones (privleak in percent, mean MIA scores) are left out: one of them would flatten every other bar.
+    """
+    rows = _at(summary, point)
+    per_split = rows["split"].isin(metrics.SPLIT_PREFIXES.values()) & ~rows["metric"].str.contains("/")
+    bounded = rows["value"].between(0.0, 1.0)
+    return rows.loc[per_split & bounded, "metric"].tolist()
+
+
+def truth_ratio_oracles(result: IngestResult, point: Point) -> list[Point]:
+    """Oracle checkpoints with per-item forget truth ratios to compare `point` with (its own run excluded)."""
+    candidates = [run for run in run_points(result.summary) if run.method == "oracle" and run.model != point.model]
+    return [run for run in candidates if forget_truth_ratios(result.items, run.model, run.step) is not None]
+
+
+def has_truth_ratios(result: IngestResult, point: Point) -> bool:
+    return forget_truth_ratios(result.items, point.model, point.step) is not None
+
+
+def mia_attacks(items: pd.DataFrame, point: Point) -> list[str]:
+    """MIA attacks (e.g. mia_min_k) with per-item scores on both the forget and the holdout split at `point`."""
+    rows = _at(items, point)
+    names = rows.loc[rows["field"].eq("score"), "metric"].unique()
+    splits: dict[str, set[str]] = {}
+    for name in names:
+        match = _MIA_ITEM.match(name)
+        if match:
+            splits.setdefault(match["attack"], set()).add(match["split"])
+    return sorted(attack for attack, found in splits.items() if found == {"forget", "holdout"})

@@ -1,0 +1,130 @@
+"""Dataset: load a forget/retain set, score every item under both models, and open any item in Probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
+from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
+from dashboard.state import current_pair, pair_key, report_errors, sidebar
+
+SOURCES = ("Demo set", "File path", "Upload")
+PROBE_PAGE = Path(__file__).with_name("probe.py")
+NUMBER = st.column_config.NumberColumn(format="%.4f")
+COLUMN_CONFIG = {
+    "question": st.column_config.TextColumn(width="medium"),
+    "answer": st.column_config.TextColumn(width="medium"),
+    "logprob_base": NUMBER,
+    "logprob_unlearned": NUMBER,
+    "delta": st.column_config.NumberColumn("Δ log-prob", format="%+.4f", help="unlearned − base"),
+    "prob_base": NUMBER,
+    "prob_unlearned": NUMBER,
+    "truth_ratio_base": NUMBER,
+    "truth_ratio_unlearned": NUMBER,
+}
+
+
+@st.cache_data(show_spinner=False)
+def demo_split(split: str) -> QADataset:
+    return getattr(load_demo_splits(), split)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def dataset_from_path(path: str, mtime_ns: int) -> QADataset:
+    """Read once per (path, modification time): `mtime_ns` is in the key, so an edited file is read again."""
+    return load_qa_dataset(path)
+
+
+def choose_dataset() -> QADataset | None:
+    """The set picked by the source widgets, or None (with a message on the page) when there is none."""
+    source = st.radio("Source", SOURCES, horizontal=True, key="dataset_source")
+    with report_errors():
+        if source == "Demo set":
+            return demo_split(st.selectbox("Demo split", SPLIT_NAMES, key="dataset_demo_split"))
+        if source == "File path":
+            text = st.text_input("File path", key="dataset_path", placeholder="…/forget10_perturbed.json")
+            if not text.strip():
+                st.info("Type the path of a JSONL, JSON, CSV or parquet file, or a saved `datasets` folder.")
+                return None
+            path = Path(text.strip()).expanduser()
+            return dataset_from_path(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+        upload = st.file_uploader("QA file", type=["jsonl", "json", "csv", "parquet"], key="dataset_upload")
+        if upload is None:
+            st.info("Upload a JSONL, JSON, CSV or parquet file with question and answer fields.")
+            return None
+        return load_uploaded_dataset(upload.name, upload.getvalue())
+    return None
+
+
+def score_panel(dataset: QADataset) -> None:
+    """Settings and the button that scores the set under the loaded pair (stored per pair and set)."""
+    pair = current_pair()
+    cols = st.columns(4)
+    chat = cols[0].toggle("Chat template", value=True, key="dataset_chat")
+    limit = cols[1].number_input("Items", 1, len(dataset), min(len(dataset), 50), key="dataset_limit")
+    batch_size = cols[2].number_input("Batch size", 1, 64, 8, key="dataset_batch")
+    with_perturbed = any(item.perturbed_answer for item in dataset)
+    truth = cols[3].checkbox("Truth ratio", value=with_perturbed, disabled=not with_perturbed, key="dataset_truth")
+    if pair is None:
+        st.info("Load a model pair in the sidebar to score this set.")
+    if not st.button("Compute per-item metrics", type="primary", disabled=pair is None):
+        return
+    key = (pair_key(), dataset_key(dataset))
+    with st.status(f"Scoring {int(limit)} items under both models…", expanded=True) as status:
+        bar = st.progress(0.0)
+        frame = None
+        with report_errors():
+            frame = score_items(
+                pair, dataset, chat=chat, batch_size=int(batch_size), limit=int(limit), truth_ratio=truth,
+                progress=lambda done: bar.progress(done, text=f"{done:.0%} of the requests"),
+            )  # fmt: skip
+        if frame is None:
+            status.update(label="Scoring failed", state="error")
+            return
+        st.session_state["dataset_scores"] = (key, frame)
+        status.update(label=f"Scored {len(frame)} items", state="complete", expanded=False)
+
+
+@st.fragment
+def results_panel(frame: pd.DataFrame) -> None:
+    """Summary numbers, a filterable table (click a header to sort), and the selected item handed to Probe."""
+    cols = st.columns(3)
+    cols[0].metric("Items scored", len(frame))
+    base, unlearned = frame["prob_base"].mean(), frame["prob_unlearned"].mean()
+    cols[1].metric("Mean answer prob, unlearned", f"{unlearned:.3f}", delta=f"{unlearned - base:+.3f} vs base")
+    cols[2].metric("Mean Δ log-prob", f"{frame['delta'].mean():+.3f}", help="unlearned − base, summed over tokens")
+    left, right = st.columns([3, 1])
+    text = left.text_input("Filter: question or answer contains", key="dataset_filter")
+    min_delta = right.number_input("|Δ| at least", min_value=0.0, value=0.0, step=0.5, key="dataset_min_delta")
+    shown = filter_items(frame, text, min_delta)
+    event = st.dataframe(
+        shown, key="dataset_table", on_select="rerun", selection_mode="single-row", hide_index=True,
+        column_config=COLUMN_CONFIG,
+    )  # fmt: skip
+    rows = event["selection"]["rows"]
+    if not rows:
+        st.caption("Select a row to open that question and answer in Probe.")
+        return
+    row = shown.iloc[rows[0]]
+    st.text(f"{row['question']}\n→ {row['answer']}")
+    if st.button("Open in Probe", type="primary"):
+        st.session_state["probe_handover"] = {"prompt": row["question"], "answer": row["answer"]}
+        st.switch_page(PROBE_PAGE)
+
+
+sidebar()
+st.title("Dataset")
+dataset = choose_dataset()
+if dataset is None:
+    st.stop()
+perturbed = sum(1 for item in dataset if item.perturbed_answer)
+st.caption(f"{len(dataset)} items; {perturbed} with perturbed answers for the truth ratio.")
+with st.expander("Items"):
+    st.dataframe(dataset.to_frame(), hide_index=True)
+score_panel(dataset)
+stored = st.session_state.get("dataset_scores")
+if stored and stored[0] == (pair_key(), dataset_key(dataset)):
+    results_panel(stored[1])

@@ -1,0 +1,186 @@
+"""Tradeoffs: where runs sit between forgetting and keeping utility; click a checkpoint for its metrics and items."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from core.figures import (
+    forget_quality_utility_figure,
+    mia_figure,
+    split_bars_figure,
+    tradeoff_figure,
+    truth_ratio_figure,
+)
+from core.ingest import IngestResult, ingest
+from core.results import (
+    EXAMPLE_RESULTS,
+    FQ_MU,
+    Point,
+    checkpoint_metrics,
+    default_axes,
+    fingerprint,
+    has_points,
+    has_truth_ratios,
+    metric_options,
+    mia_attacks,
+    our_result_folders,
+    point_from_selection,
+    result_paths,
+    split_bar_metrics,
+    truth_ratio_oracles,
+)
+from dashboard.state import report_errors, sidebar
+
+DEFAULT_ATTACK = "mia_min_k"
+METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_results(paths: tuple[str, ...], oracle: str | None, files: tuple[tuple[str, int, int], ...]) -> IngestResult:
+    """Ingest once per (paths, oracle, file mtimes and sizes): `files` is in the key, so edited results reload."""
+    return ingest(list(paths), oracle=oracle)
+
+
+def use_example() -> None:
+    """Fill the folder box with the real open-unlearning outputs shipped beside the repository."""
+    st.session_state["tradeoff_paths"] = str(EXAMPLE_RESULTS)
+
+
+def pick_sources() -> None:
+    """Result folders (ours, typed, uploaded) and an optional oracle; 'Load results' stores the choice."""
+    ours = [str(folder) for folder in our_result_folders()]
+    with st.expander("Result folders", expanded="tradeoff_sources" not in st.session_state):
+        picked = st.multiselect("Our runs and evaluations (cache home)", ours, default=ours) if ours else []
+        if EXAMPLE_RESULTS.is_dir():
+            st.button("Use the example: real open-unlearning outputs", on_click=use_example)
+        text = st.text_area(
+            "Result folders or files, one per line",
+            key="tradeoff_paths",
+            placeholder=str(EXAMPLE_RESULTS),
+            help="open-unlearning output folders (EVAL/SUMMARY JSON, checkpoint-*/evals) or legacy TOFU eval logs",
+        )
+        oracle = st.text_input(
+            "Oracle folder (optional)",
+            key="tradeoff_oracle",
+            help="Results of the model retrained without the forget set: forget quality is computed where missing",
+        )
+        uploads = st.file_uploader(
+            "Or upload the EVAL/SUMMARY JSON files of one run", type="json", accept_multiple_files=True
+        )
+        run_name = st.text_input("Run name for the uploaded files", value="uploaded", key="tradeoff_run_name")
+        if st.button("Load results", type="primary"):
+            with report_errors():
+                files = [(upload.name, upload.getvalue()) for upload in uploads or []]
+                paths = result_paths(picked, text, files, run_name)
+                st.session_state["tradeoff_sources"] = (tuple(paths), oracle.strip() or None)
+
+
+def draw_warnings(result: IngestResult) -> None:
+    """What could not be read, as a plain-text table (file contents never reach markdown or HTML)."""
+    if result.warnings:
+        st.warning(f"{len(result.warnings)} problem(s) while reading the results; the rest loaded.")
+        st.dataframe(pd.DataFrame([asdict(warning) for warning in result.warnings]), hide_index=True)
+
+
+@st.fragment
+def tradeoff_panel(result: IngestResult) -> None:
+    """Axis pickers, the tradeoff chart (click a point), FQ vs MU, and the clicked checkpoint's details."""
+    with report_errors():
+        draw_tradeoffs(result)
+
+
+def draw_tradeoffs(result: IngestResult) -> None:
+    with_fq = has_points(result.summary, *FQ_MU)
+    tabs = st.tabs(["Forget vs retain", "Forget quality vs model utility"]) if with_fq else [st.container()]
+    with tabs[0]:
+        point = draw_tradeoff_chart(result)
+    if with_fq:
+        tabs[1].plotly_chart(forget_quality_utility_figure(result.summary), key="tradeoff_fq_mu")
+    if point is None:
+        st.caption("Click a point in the forget-vs-retain chart to see that checkpoint's metrics.")
+        return
+    draw_checkpoint(result, point)
+
+
+def draw_tradeoff_chart(result: IngestResult) -> Point | None:
+    """Axis pickers and the clickable tradeoff chart; returns the clicked checkpoint, if any."""
+    options = metric_options(result.summary)
+    x_default, y_default = default_axes(options)
+    left, middle, right = st.columns([2, 2, 1])
+    x = left.selectbox("x axis", options, index=options.index(x_default), key="tradeoff_x")
+    y = middle.selectbox("y axis", options, index=options.index(y_default), key="tradeoff_y")
+    log_y = right.toggle("log y", key="tradeoff_log_y")
+    if not has_points(result.summary, x, y):
+        st.info("No run has values for both of these metrics; pick other axes.")
+        return None
+    figure = tradeoff_figure(result.summary, x, y, log_y=log_y)
+    event = st.plotly_chart(figure, key="tradeoff_chart", on_select="rerun", selection_mode="points")
+    return point_from_selection(figure, event["selection"]["points"])
+
+
+def draw_checkpoint(result: IngestResult, point: Point) -> None:
+    st.subheader("Selected checkpoint")
+    st.text(point.label)
+    left, right = st.columns(2)
+    with left, report_errors():
+        st.dataframe(checkpoint_metrics(result.summary, point), hide_index=True, column_config=METRIC_COLUMNS)
+    with right, report_errors():
+        names = split_bar_metrics(result.summary, point)
+        figure = split_bars_figure(result.summary, point.model, step=point.step, metric_names=names)
+        st.plotly_chart(figure, key="tradeoff_splits")
+    with report_errors():
+        draw_truth_ratios(result, point)
+    with report_errors():
+        draw_mia(result, point)
+
+
+def draw_truth_ratios(result: IngestResult, point: Point) -> None:
+    if not has_truth_ratios(result, point):
+        st.caption("Truth-ratio distribution: this checkpoint has no per-item forget truth ratios (TOFU_EVAL.json).")
+        return
+    oracles = truth_ratio_oracles(result, point)
+    if not oracles:
+        st.caption("Truth-ratio distribution: load an oracle run with per-item forget truth ratios to compare with.")
+        return
+    oracle = oracles[0]
+    if len(oracles) > 1:
+        oracle = st.selectbox("Oracle", oracles, format_func=lambda run: run.label, key="tradeoff_oracle_run")
+    figure = truth_ratio_figure(result.items, point.model, oracle.model, step=point.step, oracle_step=oracle.step)
+    st.plotly_chart(figure, key="tradeoff_truth_ratio")
+
+
+def draw_mia(result: IngestResult, point: Point) -> None:
+    attacks = mia_attacks(result.items, point)
+    if not attacks:
+        st.caption("Membership inference: no per-item forget and holdout scores for this checkpoint.")
+        return
+    default = attacks.index(DEFAULT_ATTACK) if DEFAULT_ATTACK in attacks else 0
+    attack = st.selectbox("Membership-inference attack", attacks, index=default, key="tradeoff_attack")
+    st.plotly_chart(mia_figure(result.items, point.model, attack, step=point.step), key="tradeoff_mia")
+
+
+sidebar()
+st.title("Tradeoffs")
+pick_sources()
+sources = st.session_state.get("tradeoff_sources")
+if sources is None:
+    st.info("Choose result folders above and press Load results.")
+    st.stop()
+paths, oracle = sources
+loaded = None
+with report_errors(), st.spinner("Reading results…"):
+    loaded = load_results(paths, oracle, fingerprint([*paths, *([oracle] if oracle else [])]))
+if loaded is None:
+    st.stop()
+draw_warnings(loaded)
+runs = loaded.runs()
+st.caption(f"{runs['model'].nunique()} runs, {len(runs)} evaluations from {len(loaded.files)} files.")
+if loaded.summary.empty:
+    st.error("The result files hold no metric values.")
+    st.stop()
+tradeoff_panel(loaded)
+with st.expander("All metrics"):
+    st.dataframe(loaded.summary, hide_index=True)
