@@ -69,6 +69,12 @@ def require_pair() -> ModelPair:
     return pair
 
 
+def _chosen(position: int, default: str) -> str:
+    """The value of the loaded pair's key at `position`, so the sidebar shows what is loaded on every page."""
+    key = pair_key()
+    return key[position] if key else default
+
+
 def sidebar() -> None:
     """Pick the pair (demo by default, or folders / hub ids / adapters), load it, and show what is loaded."""
     with st.sidebar:
@@ -83,8 +89,8 @@ def sidebar() -> None:
                 help="Same forms; SOURCE::adapter=DIR puts an adapter on SOURCE",
             )
             left, right = st.columns(2)
-            dtype = left.selectbox("dtype", DTYPES)
-            device = right.selectbox("device", DEVICES)
+            dtype = left.selectbox("dtype", DTYPES, index=DTYPES.index(_chosen(2, "auto")))
+            device = right.selectbox("device", DEVICES, index=DEVICES.index(_chosen(3, "auto")))
             trust = st.checkbox("Trust remote code", help="Runs Python code shipped with the model. Off by default.")
             unsafe = st.checkbox("Allow pickle weights", help="Loads .bin weights, which can run code.")
             submitted = st.form_submit_button("Load pair", type="primary")
@@ -102,6 +108,10 @@ def sidebar() -> None:
                 except (MemoryError, torch.OutOfMemoryError):
                     status.update(label="Out of memory", state="error")
                     st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
+                except Exception as exc:  # a broken model folder must not take the app down
+                    log.exception("loading the pair failed")
+                    status.update(label="Could not load the pair", state="error")
+                    st.error(f"Could not load the pair: {type(exc).__name__}: {exc}")
         pair = current_pair()
         if pair is not None:
             info = pair.describe()
