@@ -1,0 +1,448 @@
+"""The demo experiment: the embedded SmolLM2 taught invented people (target), taught only the retained ones
+(oracle), and unlearned from the target by several methods, every model a LoRA adapter on one shared backbone.
+
+Each stage is a training run cached under `cache_home()/demo/<recipe>/` in a folder named by the hash of its
+inputs (data, recipe, code version, base weights), so it is rebuilt only when they change; an interrupted stage
+resumes from its latest checkpoint. `status.json` there tells the dashboard how far a build has got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_json, cache_home, content_hash, is_complete
+from core.data import DEMO_DIR, SplitData, load_demo_splits
+from core.embedded import GGUF_SHA256, ensure_embedded_model
+from core.errors import UserError
+from core.models import ModelSpec
+from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs
+from core.unlearn.methods import get_method
+from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config
+from core.unlearn.trainer import TrainConfig, TrainingData, train
+
+log = logging.getLogger(__name__)
+
+QUICK_ENV = "ULENS_DEMO_QUICK"  # set to 1: demo:NAME and the dashboard use the reduced (quick) experiment
+DEFAULT_UNLEARNED = "npo"
+TARGET, ORACLE, BASE, UNLEARNED = "target", "oracle", "base", "unlearned"
+STATUS_FILE = "status.json"
+_NAME = re.compile(r"^(?P<stage>[a-z_]+)(?:@(?P<step>\d+))?$")
+
+DemoProgress = Callable[[dict[str, Any]], None]  # receives each status update (the status.json content)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run of the experiment: a method, what it starts from and learns or forgets, how long."""
+
+    name: str
+    method: str
+    start: str  # "base" (a new adapter) or "target" (a trainable copy of the target's adapter)
+    steps: int
+    lr: float
+    save_every: int = 0
+    learn: tuple[str, ...] = ()  # fine-tuning stages: the splits learned
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole experiment's settings; a change of any field rebuilds the stages it touches."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    forget_items: int | None = None  # None: all; else the first N (the quick experiment)
+    retain_items: int | None = None
+    batch_size: int = 8
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    seed: int = 0
+    chat: bool = True
+
+
+def _unlearning_stages(steps: int, save_every: int, rmu_layer: int) -> tuple[Stage, ...]:
+    return (
+        Stage("npo", "npo", TARGET, steps, 4e-4, save_every, options=(("beta", 0.1), ("alpha", 1.0))),
+        Stage("graddiff", "graddiff", TARGET, steps, 2e-4, save_every),
+        Stage(
+            "rmu",
+            "rmu",
+            TARGET,
+            steps,
+            1e-3,
+            save_every,
+            options=(("layer", rmu_layer), ("steering", 20.0), ("alpha", 100.0), ("modules", "mlp.down_proj")),
+        ),
+    )
+
+
+def make_recipe(
+    name: str,
+    learn_steps: int,
+    oracle_steps: int,
+    unlearn_steps: int,
+    save_every: int,
+    rmu_layer: int = 7,
+    **sizes: Any,
+) -> Recipe:
+    """Build order: the target, then the default unlearned run (so the dashboard's pair is ready early), then
+    the oracle and the other runs."""
+    runs = _unlearning_stages(unlearn_steps, save_every, rmu_layer)
+    stages = (
+        Stage(TARGET, "finetune", BASE, learn_steps, 1e-3, learn=("forget", "retain")),
+        runs[0],
+        Stage(ORACLE, "finetune", BASE, oracle_steps, 1e-3, learn=("retain",)),
+        *runs[1:],
+    )
+    return Recipe(name, stages, **sizes)
+
+
+RECIPES = {
+    "full": make_recipe("full", learn_steps=40, oracle_steps=36, unlearn_steps=18, save_every=3),
+    "quick": make_recipe(
+        "quick",
+        learn_steps=12,
+        oracle_steps=8,
+        unlearn_steps=6,
+        save_every=1,
+        forget_items=6,
+        retain_items=12,
+        batch_size=6,
+    ),
+}
+
+
+def default_recipe() -> Recipe:
+    return RECIPES["quick" if os.environ.get(QUICK_ENV, "") not in ("", "0") else "full"]
+
+
+# Stage 4 of the pipeline: evaluations of the built experiment. core/evaluate.py registers one here with
+# `@register_evaluation`; each runs after all training stages, with the experiment and its own output folder
+# (cached like a stage: rerun only when the experiment's inputs change).
+DemoEvaluation = Callable[["DemoExperiment", Path, Callable[[float, str], None]], None]
+EVALUATIONS: dict[str, DemoEvaluation] = {}
+
+
+def register_evaluation(fn: DemoEvaluation) -> DemoEvaluation:
+    EVALUATIONS[fn.__name__] = fn
+    return fn
+
+
+class DemoExperiment:
+    """The demo's stages for one recipe: where each lives in the cache, whether it is built, and building it."""
+
+    def __init__(
+        self,
+        recipe: Recipe | None = None,
+        data_dir: Path = DEMO_DIR,
+        base_dir: Path | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self.recipe = recipe or default_recipe()
+        self.data_dir = data_dir
+        self._base_dir = base_dir
+        self.root = root or cache_home() / "demo" / self.recipe.name
+        self._data: SplitData | None = None
+        self._host: Any = None  # the one backbone (a PeftModel once adapters are attached), loaded on first use
+        self._tokenizer: Any = None
+        self._status: dict[str, Any] = {}
+        self._progress: DemoProgress | None = None
+        self._last_write = 0.0
+
+    @property
+    def base_dir(self) -> Path:
+        if self._base_dir is None:
+            self._base_dir = ensure_embedded_model()
+        return self._base_dir
+
+    @property
+    def data(self) -> SplitData:
+        if self._data is None:
+            data = load_demo_splits(self.data_dir)
+            data.forget.items = data.forget.items[: self.recipe.forget_items]
+            data.retain.items = data.retain.items[: self.recipe.retain_items]
+            self._data = data
+        return self._data
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.recipe.stages:
+            if stage.name == name:
+                return stage
+        raise UserError(f"the demo has no model {name!r}; choose one of {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        return [BASE, *(s.name for s in self.recipe.stages), UNLEARNED]
+
+    def training_data(self, stage: Stage) -> TrainingData:
+        if stage.learn:
+            return TrainingData(forget=[item for split in stage.learn for item in getattr(self.data, split)])
+        return TrainingData(self.data.forget.items, self.data.retain.items, self.data.refusals)
+
+    def key(self, name: str) -> str:
+        """Hash of everything a stage's result depends on (its own inputs and, through them, its start's)."""
+        stage = self.stage(name)
+        recipe = {k: v for k, v in dataclasses.asdict(self.recipe).items() if k not in {"name", "stages"}}
+        start = self.key(stage.start) if stage.start != BASE else self._base_key()
+        return content_hash(
+            CODE_VERSION, dataclasses.asdict(stage), recipe, start, self.training_data(stage).content_hash()
+        )
+
+    def _base_key(self) -> str:
+        """The embedded model is named by its GGUF's sha256; another base folder (tests) by its path."""
+        return GGUF_SHA256 if self._base_dir is None else str(self._base_dir)
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / f"{name}-{self.key(name)}"
+
+    def is_built(self, name: str) -> bool:
+        return name == BASE or is_complete(self.run_dir(self.stage(name).name))
+
+    def checkpoints(self, name: str) -> dict[int, Path]:
+        return checkpoint_dirs(self.run_dir(name)) if self.is_built(name) else {}
+
+    def available(self) -> list[str]:
+        """Model names that can be opened now without building anything."""
+        names = [BASE]
+        for stage in self.recipe.stages:
+            if self.is_built(stage.name):
+                names.append(stage.name)
+                if stage.start == TARGET:
+                    names.extend(f"{stage.name}@{step}" for step in self.checkpoints(stage.name))
+        if self.is_built(DEFAULT_UNLEARNED):
+            names.append(UNLEARNED)
+        return names
+
+    def spec(self, name: str, template: ModelSpec, build: bool = True) -> ModelSpec:
+        """The spec of demo model `name` (base, target, oracle, METHOD, METHOD@STEP, unlearned), built if needed."""
+        match = _NAME.match(name.strip().lower())
+        if not match:
+            raise UserError(
+                f"bad demo model name {name!r}; use NAME or NAME@STEP with NAME one of {', '.join(self.names())}"
+            )
+        stage_name = DEFAULT_UNLEARNED if match["stage"] == UNLEARNED else match["stage"]
+        if stage_name == BASE:
+            return replace(template, source=str(self.base_dir), adapter=None, gguf_file=None, revision=None)
+        self.stage(stage_name)
+        if not self.is_built(stage_name):
+            if not build:
+                raise UserError(f"demo model {name} is not built yet; run `python -m core demo`")
+            self.build([stage_name])
+        checkpoints = self.checkpoints(stage_name)
+        step = int(match["step"]) if match["step"] else max(checkpoints)
+        if step not in checkpoints:
+            raise UserError(
+                f"demo run {stage_name} has no checkpoint at step {step}; it has {', '.join(map(str, checkpoints))}"
+            )
+        return replace(
+            template, source=str(self.base_dir), adapter=str(checkpoints[step]), gguf_file=None, revision=None
+        )
+
+    def build(
+        self, names: list[str] | None = None, progress: DemoProgress | None = None, evaluate: bool = True
+    ) -> None:
+        """Build the named stages (and what they start from), or everything; then run the evaluations."""
+        wanted = self._with_dependencies(names or [s.name for s in self.recipe.stages])
+        self._progress = progress
+        total = sum(_cost(s) for s in wanted) or 1
+        done = 0.0
+        try:
+            for stage in wanted:
+                if not self.is_built(stage.name):
+                    self._build_stage(stage, done, total)
+                done += _cost(stage)
+            if evaluate and names is None:
+                self._evaluate()
+        except KeyboardInterrupt:
+            self._report("interrupted", self._status.get("stage", ""), done / total, "interrupted; rerun to resume")
+            raise
+        except Exception as exc:
+            self._report("failed", self._status.get("stage", ""), done / total, f"{type(exc).__name__}: {exc}")
+            raise
+        self._report("done", "", 1.0, f"built {', '.join(s.name for s in wanted)}")
+
+    def _with_dependencies(self, names: list[str]) -> list[Stage]:
+        needed = set()
+        for name in names:
+            stage = self.stage(name)
+            needed.add(stage.name)
+            if stage.start != BASE:
+                needed.add(stage.start)
+        return [s for s in self.recipe.stages if s.name in needed]
+
+    def _build_stage(self, stage: Stage, done: float, total: float) -> None:
+        out = self.run_dir(stage.name)
+        with self._lock(stage.name):
+            if is_complete(out):  # another process built it while we waited
+                return
+            self._report("building", stage.name, done / total, f"training {stage.name} ({stage.steps} steps)")
+            method = get_method(stage.method).from_options(dict(stage.options))
+            config = TrainConfig(
+                steps=stage.steps,
+                lr=stage.lr,
+                batch_size=self.recipe.batch_size,
+                save_every=stage.save_every,
+                seed=self.recipe.seed,
+                chat=self.recipe.chat,
+            )
+
+            def on_step(step: int, steps: int, terms: dict[str, float]) -> None:
+                fraction = (done + _cost(stage) * step / steps) / total
+                self._report(
+                    "building",
+                    stage.name,
+                    fraction,
+                    f"{stage.name}: step {step}/{steps}, loss {terms.get('loss', float('nan')):.3f}",
+                )
+
+            trainee = self._trainee(stage)
+            train(trainee, self._tokenizer, method, self.training_data(stage), config, out=out, progress=on_step)
+            atomic_write_json(out / COMPLETE_MARKER, {"stage": stage.name, "key": self.key(stage.name)})
+
+    def _trainee(self, stage: Stage) -> LoraTrainee:
+        """A LoRA trainee on the shared backbone: a new adapter, or a copy of the target's."""
+        import torch
+
+        from core.models import load_backbone, load_tokenizer
+
+        if self._host is None:
+            spec = ModelSpec(str(self.base_dir), dtype="float32", device="cpu")
+            self._tokenizer = load_tokenizer(spec)
+            self._host = load_backbone(spec, torch.device("cpu"), torch.float32)
+        torch.manual_seed(self.recipe.seed)
+        if stage.start == BASE:
+            config = lora_config(self.recipe.lora_rank, self.recipe.lora_alpha, "all-linear")
+            self._host = attach_adapter(self._host, stage.name, config, trainable=True)
+            return LoraTrainee(self._host, stage.name, None, str(self.base_dir))
+        target = self.checkpoints(TARGET)[max(self.checkpoints(TARGET))]
+        if TARGET not in getattr(self._host, "peft_config", {}):
+            self._host = attach_adapter(self._host, TARGET, target, trainable=False)
+        self._host = attach_adapter(self._host, stage.name, target, trainable=True)
+        return LoraTrainee(self._host, stage.name, TARGET, str(self.base_dir))
+
+    def _evaluate(self) -> None:
+        key = content_hash(*(self.key(s.name) for s in self.recipe.stages))
+        for name, evaluation in EVALUATIONS.items():
+            target = self.root / "evaluations" / f"{name}-{key}"
+            if is_complete(target):
+                continue
+            with self._lock(f"evaluate-{name}"), atomic_directory(target, {"evaluation": name}) as scratch:
+                evaluation(self, scratch, lambda f, m, n=name: self._report("building", f"evaluate:{n}", f, m))
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """One builder per stage across processes (the dashboard and the CLI may both ask for it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _report(self, state: str, stage: str, fraction: float, message: str) -> None:
+        """Log, call the progress callback, and write status.json (throttled to one write a second while training)."""
+        now = time.time()
+        changed = state != self._status.get("state") or stage != self._status.get("stage")
+        self._status = {
+            "state": state,
+            "stage": stage,
+            "fraction": round(min(1.0, fraction), 4),
+            "message": message,
+            "recipe": self.recipe.name,
+            "pid": os.getpid(),
+            "updated": now,
+            "models": self.available() if changed or state != "building" else self._status.get("models"),
+        }
+        if self._progress:
+            self._progress(dict(self._status))
+        if changed or state != "building" or now - self._last_write >= 1.0:
+            log.info("demo %s: %s (%.0f%%)", state, message, 100 * fraction)
+            atomic_write_json(self.root / STATUS_FILE, self._status)
+            self._last_write = now
+
+    def status(self) -> dict[str, Any]:
+        """The last status written (by any process), corrected by what is on disk now."""
+        path = self.root / STATUS_FILE
+        status: dict[str, Any] = {"state": "not built", "stage": "", "fraction": 0.0, "message": ""}
+        if path.is_file():
+            with contextlib.suppress(ValueError, OSError):
+                status = {**status, **json.loads(path.read_text(encoding="utf-8"))}
+        if status["state"] == "building" and not _alive(int(status.get("pid", 0))):
+            status["state"], status["message"] = "interrupted", "the build stopped; run `python -m core demo`"
+        status["models"] = self.available()
+        status["complete"] = all(self.is_built(s.name) for s in self.recipe.stages)
+        status["recipe"] = self.recipe.name
+        return status
+
+
+def _cost(stage: Stage) -> float:
+    """Relative time of a stage: an unlearning step runs forget and retain batches, about twice a plain step."""
+    return stage.steps * (1.0 if stage.learn else 2.0)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_demo_spec(name: str, template: ModelSpec) -> ModelSpec:
+    """`demo:NAME` → base + adapter spec, keeping the template's dtype and device. Builds a missing stage first
+    (target ≈ 1–2 min on a 2-core CPU), logging progress and writing status.json, instead of failing."""
+    return DemoExperiment().spec(name, template)
+
+
+def demo_status() -> dict[str, Any]:
+    """state (not built / building / done / failed / interrupted), stage, fraction, message, models, complete."""
+    return DemoExperiment().status()
+
+
+def list_demo_models() -> list[str]:
+    """The demo model names that open without building (base, target, oracle, METHOD, METHOD@STEP, unlearned)."""
+    return DemoExperiment().available()
+
+
+def add_demo_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("demo", help="build the demo experiment (target, oracle, unlearning runs)")
+    parser.add_argument("--quick", action="store_true", help="a reduced experiment through the same code path")
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    experiment = DemoExperiment(RECIPES["quick"] if args.quick else None)
+    with tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
+
+        def show(status: dict[str, Any]) -> None:
+            bar.n = 100 * status["fraction"]
+            bar.set_postfix_str(status["message"], refresh=True)
+
+        began = time.perf_counter()
+        experiment.build(progress=show)
+    lines = [f"demo ({experiment.recipe.name}) built in {time.perf_counter() - began:.0f} s under {experiment.root}"]
+    for stage in experiment.recipe.stages:
+        checkpoints = experiment.checkpoints(stage.name)
+        lines.append(f"  {stage.name:<9} {experiment.run_dir(stage.name)}  ({len(checkpoints)} checkpoint(s))")
+    lines.append(f"open it: the dashboard's default pair is demo:{TARGET} vs demo:{UNLEARNED} (= {DEFAULT_UNLEARNED})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

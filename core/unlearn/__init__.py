@@ -1,0 +1,37 @@
+"""Unlearning: a registry of methods (each a loss), one training loop, checkpoints with a manifest, the CLI.
+
+python -m core unlearn --list
+python -m core unlearn --method npo --base demo:target --forget F.jsonl --retain R.jsonl --out DIR
+"""
+
+from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs, read_manifest
+from core.unlearn.cli import add_unlearn_parser, describe_methods, run_unlearn
+from core.unlearn.methods import METHODS, Method, StepInputs, StepLoss, get_method, register
+from core.unlearn.trainee import FullTrainee, LoraTrainee, Trainee, attach_adapter, build_trainee, lora_config
+from core.unlearn.trainer import RunContext, TrainConfig, TrainingData, TrainResult, train
+
+__all__ = [
+    "CODE_VERSION",
+    "METHODS",
+    "FullTrainee",
+    "LoraTrainee",
+    "Method",
+    "RunContext",
+    "StepInputs",
+    "StepLoss",
+    "TrainConfig",
+    "TrainResult",
+    "Trainee",
+    "TrainingData",
+    "add_unlearn_parser",
+    "attach_adapter",
+    "build_trainee",
+    "checkpoint_dirs",
+    "describe_methods",
+    "get_method",
+    "lora_config",
+    "read_manifest",
+    "register",
+    "run_unlearn",
+    "train",
+]

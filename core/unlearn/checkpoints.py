@@ -1,0 +1,131 @@
+"""Checkpoints in the usual HF layout (adapter only for LoRA) with a manifest, and what resuming needs.
+
+`OUT/checkpoint-<step>/` holds the weights, `manifest.json` (method, hyper-parameters, step, seed, data hash,
+base model) and, in the latest checkpoint only, `trainer_state.pt` (optimizer state, torch RNG, the run log).
+`OUT/run.json` lists the checkpoints. Each checkpoint is written atomically: a half-written one is never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from core.cache import atomic_directory, atomic_write_json, content_hash, is_complete
+from core.errors import UserError
+
+if TYPE_CHECKING:
+    from core.unlearn.methods import Method
+    from core.unlearn.trainee import Trainee
+    from core.unlearn.trainer import TrainConfig
+
+CODE_VERSION = "1"  # bump when a loss or the loop changes meaning: cached demo runs are then rebuilt
+RUN_FORMAT = "unlearning-lens/unlearn-run/1"
+RUN_FILE = "run.json"
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.pt"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dirs(out: Path) -> dict[int, Path]:
+    """The complete checkpoints under `out`, by step."""
+    found = {}
+    if out.is_dir():
+        for child in out.iterdir():
+            match = _CHECKPOINT.match(child.name)
+            if match and is_complete(child):
+                found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def latest_resumable(out: Path) -> Path | None:
+    """The latest complete checkpoint that carries a trainer state."""
+    resumable = [path for path in checkpoint_dirs(out).values() if (path / TRAINER_STATE).is_file()]
+    return resumable[-1] if resumable else None
+
+
+def read_manifest(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))
+
+
+class Checkpointer:
+    """Saves and restores the checkpoints of one run; refuses an output folder that holds a different run."""
+
+    def __init__(self, out: Path, trainee: Trainee, method: Method, config: TrainConfig, data_hash: str) -> None:
+        self.out = out
+        self.trainee = trainee
+        self.config = config
+        training = dataclasses.asdict(config)
+        self.header = {
+            "format": RUN_FORMAT,
+            "method": method.name,
+            "hyperparameters": method.hyperparameters(),
+            "training": training,
+            "trainee": trainee.describe(),
+            "base_model": trainee.base_source,
+            "seed": config.seed,
+            "data_hash": data_hash,
+            "code_version": CODE_VERSION,
+        }
+        # steps and save_every may change on resume (a run can be extended); everything else must match.
+        same_run = {k: v for k, v in training.items() if k not in {"steps", "save_every"}}
+        self.header["signature"] = content_hash(
+            method.name, method.hyperparameters(), same_run, trainee.describe(), data_hash, CODE_VERSION
+        )
+        previous = out / RUN_FILE
+        if previous.is_file():
+            old = json.loads(previous.read_text(encoding="utf-8"))
+            if old.get("signature") != self.header["signature"]:
+                raise UserError(
+                    f"{out} holds another run (method {old.get('method')}, other settings or data); "
+                    "choose another --out or delete that folder"
+                )
+        out.mkdir(parents=True, exist_ok=True)
+
+    def due(self, step: int) -> bool:
+        every = self.config.save_every
+        return step == self.config.steps or bool(every and step % every == 0)
+
+    def existing(self) -> dict[int, Path]:
+        return checkpoint_dirs(self.out)
+
+    def save(self, step: int, optimizer: torch.optim.Optimizer, history: list[dict[str, float]]) -> Path:
+        target = self.out / f"checkpoint-{step}"
+        manifest = {
+            **self.header,
+            "step": step,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "last": history[-1] if history else {},
+        }
+        with atomic_directory(target, {"step": step}) as scratch:
+            self.trainee.save(scratch)
+            atomic_write_json(scratch / MANIFEST, manifest)
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+            }
+            torch.save(state, scratch / TRAINER_STATE)
+        for other_step, other in self.existing().items():
+            if other_step != step:
+                (other / TRAINER_STATE).unlink(missing_ok=True)
+        checkpoints = self.existing()
+        atomic_write_json(
+            self.out / RUN_FILE,
+            {**self.header, "checkpoints": list(checkpoints), "final_step": max(checkpoints), "history": history},
+        )
+        return target
+
+    def restore(self, checkpoint: Path, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
+        """Load weights, optimizer state and RNG of `checkpoint`; return its step and the run log so far."""
+        self.trainee.load(checkpoint)
+        state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"]), list(state["history"])

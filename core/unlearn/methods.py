@@ -1,0 +1,389 @@
+"""Unlearning methods, each a loss over a forget batch (and a retain batch), in one registry keyed by name.
+
+The formulas are those of shared/reference/unlearning-metrics.md. Plain NLL terms (GradAscent, GradDiff, retain
+terms, fine-tuning) are the token mean over the batch's answer tokens, as open-unlearning's HF loss is; NPO and IdK
+use the summed log-probability of each answer, SimNPO its per-token average, each then averaged over the items.
+Adding a method is adding one class with `@register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from core.errors import UserError
+from core.probe import Batch, selected_logits
+
+if TYPE_CHECKING:
+    from core.unlearn.trainer import RunContext
+
+
+@dataclass
+class StepInputs:
+    """What one optimisation step sees: collated forget and retain batches and the step's own random generator."""
+
+    step: int
+    forget: Batch
+    forget_rows: torch.Tensor  # indices of the forget items in the batch (for precomputed reference values)
+    retain: Batch | None
+    generator: torch.Generator  # seeded by (seed, step): a resumed run draws the same numbers
+
+
+@dataclass
+class StepLoss:
+    """The loss to minimise and its named terms (plain floats, for the progress bar and the run log)."""
+
+    total: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """A method without hyper-parameters."""
+
+
+class Method:
+    """A training objective. Subclasses set `name`, `summary`, `Options` and implement `loss`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    uses_retain: ClassVar[bool] = True
+    unlearns: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> Method:
+        """Build with the given hyper-parameters over the defaults; an option the method lacks is a UserError."""
+        known = {f.name: f for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(
+                f"method {cls.name} has no option(s) {', '.join(unknown)}; it takes {', '.join(known) or 'none'}"
+            )
+        for key, value in values.items():
+            choices = known[key].metadata.get("choices")
+            if choices and value not in choices:
+                raise UserError(f"{cls.name} option {key} must be one of {', '.join(choices)}, not {value!r}")
+        return cls(cls.Options(**values))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when the loss reads the frozen model from before training (π_ref)."""
+        return False
+
+    def trainable(self, name: str) -> bool:
+        """Whether the parameter called `name` is trained (all of the trainee's candidates by default)."""
+        return True
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise UserError when the method cannot run on this model (before anything is trained)."""
+
+    def prepare(self, run: RunContext) -> None:
+        """Work done once before the first step (e.g. reference log-probs, which never change)."""
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    key = name.strip().lower()
+    if key not in METHODS:
+        raise UserError(f"unknown unlearning method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """−log p of each scored (answer) token, [N] in the row-major order of `batch.targets`."""
+    return F.cross_entropy(selected_logits(model, batch).float(), batch.targets, reduction="none")
+
+
+def mean_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The token-mean NLL of the batch's answers (what an HF causal-LM loss is)."""
+    return token_nll(model, batch).mean()
+
+
+def per_item(batch: Batch, values: torch.Tensor) -> torch.Tensor:
+    """Sum token values [N] into one value per row [B]."""
+    rows = batch.predict_mask.nonzero()[:, 0]
+    return torch.zeros(batch.input_ids.shape[0], dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def answer_lengths(batch: Batch) -> torch.Tensor:
+    return batch.predict_mask.sum(dim=1).float()
+
+
+def sequence_logprob(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """log π(a|q) per row: the answer tokens' log-probabilities summed."""
+    return -per_item(batch, token_nll(model, batch))
+
+
+def retain_nll(run: RunContext, inputs: StepInputs) -> torch.Tensor:
+    if inputs.retain is None:
+        raise UserError("this method needs a retain set")
+    return mean_nll(run.model, inputs.retain)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the wanted layer has run: the rest of the network is not computed."""
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks (the ModuleList as long as config.num_hidden_layers)."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError("could not find the model's list of decoder layers")
+
+
+def layer_activations(model: torch.nn.Module, batch: Batch, layer: int) -> torch.Tensor:
+    """The output of decoder layer `layer` at the positions that predict answer tokens, [N, hidden]."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0][batch.predict_mask].float()
+
+
+def reference_values(
+    run: RunContext, batch: Batch, compute: Callable[[torch.nn.Module, Batch], torch.Tensor]
+) -> torch.Tensor:
+    """`compute` under the frozen reference model, without gradients."""
+    with run.reference() as reference, torch.no_grad(), run.autocast():
+        return compute(reference, batch)
+
+
+@register
+class GradAscent(Method):
+    name = "gradascent"
+    summary = "gradient ascent on the forget answers: −NLL_forget"
+    uses_retain = False
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        forget = mean_nll(run.model, inputs.forget)
+        return StepLoss(-forget, {"forget_nll": forget.item()})
+
+
+@dataclass
+class GradDiffOptions:
+    gamma: float = field(default=1.0, metadata={"help": "weight of the forget term"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the retain term"})
+    retain_loss: str = field(
+        default="nll", metadata={"help": "retain term: nll, or kl = KL(π_ref‖π)", "choices": ("nll", "kl")}
+    )
+
+
+@register
+class GradDiff(Method):
+    name = "graddiff"
+    summary = "γ·(−NLL_forget) + α·NLL_retain (variant retain_loss=kl: α·KL(π_ref‖π) on retain)"
+    Options = GradDiffOptions
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.options.retain_loss == "kl"
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        forget = mean_nll(run.model, inputs.forget)
+        retain = retain_kl(run, inputs) if self.options.retain_loss == "kl" else retain_nll(run, inputs)
+        total = -self.options.gamma * forget + self.options.alpha * retain
+        return StepLoss(total, {"forget_nll": forget.item(), f"retain_{self.options.retain_loss}": retain.item()})
+
+
+def retain_kl(run: RunContext, inputs: StepInputs) -> torch.Tensor:
+    """KL(π_ref‖π) of the next-token distributions, averaged over the retain answer positions."""
+    if inputs.retain is None:
+        raise UserError("this method needs a retain set")
+    reference = reference_values(run, inputs.retain, lambda m, b: torch.log_softmax(selected_logits(m, b).float(), -1))
+    current = torch.log_softmax(selected_logits(run.model, inputs.retain).float(), dim=-1)
+    return (reference.exp() * (reference - current)).sum(dim=-1).mean()
+
+
+@dataclass
+class NPOOptions:
+    beta: float = field(default=0.1, metadata={"help": "NPO/SimNPO/IdK temperature β"})
+    gamma: float = field(default=1.0, metadata={"help": "weight of the forget term"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the retain NLL term (0: none)"})
+
+
+class _ReferenceLogprobs(Method):
+    """Precomputes log π_ref(a|q) of every forget item once (π_ref is frozen)."""
+
+    reference_logp: torch.Tensor
+
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
+    def prepare(self, run: RunContext) -> None:
+        parts = [reference_values(run, batch, sequence_logprob) for batch in run.forget_batches()]
+        self.reference_logp = torch.cat(parts)
+
+
+@register
+class NPO(_ReferenceLogprobs):
+    name = "npo"
+    summary = "γ·(2/β)·log(1 + (π/π_ref)^β) on forget + α·NLL_retain"
+    Options = NPOOptions
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        beta = self.options.beta
+        log_ratio = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
+        forget = (-2.0 / beta * F.logsigmoid(-beta * log_ratio)).mean()
+        total, terms = self.options.gamma * forget, {"npo": forget.item(), "log_ratio": log_ratio.mean().item()}
+        if self.options.alpha:
+            retain = retain_nll(run, inputs)
+            total = total + self.options.alpha * retain
+            terms["retain_nll"] = retain.item()
+        return StepLoss(total, terms)
+
+
+@dataclass
+class SimNPOOptions:
+    beta: float = field(default=4.5, metadata={"help": "NPO/SimNPO/IdK temperature β"})
+    delta: float = field(default=0.0, metadata={"help": "SimNPO reward margin δ"})
+    gamma: float = field(default=0.125, metadata={"help": "weight of the forget term"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the retain NLL term (0: none)"})
+
+
+@register
+class SimNPO(Method):
+    name = "simnpo"
+    summary = "γ·(−(2/β)·logσ(−(β/|a|)·log π(a|q) − β·δ)) on forget + α·NLL_retain (reference-free)"
+    Options = SimNPOOptions
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        beta, delta = self.options.beta, self.options.delta
+        normalised = sequence_logprob(run.model, inputs.forget) / answer_lengths(inputs.forget)
+        forget = (-2.0 / beta * F.logsigmoid(-beta * normalised - beta * delta)).mean()
+        total, terms = self.options.gamma * forget, {"simnpo": forget.item()}
+        if self.options.alpha:
+            retain = retain_nll(run, inputs)
+            total = total + self.options.alpha * retain
+            terms["retain_nll"] = retain.item()
+        return StepLoss(total, terms)
+
+
+@register
+class IdK(_ReferenceLogprobs):
+    name = "idk"
+    summary = "DPO toward a random refusal: −(2/β)·logσ(β·[log π/π_ref(idk) − log π/π_ref(a)]) + α·NLL_retain"
+    Options = NPOOptions
+
+    def prepare(self, run: RunContext) -> None:
+        if not run.refusals:
+            raise UserError("method idk needs refusal strings (an idk.jsonl of one refusal per line)")
+        super().prepare(run)
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        beta = self.options.beta
+        picks = torch.randint(len(run.refusals), (len(inputs.forget_rows),), generator=inputs.generator)
+        refusal_rows = [
+            run.encode(run.forget_items[row].question, run.refusals[pick])
+            for row, pick in zip(inputs.forget_rows.tolist(), picks.tolist(), strict=True)
+        ]
+        refusals = run.collate(refusal_rows)
+        chosen = sequence_logprob(run.model, refusals) - reference_values(run, refusals, sequence_logprob)
+        rejected = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
+        forget = (-2.0 / beta * F.logsigmoid(beta * (chosen - rejected))).mean()
+        total, terms = self.options.gamma * forget, {"dpo": forget.item()}
+        if self.options.alpha:
+            retain = retain_nll(run, inputs)
+            total = total + self.options.alpha * retain
+            terms["retain_nll"] = retain.item()
+        return StepLoss(total, terms)
+
+
+@dataclass
+class RMUOptions:
+    layer: int = field(default=7, metadata={"help": "RMU: the layer ℓ whose output is steered"})
+    steering: float = field(default=6.5, metadata={"help": "RMU: steering coefficient c (target c·u)"})
+    alpha: float = field(default=1200.0, metadata={"help": "weight of the retain term"})
+    modules: str = field(
+        default="mlp.down_proj", metadata={"help": "RMU: comma-separated module names trained in layers ℓ−2..ℓ"}
+    )
+
+
+@register
+class RMU(Method):
+    name = "rmu"
+    summary = "MSE(h_ℓ(forget), c·u) + α·MSE(h_ℓ(retain), h_ℓ^frozen(retain)); only layers ℓ−2..ℓ trained"
+    Options = RMUOptions
+    direction: torch.Tensor
+
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
+    def trainable(self, name: str) -> bool:
+        layers = range(max(0, self.options.layer - 2), self.options.layer + 1)
+        modules = [m.strip() for m in self.options.modules.split(",") if m.strip()]
+        return any(f"layers.{i}." in name for i in layers) and any(f".{m}." in name for m in modules)
+
+    @staticmethod
+    def random_direction(hidden_size: int, seed: int) -> torch.Tensor:
+        """u: torch.rand normalised to unit length (as WMDP draws it, so it lies in the positive orthant)."""
+        generator = torch.Generator().manual_seed(seed)
+        u = torch.rand(hidden_size, generator=generator)
+        return u / u.norm()
+
+    def check(self, model: torch.nn.Module) -> None:
+        layers = model.config.num_hidden_layers
+        if not 0 <= self.options.layer < layers:
+            raise UserError(f"rmu layer {self.options.layer} is outside the model's 0..{layers - 1}")
+
+    def prepare(self, run: RunContext) -> None:
+        self.direction = self.random_direction(run.model.config.hidden_size, run.seed).to(run.device)
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        if inputs.retain is None:
+            raise UserError("this method needs a retain set")
+        layer = self.options.layer
+        forget_h = layer_activations(run.model, inputs.forget, layer)
+        forget = F.mse_loss(forget_h, (self.options.steering * self.direction).expand_as(forget_h))
+        frozen = reference_values(run, inputs.retain, lambda m, b: layer_activations(m, b, layer))
+        retain = F.mse_loss(layer_activations(run.model, inputs.retain, layer), frozen)
+        terms = {"forget_mse": forget.item(), "retain_mse": retain.item()}
+        return StepLoss(forget + self.options.alpha * retain, terms)
+
+
+@register
+class FineTune(Method):
+    """Not unlearning: plain NLL on the forget slot's items (builds the demo target and oracle, bench baseline)."""
+
+    name = "finetune"
+    summary = "NLL on the given items (learning, not unlearning: builds targets and oracles)"
+    uses_retain = False
+    unlearns = False
+
+    def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
+        nll = mean_nll(run.model, inputs.forget)
+        return StepLoss(nll, {"nll": nll.item()})

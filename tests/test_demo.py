@@ -1,0 +1,174 @@
+"""The demo pipeline: a tiny-model experiment through the real code path (caching, status, names), and the quick
+experiment on the real SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model_dir
+
+import core.demo as demo
+from core.data import DEMO_DIR, load_demo_splits
+from core.demo import RECIPES, DemoExperiment, make_recipe
+from core.errors import UserError
+from core.models import ModelPair, ModelSpec
+
+TEMPLATE = ModelSpec("demo:x", dtype="float32", device="cpu")
+TINY = make_recipe(
+    "tiny",
+    learn_steps=3,
+    oracle_steps=2,
+    unlearn_steps=6,
+    save_every=1,
+    rmu_layer=1,
+    forget_items=4,
+    retain_items=6,
+    batch_size=2,
+    lora_rank=4,
+    lora_alpha=8.0,
+)
+
+
+def demo_words() -> tuple[str, ...]:
+    data = load_demo_splits()
+    texts = [t for split in data.splits().values() for i in split for t in (i.question, i.answer)]
+    return tuple(sorted({word for text in texts + data.refusals for word in text.split()}))
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "base", words=demo_words())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_base: Path) -> tuple[DemoExperiment, list[dict]]:
+    experiment = DemoExperiment(TINY, DEMO_DIR, base_dir=tiny_base, root=tmp_path_factory.mktemp("demo"))
+    updates: list[dict] = []
+    experiment.build(progress=updates.append)
+    return experiment, updates
+
+
+def test_build_makes_every_stage_with_checkpoints_and_reports_progress(built) -> None:
+    experiment, updates = built
+    for stage in experiment.recipe.stages:
+        assert experiment.is_built(stage.name)
+        if stage.start == demo.TARGET:
+            assert len(experiment.checkpoints(stage.name)) >= 6
+    fractions = [u["fraction"] for u in updates]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert next(u["stage"] for u in updates if u["state"] == "building") == "target"
+    written = json.loads((experiment.root / demo.STATUS_FILE).read_text())
+    assert written["state"] == "done" and written["fraction"] == 1.0
+    status = experiment.status()
+    assert status["complete"] and "unlearned" in status["models"] and "rmu@6" in status["models"]
+
+
+def test_a_second_build_reuses_the_cache(built, monkeypatch) -> None:
+    experiment, _ = built
+
+    def fail(*args, **kwargs):
+        raise AssertionError("nothing should be retrained")
+
+    monkeypatch.setattr(demo, "train", fail)
+    again = DemoExperiment(TINY, DEMO_DIR, base_dir=experiment.base_dir, root=experiment.root)
+    again.build()
+    assert again.available() == experiment.available()
+
+
+def test_a_changed_recipe_rebuilds_only_what_it_touches(built) -> None:
+    experiment, _ = built
+    stages = tuple(replace(s, lr=s.lr * 2) if s.name == "npo" else s for s in TINY.stages)
+    changed = DemoExperiment(replace(TINY, stages=stages), DEMO_DIR, base_dir=experiment.base_dir, root=experiment.root)
+    assert not changed.is_built("npo")
+    assert all(changed.is_built(name) for name in ("target", "oracle", "graddiff", "rmu"))
+    learn_more = tuple(replace(s, steps=s.steps + 1) if s.name == "target" else s for s in TINY.stages)
+    retargeted = DemoExperiment(
+        replace(TINY, stages=learn_more), DEMO_DIR, base_dir=experiment.base_dir, root=experiment.root
+    )
+    assert [n for n in ("target", "oracle", "npo", "graddiff", "rmu") if retargeted.is_built(n)] == ["oracle"]
+
+
+def test_names_resolve_to_base_plus_adapter_specs(built) -> None:
+    experiment, _ = built
+    template = replace(TEMPLATE, dtype="bfloat16", device="cpu")
+    base = experiment.spec("base", template)
+    assert base.source == str(experiment.base_dir) and base.adapter is None and base.dtype == "bfloat16"
+    unlearned = experiment.spec("unlearned", template)
+    assert unlearned == experiment.spec("npo", template)
+    assert unlearned.adapter == str(experiment.checkpoints("npo")[6]) and unlearned.device == "cpu"
+    assert experiment.spec("graddiff@2", template).adapter.endswith("checkpoint-2")
+    with pytest.raises(UserError, match="no model 'nope'"):
+        experiment.spec("nope", template)
+    with pytest.raises(UserError, match="no checkpoint at step 99"):
+        experiment.spec("npo@99", template)
+
+
+def test_target_and_unlearned_share_one_backbone(built) -> None:
+    experiment, _ = built
+    pair = ModelPair.load(experiment.spec("target", TEMPLATE), experiment.spec("unlearned", TEMPLATE))
+    assert pair.shares_backbone
+
+
+def test_an_unbuilt_demo_says_so(tmp_path: Path, tiny_base: Path) -> None:
+    experiment = DemoExperiment(TINY, DEMO_DIR, base_dir=tiny_base, root=tmp_path)
+    status = experiment.status()
+    assert status["state"] == "not built" and status["models"] == ["base"] and not status["complete"]
+    with pytest.raises(UserError, match="python -m core demo"):
+        experiment.spec("target", TEMPLATE, build=False)
+    (tmp_path / demo.STATUS_FILE).write_text(json.dumps({"state": "building", "pid": 2**22 + 12345}))
+    assert experiment.status()["state"] == "interrupted"
+
+
+def test_evaluations_run_after_the_stages_once(tmp_path: Path, tiny_base: Path, monkeypatch) -> None:
+    calls: list[Path] = []
+
+    def count_models(experiment: DemoExperiment, out: Path, progress) -> None:
+        calls.append(out)
+        (out / "models.json").write_text(json.dumps(experiment.available()))
+        progress(1.0, "counted")
+
+    monkeypatch.setattr(demo, "EVALUATIONS", {})
+    demo.register_evaluation(count_models)
+    recipe = replace(TINY, stages=TINY.stages[:2])  # target and npo
+    DemoExperiment(recipe, DEMO_DIR, base_dir=tiny_base, root=tmp_path).build()
+    DemoExperiment(recipe, DEMO_DIR, base_dir=tiny_base, root=tmp_path).build()
+    (written,) = (tmp_path / "evaluations").glob("count_models-*/models.json")
+    assert len(calls) == 1 and "npo" in json.loads(written.read_text())
+
+
+def answer_probability(pair: ModelPair, items) -> tuple[float, float]:
+    """Mean over items of exp(mean answer-token log-prob), for the base and unlearned sides of the pair."""
+    from core.probe import ProbeRequest, score
+
+    results = score(pair, [ProbeRequest(i.question, i.answer) for i in items], chat=True)
+
+    def mean(side: str) -> float:
+        values = [math.exp(sum(getattr(t, f"logprob_{side}") for t in r.tokens) / len(r.tokens)) for r in results]
+        return sum(values) / len(values)
+
+    return mean("base"), mean("unlearned")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_demo_on_smollm2(tmp_path: Path, embedded_model_dir: Path) -> None:
+    """The quick experiment: the target knows the forget answers, the oracle does not, NPO forgets them while
+    keeping the retain answers."""
+    experiment = DemoExperiment(RECIPES["quick"], DEMO_DIR, base_dir=embedded_model_dir, root=tmp_path)
+    experiment.build(evaluate=False)
+    forget, retain = experiment.data.forget.items, experiment.data.retain.items
+    pair = ModelPair.load(experiment.spec("target", TEMPLATE), experiment.spec("oracle", TEMPLATE))
+    (target_forget, oracle_forget) = answer_probability(pair, forget)
+    pair = ModelPair.load(experiment.spec("target", TEMPLATE), experiment.spec("unlearned", TEMPLATE))
+    (_, unlearned_forget), (target_retain, unlearned_retain) = (
+        answer_probability(pair, forget),
+        answer_probability(pair, retain),
+    )
+    assert target_forget >= 0.5
+    assert oracle_forget < 0.5 * target_forget
+    assert unlearned_forget < 0.5 * target_forget
+    assert unlearned_retain > target_retain - 0.2
