@@ -6,17 +6,27 @@ import argparse
 import logging
 import sys
 
+from core.demo import add_demo_parser
 from core.embedded import add_model_parser
 from core.errors import UserError
+from core.evaluate import add_evaluate_parser
 from core.ingest import add_ingest_parser
 from core.probe import add_probe_parser
+from core.unlearn.cli import add_unlearn_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Unlearning Lens, headless.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (add_model_parser, add_probe_parser, add_ingest_parser):
+    for register in (
+        add_model_parser,
+        add_demo_parser,
+        add_probe_parser,
+        add_unlearn_parser,
+        add_evaluate_parser,
+        add_ingest_parser,
+    ):
         register(commands)
     return parser
 
