@@ -75,7 +75,7 @@ class Recipe:
 
 def _unlearning_stages(steps: int, save_every: int, rmu_layer: int) -> tuple[Stage, ...]:
     return (
-        Stage("npo", "npo", TARGET, steps, 4e-4, save_every, options=(("beta", 0.1), ("alpha", 1.0))),
+        Stage("npo", "npo", TARGET, steps, 3e-4, save_every, options=(("beta", 0.1), ("alpha", 1.0))),
         Stage("graddiff", "graddiff", TARGET, steps, 2e-4, save_every),
         Stage(
             "rmu",
@@ -96,22 +96,23 @@ def make_recipe(
     unlearn_steps: int,
     save_every: int,
     rmu_layer: int = 7,
+    learn_lr: float = 1e-3,
     **sizes: Any,
 ) -> Recipe:
     """Build order: the target, then the default unlearned run (so the dashboard's pair is ready early), then
     the oracle and the other runs."""
     runs = _unlearning_stages(unlearn_steps, save_every, rmu_layer)
     stages = (
-        Stage(TARGET, "finetune", BASE, learn_steps, 1e-3, learn=("forget", "retain")),
+        Stage(TARGET, "finetune", BASE, learn_steps, learn_lr, learn=("forget", "retain")),
         runs[0],
-        Stage(ORACLE, "finetune", BASE, oracle_steps, 1e-3, learn=("retain",)),
+        Stage(ORACLE, "finetune", BASE, oracle_steps, learn_lr, learn=("retain",)),
         *runs[1:],
     )
     return Recipe(name, stages, **sizes)
 
 
 RECIPES = {
-    "full": make_recipe("full", learn_steps=40, oracle_steps=36, unlearn_steps=18, save_every=3),
+    "full": make_recipe("full", learn_steps=40, oracle_steps=36, unlearn_steps=18, save_every=3, learn_lr=2e-3),
     "quick": make_recipe(
         "quick",
         learn_steps=12,
@@ -315,12 +316,12 @@ class DemoExperiment:
         """A LoRA trainee on the shared backbone: a new adapter, or a copy of the target's."""
         import torch
 
-        from core.models import load_backbone, load_tokenizer
+        from core.models import load_backbone, load_tokenizer, resolve_device
 
         if self._host is None:
-            spec = ModelSpec(str(self.base_dir), dtype="float32", device="cpu")
+            spec = ModelSpec(str(self.base_dir), dtype="float32")
             self._tokenizer = load_tokenizer(spec)
-            self._host = load_backbone(spec, torch.device("cpu"), torch.float32)
+            self._host = load_backbone(spec, resolve_device("auto"), torch.float32)
         torch.manual_seed(self.recipe.seed)
         if stage.start == BASE:
             config = lora_config(self.recipe.lora_rank, self.recipe.lora_alpha, "all-linear")

@@ -40,7 +40,12 @@ def add_unlearn_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every K steps (the last step always)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; see PERFORMANCE)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on for CUDA GPUs with bf16, off on CPU, where it is far slower)",
+    )
     parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=True, help="train a LoRA adapter (default)")
