@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import save_tiny_model_dir
-
 from safetensors.torch import load_file
 
 from core.errors import UserError

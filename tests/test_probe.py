@@ -137,7 +137,7 @@ def test_json_round_trip(two_model_pair):
 
 
 def test_chat_template_wraps_the_prompt(two_model_pair):
-    pair, tokenizer = two_model_pair
+    pair, _ = two_model_pair
     result = score(pair, [ProbeRequest("hi", "yo")], chat=True)[0]
     assert "".join(result.context_tokens) == "user: hi | assistant:"
 
