@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import save_tiny_model_dir
 from streamlit.testing.v1 import AppTest
+from tiny_models import save_tiny_model_dir
 
 from core import figures
 from core.data import load_demo_splits

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model_dir
+from tiny_models import save_tiny_model_dir
 
 import core.demo as demo
 from core.data import DEMO_DIR, load_demo_splits

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 from rouge_score import rouge_scorer
 from scipy import stats
+from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 from core.cache import atomic_write_json
 from core.data import QADataset, QAItem, SplitData

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save_tiny_model_dir
+from tiny_models import save_tiny_model_dir
 
 from core.data import QADataset, QAItem, load_qa_dataset
 from core.errors import UserError

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model_dir
 from safetensors.torch import load_file
+from tiny_models import save_tiny_model_dir
 
 from core.errors import UserError
 from core.models import ModelPair, ModelSpec, describe_tokenizer_difference, load_tokenizer, resolve_dtype

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import TinyTokenizer, make_tiny_llama
+from tiny_models import TinyTokenizer, make_tiny_llama
 
 from core.errors import UserError
 from core.models import ModelPair

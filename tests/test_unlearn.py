@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
+from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 from core.errors import UserError
 from core.unlearn import (
