@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
 
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()  # two cold loads at once can exhaust memory: load in order
+AUTOLOAD_ENV = "ULENS_AUTOLOAD"  # 0: do not load the default pair when a session starts (wait for "Load pair")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -81,11 +83,13 @@ def sidebar() -> None:
         st.header("Model pair")
         with st.form("pair"):
             base = st.text_input(
-                "Base model", value=DEFAULT_BASE, help="Folder, hub id, .gguf file, PEFT adapter folder, or demo:NAME"
+                "Base model",
+                value=_chosen(0, DEFAULT_BASE),
+                help="Folder, hub id, .gguf file, PEFT adapter folder, or demo:NAME",
             )
             unlearned = st.text_input(
                 "Unlearned model",
-                value=DEFAULT_UNLEARNED,
+                value=_chosen(1, DEFAULT_UNLEARNED),
                 help="Same forms; SOURCE::adapter=DIR puts an adapter on SOURCE",
             )
             left, right = st.columns(2)
@@ -94,7 +98,8 @@ def sidebar() -> None:
             trust = st.checkbox("Trust remote code", help="Runs Python code shipped with the model. Off by default.")
             unsafe = st.checkbox("Allow pickle weights", help="Loads .bin weights, which can run code.")
             submitted = st.form_submit_button("Load pair", type="primary")
-        if submitted or (pair_key() is None and st.session_state.get("autoload", True)):
+        autoload = st.session_state.get("autoload", os.environ.get(AUTOLOAD_ENV, "1") != "0")
+        if submitted or (pair_key() is None and autoload):
             key = (base.strip(), unlearned.strip(), dtype, device, trust, unsafe)
             st.session_state["autoload"] = False
             with st.status("Loading model pair…", expanded=False) as status:
