@@ -6,11 +6,13 @@ import argparse
 import logging
 import sys
 
+from core.attribution import add_attribute_parser
 from core.demo import add_demo_parser
 from core.embedded import add_model_parser
 from core.errors import UserError
 from core.evaluate import add_evaluate_parser
 from core.ingest import add_ingest_parser
+from core.lens import add_lens_parser
 from core.probe import add_probe_parser
 from core.unlearn.cli import add_unlearn_parser
 
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_probe_parser,
         add_unlearn_parser,
         add_evaluate_parser,
+        add_attribute_parser,
+        add_lens_parser,
         add_ingest_parser,
     ):
         register(commands)
