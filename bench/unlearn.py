@@ -1,7 +1,7 @@
 """Unlearning benchmark: seconds per step of each method vs one plain fine-tuning step on the same batch, and the
 demo build time. Prints a markdown table (figures go to docs/PERFORMANCE-unlearn.md).
 
-    python bench/unlearn.py [--repeats 3] [--batch-size 8] [--demo quick|full]
+    python bench/unlearn.py [--repeats 3] [--batch-size 8] [--threads N] [--demo quick|full]
 """
 
 from __future__ import annotations
@@ -88,7 +88,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--demo", choices=sorted(RECIPES), help="also time a demo build from an empty cache")
     parser.add_argument("--skip-methods", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (1 measures more steadily on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lines = [f"torch threads: {torch.get_num_threads()}"]
     if not args.skip_methods:
