@@ -615,40 +615,44 @@ def generate_greedy(
     return [next((row[:i] for i, token in enumerate(row) if token in stop_ids), row) for row in new]
 
 
-def rouge_logs(
+def _generation_records(
     model: torch.nn.Module, tokenizer: Any, units: list[_Unit], settings: EvalSettings, tick: Callable[[], None]
-) -> dict[str, Any]:
-    """Greedy generation from each question, scored against the answer (TOFU aggregates ROUGE-L recall)."""
+) -> dict[int, dict[str, Any]]:
+    """Per unit position: the ROUGE scores of its greedy generation, with input, ground truth and generation."""
     pad_id, stops = _pad_id(tokenizer), _stop_ids(model, tokenizer)
-    prompt_length = _max_length(model, tokenizer, settings) - settings.max_new_tokens
-    prompts = {
-        unit.position: encode(tokenizer, unit.item.question, None, settings.chat, prompt_length) for unit in units
-    }
+    limit = _max_length(model, tokenizer, settings) - settings.max_new_tokens
+    prompts = {unit.position: encode(tokenizer, unit.item.question, None, settings.chat, limit) for unit in units}
     ordered = sorted(units, key=lambda unit: -len(prompts[unit.position].input_ids))
     records: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ordered), settings.generation_batch_size):
         batch = ordered[start : start + settings.generation_batch_size]
         ids = [prompts[unit.position].input_ids for unit in batch]
-        for unit, prompt, new in zip(
-            batch, ids, generate_greedy(model, ids, pad_id, stops, settings.max_new_tokens), strict=True
-        ):
-            generation = tokenizer.decode(new, skip_special_tokens=True).strip()
-            records[unit.position] = metrics.rouge_scores(generation, unit.item.answer) | {
+        generated = generate_greedy(model, ids, pad_id, stops, settings.max_new_tokens)
+        for unit, prompt, new in zip(batch, ids, generated, strict=True):
+            text = tokenizer.decode(new, skip_special_tokens=True).strip()
+            records[unit.position] = metrics.rouge_scores(text, unit.item.answer) | {
                 "input": tokenizer.decode(prompt, skip_special_tokens=True),
                 "ground_truth": unit.item.answer,
-                "generation": generation,
+                "generation": text,
             }
         tick()
+    return records
+
+
+def rouge_logs(
+    model: torch.nn.Module, tokenizer: Any, units: list[_Unit], settings: EvalSettings, tick: Callable[[], None]
+) -> dict[str, Any]:
+    """Greedy generation from each question, scored against the answer (TOFU aggregates ROUGE-L recall)."""
+    records = _generation_records(model, tokenizer, units, settings, tick)
     logs = {}
-    for split in SPLIT_NAMES:
+    for split in dict.fromkeys(unit.split for unit in units):
         chosen = [unit for unit in units if unit.split == split]
-        if chosen:
-            values = [records[unit.position] for unit in chosen]
-            agg = float(np.mean([value["rougeL_recall"] for value in values]))
-            logs[_prefixed(split, "Q_A_ROUGE")] = {
-                "agg_value": agg,
-                "value_by_index": {str(unit.item.index): value for unit, value in zip(chosen, values, strict=True)},
-            }
+        values = [records[unit.position] for unit in chosen]
+        agg = float(np.mean([value["rougeL_recall"] for value in values]))
+        logs[_prefixed(split, "Q_A_ROUGE")] = {
+            "agg_value": agg,
+            "value_by_index": {str(unit.item.index): value for unit, value in zip(chosen, values, strict=True)},
+        }
     return logs
 
 
@@ -738,9 +742,9 @@ def folder_reference(folder: Path) -> OracleReference:
     final = runs.assign(order=runs["step"].astype("Float64").fillna(math.inf)).sort_values("order").iloc[-1]
     step = None if pd.isna(final["step"]) else int(final["step"])
     ratios = forget_truth_ratios(result.items, final["model"], step)
-    rows = result.summary[
-        (result.summary["model"] == final["model"]) & result.summary["metric"].isin(["mia_min_k/auc"])
-    ]
+    summary = result.summary
+    steps = summary["step"].isna() if step is None else summary["step"].eq(step).fillna(False)
+    rows = summary[(summary["model"] == final["model"]) & steps & (summary["metric"] == "mia_min_k/auc")]
     auc = float(rows["value"].iloc[0]) if not rows.empty else None
     return OracleReference(f"{final['model']} ({folder})", ratios, auc)
 
@@ -771,8 +775,8 @@ def derived_logs(logs: Mapping[str, Any], reference: OracleReference | None) -> 
     if "forget_truth_ratio" in logs:
         out["forget_quality"] = {"agg_value": _forget_quality(logs, reference)}
     if "mia_min_k" in logs:
-        reference_auc = reference.min_k_auc if reference and reference.min_k_auc is not None else None
-        auc = metrics.PRIVLEAK_DEFAULT_REFERENCE_AUC if reference_auc is None else reference_auc
+        known = reference.min_k_auc if reference else None
+        auc = metrics.PRIVLEAK_DEFAULT_REFERENCE_AUC if known is None else known
         out["privleak"] = {"agg_value": metrics.privleak(logs["mia_min_k"]["auc"], auc)}
     return out
 

@@ -29,8 +29,10 @@ from core.evaluate import (
     EvalResult,
     EvalSettings,
     add_evaluate_parser,
+    derived_logs,
     evaluate,
     evaluate_run,
+    folder_reference,
     next_token_statistics,
 )
 from core.ingest import ingest
@@ -573,3 +575,17 @@ def test_demo_specs_are_named_after_the_demo_model_not_its_cache_folder(run_dir,
     result = evaluate([ModelSpec.parse("demo:target"), ModelSpec.parse("demo:npo@5")], word_splits(), oracle="target")
     assert [(e.model, e.method, e.step) for e in result.evaluations] == [("target", "target", None), ("npo", "NPO", 5)]
     assert agg(result, "forget_quality", "target") == 1.0
+
+
+REAL_OU = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "open-unlearning-eval"
+
+
+def test_derived_metrics_reproduce_open_unlearning_stored_values() -> None:
+    """forget_quality, privleak and model_utility of the real Llama-3.2-1B full run, from its per-item numbers and the
+    retain90 oracle's folder, equal what open-unlearning stored."""
+    full = json.loads((REAL_OU / "tofu_Llama-3.2-1B-Instruct_full" / "evals_forget10" / "TOFU_EVAL.json").read_text())
+    reference = folder_reference(REAL_OU / "tofu_Llama-3.2-1B-Instruct_retain90")
+    assert reference.truth_ratios.size == 400 and reference.min_k_auc == pytest.approx(0.3826125)
+    derived = derived_logs(full, reference)
+    for name in ("forget_quality", "privleak", "model_utility"):
+        assert derived[name]["agg_value"] == pytest.approx(full[name]["agg_value"], rel=1e-9), name
