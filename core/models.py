@@ -259,6 +259,7 @@ class _Side:
                     yield self.model.get_base_model()
             else:
                 self.model.set_adapter(self.adapter)
+                self.model.requires_grad_(False)  # set_adapter marks the adapter trainable; sides are frozen
                 yield self.model.get_base_model()
 
 
