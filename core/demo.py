@@ -257,15 +257,17 @@ class DemoExperiment:
         """Build the named stages (and what they start from), or everything; then run the evaluations."""
         wanted = self._with_dependencies(names or [s.name for s in self.recipe.stages])
         self._progress = progress
-        total = sum(_cost(s) for s in wanted) or 1
+        evaluating = evaluate and names is None and bool(EVALUATIONS)
+        train_share = 0.8 if evaluating else 1.0  # the evaluations report the rest, so progress never goes back
+        total = (sum(_cost(s) for s in wanted) or 1) / train_share
         done = 0.0
         try:
             for stage in wanted:
                 if not self.is_built(stage.name):
                     self._build_stage(stage, done, total)
                 done += _cost(stage)
-            if evaluate and names is None:
-                self._evaluate()
+            if evaluating:
+                self._evaluate(train_share)
         except KeyboardInterrupt:
             self._report("interrupted", self._status.get("stage", ""), done / total, "interrupted; rerun to resume")
             raise
@@ -333,14 +335,20 @@ class DemoExperiment:
         self._host = attach_adapter(self._host, stage.name, target, trainable=True)
         return LoraTrainee(self._host, stage.name, TARGET, str(self.base_dir))
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, start: float) -> None:
         key = content_hash(*(self.key(s.name) for s in self.recipe.stages))
-        for name, evaluation in EVALUATIONS.items():
+        share = (1.0 - start) / len(EVALUATIONS)
+        for i, (name, evaluation) in enumerate(EVALUATIONS.items()):
             target = self.root / "evaluations" / f"{name}-{key}"
             if is_complete(target):
                 continue
+            offset = start + i * share
+
+            def report(fraction: float, message: str, n: str = name, offset: float = offset) -> None:
+                self._report("building", f"evaluate:{n}", offset + share * min(1.0, max(0.0, fraction)), message)
+
             with self._lock(f"evaluate-{name}"), atomic_directory(target, {"evaluation": name}) as scratch:
-                evaluation(self, scratch, lambda f, m, n=name: self._report("building", f"evaluate:{n}", f, m))
+                evaluation(self, scratch, report)
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
