@@ -2,15 +2,17 @@
 
 Every method attributes the answer's log-probability (whole, or each answer token: a matrix answer rows × prompt
 features) to the prompt's input embeddings, with the answer's own prefix held fixed (captum's `LLMAttribution` view;
-`include_answer_prefix` attributes to the answer's earlier tokens too, inseq's view). Gradient methods (integrated
-gradients, gradient × input) attribute each model's log-probs and show Δ as the difference of the two maps;
+`include_answer_prefix` attributes to the answer's earlier tokens too, inseq's view) and special tokens fed as they
+are (`keep_special`; an attention sink replaced by a baseline makes the IG path very rough). Gradient methods
+(integrated gradients, gradient × input) attribute each model's log-probs and show Δ as the difference of the maps;
 perturbation methods (feature ablation, occlusion, Shapley sampling) run every perturbation through both models
 and attribute Δ = log p_unlearned − log p_base itself (the probe's sign: negative where the answer was lost).
 
 Speed: the per-answer-token matrix needs one gradient per answer token at every IG step. captum's
 `LLMGradientAttribution` reruns the whole IG (forward and backward) once per answer token; here the answer rows
 share one forward per batch of steps and get all their gradients from one batched backward on that graph
-(`_shared_forward_gradients`, plugged into captum's `IntegratedGradients` as its gradient function).
+(`_shared_forward_gradients`, plugged into captum's `IntegratedGradients` as its gradient function): the same
+numbers for F + n·B instead of n·(F + B) (docs/PERFORMANCE-attribution.md).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class AttributionSettings:
     n_samples: int = 16  # Shapley sampling: random feature orders
     window: int = 3  # occlusion: features hidden together
     include_answer_prefix: bool = False  # also attribute to the answer's own earlier tokens (inseq's view)
+    keep_special: bool = True  # special tokens (BOS, chat markers) are fed as they are, never attributed
     seed: int = 0
     batch_tokens: int | None = None  # None: BATCH_TOKENS for the device, else DEFAULT_BATCH_TOKENS
 
@@ -191,8 +194,8 @@ class _Problem:
 
     ids: torch.Tensor  # [L] prompt then answer
     prompt_len: int
-    context_len: int  # attributed positions: the prompt, or the prompt and the answer's prefix
-    feature_groups: list[list[int]]  # attributed positions of each feature
+    positions: torch.Tensor  # [A] attributed positions; every other input position is fed unchanged
+    feature_groups: list[list[int]]  # indices into `positions` of each feature
     row_groups: list[list[int]]  # answer positions (0-based within the answer) of each row
     feature_labels: list[str]
     row_labels: list[str]
@@ -202,13 +205,13 @@ class _Problem:
         return self.ids[self.prompt_len :]
 
     def feature_matrix(self) -> torch.Tensor:
-        return _group_matrix(self.feature_groups, self.context_len)
+        return _group_matrix(self.feature_groups, len(self.positions))
 
     def row_matrix(self) -> torch.Tensor:
         return _group_matrix(self.row_groups, len(self.answer_ids))
 
     def feature_of_position(self) -> torch.Tensor:
-        index = torch.empty(self.context_len, dtype=torch.long)
+        index = torch.empty(len(self.positions), dtype=torch.long)
         for f, members in enumerate(self.feature_groups):
             index[members] = f
         return index
@@ -235,22 +238,26 @@ def _build_problem(pair: ModelPair, prompt: str, answer: str, chat: bool, settin
     }
     special = [i in specials for i in ids]
     p, n = encoded.score_from, len(ids) - encoded.score_from
-    context = len(ids) - 1 if settings.include_answer_prefix else p
-    spans = [(0, p), (p, context)]  # words never straddle the prompt/answer boundary
-    features = [
+    context_end = len(ids) - 1 if settings.include_answer_prefix else p
+    # Words never straddle the prompt/answer boundary; special tokens (BOS, chat markers) stay as they are.
+    groups = [
         [start + i for i in group]
-        for start, stop in spans
-        if stop > start
+        for start, stop in ((0, p), (p, context_end))
         for group in _groups(texts[start:stop], special[start:stop], settings.granularity)
+        if not (settings.keep_special and special[start + group[0]])
     ]
+    positions = [i for group in groups for i in group]
+    index = {position: j for j, position in enumerate(positions)}
+    if not positions:
+        raise UserError("the prompt has no token to attribute to (only special tokens)")
     rows = _groups(texts[p:], special[p:], settings.granularity) if settings.per_token else [list(range(n))]
     return _Problem(
         ids=torch.tensor(ids, device=pair.device),
         prompt_len=p,
-        context_len=context,
-        feature_groups=features,
+        positions=torch.tensor(positions, device=pair.device),
+        feature_groups=[[index[i] for i in group] for group in groups],
         row_groups=rows,
-        feature_labels=["".join(texts[i] for i in group) for group in features],
+        feature_labels=["".join(texts[i] for i in group) for group in groups],
         row_labels=["".join(texts[p + i] for i in group) for group in rows],
     )
 
@@ -261,33 +268,33 @@ def _groups(texts: Sequence[str], special: Sequence[bool], granularity: str) -> 
 
 @dataclass
 class _SideInputs:
-    """One side's embeddings of the attributed context, its baseline, and the fed-but-fixed rest of the answer."""
+    """One side's input embeddings (fed as they are except at the attributed positions) and those positions' own
+    embeddings and baseline."""
 
+    full: torch.Tensor  # [L - 1, H]
     context: torch.Tensor  # [A, H]
     baseline: torch.Tensor  # [A, H]
-    fixed: torch.Tensor  # [L - 1 - A, H]
 
 
 def _side_inputs(model: torch.nn.Module, problem: _Problem, baseline_id: int | None) -> _SideInputs:
     embed = model.get_input_embeddings()
-    a = problem.context_len
     with torch.no_grad():
-        context = embed(problem.ids[:a]).detach()
-        fixed = embed(problem.ids[a:-1]).detach()
+        full = embed(problem.ids[:-1]).detach()
+        context = full[problem.positions]
         if baseline_id is None:
             baseline = torch.zeros_like(context)
         else:
-            baseline = embed(torch.full_like(problem.ids[:a], baseline_id)).detach()
-    return _SideInputs(context, baseline, fixed)
+            baseline = embed(torch.full_like(problem.positions, baseline_id)).detach()
+    return _SideInputs(full, context, baseline)
 
 
 def _answer_logprobs(
     model: torch.nn.Module, inputs: _SideInputs, problem: _Problem, context_embeds: torch.Tensor
 ) -> torch.Tensor:
-    """Log-prob of each answer token [B, n] given the attributed context's embeddings [B, A, H]."""
+    """Log-prob of each answer token [B, n] given the attributed positions' embeddings [B, A, H]."""
     batch = context_embeds.shape[0]
-    fixed = inputs.fixed.unsqueeze(0).expand(batch, -1, -1).to(context_embeds.dtype)
-    embeds = torch.cat([context_embeds, fixed], dim=1)
+    full = inputs.full.unsqueeze(0).expand(batch, -1, -1).to(context_embeds.dtype)
+    embeds = full.index_copy(1, problem.positions, context_embeds)
     n = len(problem.answer_ids)
     try:
         logits = model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n).logits
@@ -611,6 +618,7 @@ def add_attribute_parser(commands: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--baseline", default=AttributionSettings.baseline, help=f"one of {', '.join(BASELINES)}")
     parser.add_argument("--granularity", choices=GRANULARITIES, default="token")
     parser.add_argument("--include-answer-prefix", action="store_true", help="also attribute to earlier answer tokens")
+    parser.add_argument("--attribute-special", action="store_true", help="attribute to special tokens (BOS…) too")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object (AttributionResult.from_json)")
@@ -637,6 +645,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         n_samples=args.n_samples,
         window=args.window,
         include_answer_prefix=args.include_answer_prefix,
+        keep_special=not args.attribute_special,
         seed=args.seed,
     )
     result = attribute(pair_from_args(args), args.prompt, args.answer, args.method, args.chat, settings)

@@ -21,7 +21,7 @@ from core.attribution import (
     word_groups,
 )
 from core.errors import UserError
-from core.models import ModelPair
+from core.models import ModelPair, ModelSpec
 from core.probe import encode
 
 PROMPT, ANSWER = "the capital of france is", "paris."
@@ -67,7 +67,8 @@ def test_integrated_gradients_completeness(pair):
     settings = AttributionSettings(per_token=True, baseline="eos", n_steps=32)
     result = attribute(pair, PROMPT, ANSWER, settings=settings)
     for side, model in models(pair).items():
-        change = answer_logprobs(model, ids, p) - answer_logprobs(model, [EOS] * p + ids[p:], p)
+        baseline_ids = [ids[0]] + [EOS] * (p - 1) + ids[p:]  # BOS is special: fed as it is
+        change = answer_logprobs(model, ids, p) - answer_logprobs(model, baseline_ids, p)
         sums = torch.tensor(getattr(result, side), dtype=torch.float64).sum(1)
         reported = torch.tensor(result.convergence_delta[side], dtype=torch.float64)
         torch.testing.assert_close(sums - change, reported, atol=2e-5, rtol=0)
@@ -79,7 +80,8 @@ def test_reported_delta_is_the_quadrature_error_when_it_does_not_converge(pair):
     ids, p = token_ids()
     result = attribute(pair, PROMPT, ANSWER, settings=AttributionSettings(baseline="pad", n_steps=8))
     with pair.use("base") as model:
-        change = (answer_logprobs(model, ids, p) - answer_logprobs(model, [0] * p + ids[p:], p)).sum()
+        baseline_ids = [ids[0]] + [0] * (p - 1) + ids[p:]
+        change = (answer_logprobs(model, ids, p) - answer_logprobs(model, baseline_ids, p)).sum()
     assert abs(result.convergence_delta["base"][0]) > 1e-3
     assert sum(result.base[0]) - change.item() == pytest.approx(result.convergence_delta["base"][0], abs=2e-5)
 
@@ -113,7 +115,7 @@ def test_per_token_matrix_matches_captum_llm_gradient_attribution(pair):
     tokenizer = _CaptumTokenizer(ids[:p])
     for side, model in models(pair).items():
         llm = LLMGradientAttribution(LayerIntegratedGradients(model, model.model.embed_tokens), tokenizer)
-        text = TextTokenInput(PROMPT, tokenizer, baselines=EOS)
+        text = TextTokenInput(PROMPT, tokenizer, baselines=EOS, skip_tokens=[TinyTokenizer.bos_token_id])
         theirs = llm.attribute(text, target=torch.tensor(ids[p:]), n_steps=16).token_attr
         torch.testing.assert_close(torch.tensor(getattr(ours, side)), theirs.float(), atol=1e-5, rtol=0)
 
@@ -123,7 +125,9 @@ def test_answer_prefix_view_matches_captum_ig_per_step(pair):
     from captum.attr import IntegratedGradients
 
     ids, p = token_ids()
-    settings = AttributionSettings(per_token=True, baseline="eos", n_steps=8, include_answer_prefix=True)
+    settings = AttributionSettings(
+        per_token=True, baseline="eos", n_steps=8, include_answer_prefix=True, keep_special=False
+    )
     ours = torch.tensor(attribute(pair, PROMPT, ANSWER, settings=settings).base)
     model = models(pair)["base"]
     embeds = model.model.embed_tokens(torch.tensor([ids[:-1]])).detach()
@@ -147,7 +151,7 @@ def test_input_x_gradient_matches_plain_autograd(pair):
         x = model.model.embed_tokens(torch.tensor([ids[:-1]])).detach().requires_grad_(True)
         logp = torch.log_softmax(model(inputs_embeds=x).logits[0, p - 1 + k], dim=-1)[ids[p + k]]
         (grad,) = torch.autograd.grad(logp, x)
-        expected = (grad * x)[0, :p].sum(-1)
+        expected = (grad * x)[0, 1:p].sum(-1)  # BOS is not attributed
         torch.testing.assert_close(torch.tensor(ours.unlearned[k]), expected.detach(), atol=1e-6, rtol=1e-5)
     assert ours.convergence_delta is None
 
@@ -165,12 +169,12 @@ def test_word_granularity_sums_token_attributions_per_word(pair):
     words = attribute(
         pair, PROMPT, ANSWER, settings=AttributionSettings(**{**settings.__dict__, "granularity": "word"})
     )
-    # By hand: "<s>" | "the" | " capital" | " of" | " france" | " is"; answer " paris" | "."
-    starts = [0, 1] + [i for i, t in enumerate(tokens.prompt_tokens) if t == " "]
+    # By hand: "the" | " capital" | " of" | " france" | " is" (BOS is special: fed, not attributed); " paris" | "."
+    starts = [0] + [i for i, t in enumerate(tokens.prompt_tokens) if t == " "]
     bounds = [*starts, len(tokens.prompt_tokens)]
     column_groups = [range(a, b) for a, b in itertools.pairwise(bounds)]
     row_groups = [range(0, 6), range(6, 7)]
-    assert words.prompt_tokens == ["<s>", "the", " capital", " of", " france", " is"]
+    assert words.prompt_tokens == ["the", " capital", " of", " france", " is"]
     assert words.answer_tokens == [" paris", "."]
     for side in ("base", "unlearned", "delta"):
         token_map = torch.tensor(getattr(tokens, side))
@@ -194,7 +198,7 @@ def test_ablation_attributes_delta_exactly(pair):
     assert result.contrast_exact
     for side, model in models(pair).items():
         full = answer_logprobs(model, ids, p).sum()
-        hand = [(full - answer_logprobs(model, [*ids[:i], EOS, *ids[i + 1 :]], p).sum()).item() for i in range(p)]
+        hand = [(full - answer_logprobs(model, [*ids[:i], EOS, *ids[i + 1 :]], p).sum()).item() for i in range(1, p)]
         torch.testing.assert_close(torch.tensor(getattr(result, side)[0]), torch.tensor(hand), atol=2e-5, rtol=0)
 
 
@@ -225,6 +229,13 @@ def test_zero_baseline_equals_the_zero_pad_embedding(pair):
     pad = attribute(pair, PROMPT, ANSWER, settings=AttributionSettings(baseline="pad", n_steps=4))
     zero = attribute(pair, PROMPT, ANSWER, settings=AttributionSettings(baseline="zero", n_steps=4))
     assert zero.base == pad.base and zero.unlearned == pad.unlearned
+
+
+def test_special_tokens_are_attributed_only_on_request(pair):
+    kept = attribute(pair, PROMPT, ANSWER, "input_x_gradient")
+    attributed = attribute(pair, PROMPT, ANSWER, "input_x_gradient", settings=AttributionSettings(keep_special=False))
+    assert attributed.prompt_tokens == ["<s>", *kept.prompt_tokens]
+    assert attributed.base[0][1:] == pytest.approx(kept.base[0], abs=1e-6)
 
 
 def test_works_inside_inference_mode(pair):
@@ -290,3 +301,55 @@ def test_cli_json_contract(tmp_path, capsys):
     assert len(payload["delta"][0]) == len(payload["prompt_tokens"]) == 5
     status, out = run_cli(capsys, "--list")
     assert status == 0 and "integrated_gradients" in out and "feature_ablation" in out
+
+
+@pytest.fixture(scope="module")
+def smollm_pair(embedded_model_dir):
+    spec = ModelSpec(str(embedded_model_dir), dtype="float32", device="cpu")
+    return ModelPair.load(spec, spec)
+
+
+@pytest.mark.integration
+def test_smollm2_per_token_matrix_matches_captum(smollm_pair):
+    """The real model, same ids and steps: our shared-forward matrix equals captum's per-token IG runs."""
+    from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
+
+    prompt, answer = "The capital of France is", "Paris."
+    settings = AttributionSettings(per_token=True, baseline="pad", n_steps=4)
+    ours = attribute(smollm_pair, prompt, answer, settings=settings)
+    tokenizer = smollm_pair.tokenizer
+    encoded = encode(tokenizer, prompt, answer, max_length=smollm_pair.context_length)
+    p, ids = encoded.score_from, encoded.input_ids
+    assert ours.answer_tokens == [" Paris", "."]
+    with smollm_pair.use("base") as model:
+        llm = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer)
+        text = TextTokenInput(prompt, tokenizer, baselines=tokenizer.pad_token_id)
+        assert text.inp_tensor[0].tolist() == ids[:p]
+        theirs = llm.attribute(text, target=torch.tensor(ids[p:]), n_steps=4).token_attr
+    # fp32 on a real model: the two computations sum in different orders (sequence lengths, threads)
+    scale = theirs.abs().max().item()
+    torch.testing.assert_close(torch.tensor(ours.base), theirs.float(), atol=1e-3 * scale, rtol=0)
+    assert ours.delta == [[0.0] * len(ours.prompt_tokens)] * 2  # the same model on both sides
+
+
+@pytest.mark.integration
+def test_smollm2_cli_json(embedded_model_dir, capsys):
+    status, out = run_cli(
+        capsys,
+        "--base",
+        str(embedded_model_dir),
+        "--unlearned",
+        str(embedded_model_dir),
+        "--prompt",
+        "The capital of France is",
+        "--answer",
+        "Paris",
+        "--method",
+        "feature_ablation",
+        "--granularity",
+        "word",
+        "--json",
+    )
+    payload = json.loads(out)
+    assert status == 0 and payload["prompt_tokens"] == ["The", " capital", " of", " France", " is"]
+    assert payload["convergence_delta"] is None and payload["delta"] == [[0.0] * 5]

@@ -282,3 +282,21 @@ def test_cli_json(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["layers"] == [0, 1, 2] and payload["answer_tokens"] == ["paris"]
     assert len(payload["unlearned"]["rank"]) == 3 and {"base", "unlearned"} == set(payload["hidden_knowledge"])
+
+
+@pytest.mark.integration
+def test_smollm2_lens_ends_at_the_probe_scores(embedded_model_dir):
+    """Last lens layer = the probe's teacher-forced log-probs; the model knows Paris (rank 1 at the last layer)."""
+    from core.probe import ProbeRequest, score
+
+    spec = ModelSpec(str(embedded_model_dir), dtype="float32", device="cpu")
+    pair = ModelPair.load(spec, spec)
+    result = logit_lens(pair, "The capital of France is", "Paris")
+    probe = score(pair, [ProbeRequest("The capital of France is", "Paris")])[0]
+    assert result.layers == list(range(31)) and result.answer_tokens == [" Paris"]
+    assert result.base.logprob[-1] == pytest.approx([t.logprob_base for t in probe.tokens], abs=1e-4)
+    assert result.base.rank[-1] == [1]
+    base, unlearned = result.hidden_knowledge().values()
+    assert (base.peak_layer, base.score) == (unlearned.peak_layer, unlearned.score)
+    drift = hidden_state_drift(pair, {"forget": [("The capital of France is", "Paris")]})
+    assert drift.sets["forget"].cosine == pytest.approx([1.0] * 31, abs=1e-5)
