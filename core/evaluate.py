@@ -91,9 +91,9 @@ class EvalSettings:
 
 @dataclass
 class EvalModel:
-    """One model to evaluate: a spec, or an already loaded model and tokenizer. Name, method and step default to
-    what its path says (`<run>/checkpoint-<step>` → run name and step); `identity` overrides the cache identity
-    of a loaded model (default: a hash of its weights and vocabulary)."""
+    """One model to evaluate: a spec, or an already loaded model and tokenizer. Without a name, name and step come
+    from its path (`<run>/checkpoint-<step>` → run name and step; `demo:npo@3` → npo, 3) and the method from the
+    name; `identity` overrides the cache identity of a loaded model (default: a hash of its weights and vocabulary)."""
 
     spec: ModelSpec | None = None
     model: torch.nn.Module | None = None
@@ -160,7 +160,7 @@ def _candidate(entry: EvalModel) -> _Candidate:
     entry = dataclasses.replace(entry, spec=spec)
     where = where or infer_run(Path(spec.adapter or spec.source))
     name = _safe_name(entry.name or where.model)
-    step = entry.step if entry.step is not None else where.step
+    step = entry.step if entry.name else where.step
     return _Candidate(name, entry.method or infer_method(name), step, spec_identity(spec), entry)
 
 
