@@ -17,6 +17,8 @@ st.set_page_config(page_title="Unlearning Lens", page_icon="🔬", layout="wide"
 navigation = st.navigation(
     [
         st.Page(PAGES / "probe.py", title="Probe", icon="🔍", default=True),
+        st.Page(PAGES / "attribution.py", title="Attribution", icon="🧭"),
+        st.Page(PAGES / "layers.py", title="Layers", icon="🧅"),
         st.Page(PAGES / "dataset.py", title="Dataset", icon="📋"),
         st.Page(PAGES / "tradeoffs.py", title="Tradeoffs", icon="⚖️"),
     ]

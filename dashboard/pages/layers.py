@@ -1,0 +1,104 @@
+"""Layers: where the answer appears and disappears (logit lens), how far hidden states drift on forget vs retain
+items, and which weights unlearning changed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.data import load_qa_dataset
+from core.errors import UserError
+from core.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
+from core.lens import DriftResult, LensResult, WeightChangeResult, hidden_state_drift, logit_lens, weight_change
+from dashboard.question import available_examples, question_inputs
+from dashboard.state import pair_key, report_errors, require_pair, sidebar
+
+DRIFT_SETS = ("forget", "retain")
+
+
+def stored(key: str) -> dict | None:
+    """The result dict stored under `key` for the loaded pair, or None."""
+    entry = st.session_state.get(key)
+    return entry[1] if entry and entry[0] == pair_key() else None
+
+
+def download(frame: pd.DataFrame, name: str) -> None:
+    st.download_button(f"Download {name}.csv", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv")
+
+
+def drift_items(paths: dict[str, str], limit: int) -> dict[str, list[tuple[str, str]]]:
+    """The first `limit` (question, answer) items of each set: a file where one is named, else the demo's."""
+    demo = {name: [(e.question, e.answer) for e in available_examples() if e.split == name] for name in DRIFT_SETS}
+    sets = {}
+    for name in DRIFT_SETS:
+        path = paths[name].strip()
+        if path:
+            items = [(item.question, item.answer) for item in load_qa_dataset(path, split=name)]
+        elif demo[name]:
+            items = demo[name]
+        else:
+            raise UserError(f"the demo {name} set is missing: name a {name} file")
+        sets[name] = items[:limit]
+    return sets
+
+
+sidebar()
+st.title("Layers")
+pair = require_pair()
+
+# ---------------------------------------------------------------------------------------------- logit lens
+st.header("Logit lens")
+st.caption("The residual stream after every layer, read through the final norm and the unembedding.")
+prompt, answer, chat = question_inputs("lens")
+if st.button("Run the logit lens", type="primary", key="lens_compute"):
+    st.session_state.pop("lens_result", None)
+    with report_errors(), st.spinner("Reading every layer of both models…"):
+        st.session_state["lens_result"] = (pair_key(), logit_lens(pair, prompt, answer, chat).to_dict())
+if (data := stored("lens_result")) is not None:
+    lens = LensResult.from_dict(data)
+    if lens.truncated:
+        st.warning("The prompt was longer than the context and was truncated from the left.")
+    reading = hidden_knowledge_reading(lens)
+    (st.warning if reading.hidden else st.info)(reading.text)
+    by_token = st.toggle("One line per answer token", key="lens_by_token")
+    st.plotly_chart(logit_lens_figure(lens, by_token=by_token), key="lens_chart")
+    frame = lens.to_frame()
+    st.dataframe(frame, hide_index=True)
+    download(frame, "logit_lens")
+
+# ---------------------------------------------------------------------------------------------- drift
+st.header("Hidden-state drift")
+st.caption("Per layer, base vs unlearned activations over every token of each item, averaged over the set.")
+left, right = st.columns(2)
+paths = {
+    "forget": left.text_input("Forget set file (empty: the demo forget set)", key="drift_forget"),
+    "retain": right.text_input("Retain set file (empty: the demo retain set)", key="drift_retain"),
+}
+left, right = st.columns(2)
+limit = left.number_input("Items per set", min_value=1, max_value=1000, value=16, key="drift_limit")
+drift_chat = right.toggle("Chat template", value=True, key="drift_chat")
+if st.button("Compute drift", key="drift_compute"):
+    st.session_state.pop("drift_result", None)
+    with report_errors(), st.spinner("Running both models over the forget and retain items…"):
+        drift = hidden_state_drift(pair, drift_items(paths, int(limit)), chat=drift_chat)
+        st.session_state["drift_result"] = (pair_key(), drift.to_dict())
+if (data := stored("drift_result")) is not None:
+    drift = DriftResult.from_dict(data)
+    st.plotly_chart(drift_figure(drift), key="drift_chart")
+    frame = drift.to_frame()
+    st.dataframe(frame, hide_index=True)
+    download(frame, "hidden_state_drift")
+
+# ---------------------------------------------------------------------------------------------- weights
+st.header("Weight change")
+st.caption("‖W_unlearned − W_base‖ / ‖W_base‖ per parameter; LoRA adapters read as B·A·scaling, never merged.")
+if st.button("Compute weight change", key="weights_compute"):
+    st.session_state.pop("weights_result", None)
+    with report_errors(), st.spinner("Comparing every parameter…"):
+        st.session_state["weights_result"] = (pair_key(), weight_change(pair).to_dict())
+if (data := stored("weights_result")) is not None:
+    weights = WeightChangeResult.from_dict(data)
+    st.plotly_chart(weight_change_figure(weights), key="weights_chart")
+    frame = weights.to_frame().sort_values("relative_change", ascending=False)
+    st.dataframe(frame, hide_index=True)
+    download(frame, "weight_change")

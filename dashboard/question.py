@@ -1,0 +1,56 @@
+"""The prompt + answer inputs of the Attribution and Layers pages: prefilled from the Probe page, or a demo example."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import UserError
+from core.examples import Example, demo_examples
+
+
+@st.cache_data(show_spinner=False)
+def examples() -> list[Example]:
+    """The demo forget and retain questions (a UserError, not cached, when the demo data is missing)."""
+    return demo_examples()
+
+
+def available_examples() -> list[Example]:
+    """The demo examples, or none when the demo data is missing (the inputs still work)."""
+    try:
+        return examples()
+    except UserError:
+        return []
+
+
+def _use_example(prefix: str, choices: list[Example]) -> None:
+    picked = st.session_state.get(f"{prefix}_example")
+    if picked is not None:
+        st.session_state[f"{prefix}_prompt"] = choices[picked].question
+        st.session_state[f"{prefix}_answer"] = choices[picked].answer
+
+
+def question_inputs(prefix: str) -> tuple[str, str, bool]:
+    """Example picker, prompt, answer and chat toggle under `{prefix}_*` keys; returns (prompt, answer, chat).
+
+    The inputs start from the Probe page's prompt and answer, so a question probed there is one click away here.
+    """
+    for name in ("prompt", "answer"):
+        key, probe = f"{prefix}_{name}", st.session_state.get(f"probe_{name}")
+        if key not in st.session_state and probe:
+            st.session_state[key] = probe
+    choices = available_examples()
+    if choices:
+        st.selectbox(
+            "Example from the demo forget / retain sets",
+            range(len(choices)),
+            index=None,
+            format_func=lambda i: choices[i].label,
+            placeholder="Pick a question to fill in the prompt and answer…",
+            key=f"{prefix}_example",
+            on_change=_use_example,
+            args=(prefix, choices),
+        )
+    prompt = st.text_area("Prompt", key=f"{prefix}_prompt", height=90, placeholder="Ask something from the forget set…")
+    answer = st.text_input("Answer", key=f"{prefix}_answer", help="The answer whose log-probability is explained.")
+    chat = st.toggle("Chat template", value=True, key=f"{prefix}_chat")
+    return prompt, answer, chat
