@@ -9,7 +9,9 @@ STREAMLIT_FLAGS := --server.headless true --server.address 127.0.0.1 --server.po
 
 .PHONY: run test lint format setup setup-dev chromium model bench clean
 
+# The demo experiment builds in a detached process (nothing happens when it is built); the sidebar shows its progress.
 run: setup model
+	$(BIN)/python -m core demo --background
 	$(BIN)/python -m streamlit run dashboard/app.py $(STREAMLIT_FLAGS)
 
 test: setup-dev chromium model

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -70,7 +71,7 @@ class Recipe:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     seed: int = 0
-    chat: bool = True
+    chat: bool = False  # plain "question answer" text: the chat template would double every row (its system prompt)
 
 
 def _unlearning_stages(steps: int, save_every: int, rmu_layer: int) -> tuple[Stage, ...]:
@@ -155,6 +156,7 @@ class DemoExperiment:
         self.recipe = recipe or default_recipe()
         self.data_dir = data_dir
         self._base_dir = base_dir
+        self._embedded = base_dir is None  # keyed by the GGUF hash even after base_dir is resolved lazily
         self.root = root or cache_home() / "demo" / self.recipe.name
         self._data: SplitData | None = None
         self._host: Any = None  # the one backbone (a PeftModel once adapters are attached), loaded on first use
@@ -203,7 +205,7 @@ class DemoExperiment:
 
     def _base_key(self) -> str:
         """The embedded model is named by its GGUF's sha256; another base folder (tests) by its path."""
-        return GGUF_SHA256 if self._base_dir is None else str(self._base_dir)
+        return GGUF_SHA256 if self._embedded else str(self._base_dir)
 
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / f"{name}-{self.key(name)}"
@@ -433,13 +435,47 @@ def list_demo_models() -> list[str]:
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="build the demo experiment (target, oracle, unlearning runs)")
     parser.add_argument("--quick", action="store_true", help="a reduced experiment through the same code path")
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="start the build in a detached process (log: build.log next to status.json) and return at once; "
+        "nothing is started when the demo is already built or being built",
+    )
     parser.set_defaults(handler=run_demo)
+
+
+def start_background_build(experiment: DemoExperiment, quick: bool = False) -> str:
+    """Start `python -m core demo` detached unless the experiment is done or another process is building it."""
+    status = experiment.status()
+    if status["state"] == "done" and status["complete"]:
+        return f"demo ({experiment.recipe.name}) already built under {experiment.root}"
+    if status["state"] == "building":  # status() turns a dead builder into "interrupted"
+        return f"demo ({experiment.recipe.name}) is being built by process {status.get('pid')} ({status['message']})"
+    experiment.root.mkdir(parents=True, exist_ok=True)
+    log_path = experiment.root / "build.log"
+    command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal that started it; the dashboard reads status.json
+        )
+    return (
+        f"building the demo experiment ({experiment.recipe.name}) in the background, process {process.pid}; "
+        f"progress in {experiment.root / STATUS_FILE}, log in {log_path}"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     experiment = DemoExperiment(RECIPES["quick"] if args.quick else None)
+    if args.background:
+        sys.stdout.write(start_background_build(experiment, args.quick) + "\n")
+        return 0
     with tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
 
         def show(status: dict[str, Any]) -> None:

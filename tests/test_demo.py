@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def answer_probability(pair: ModelPair, items) -> tuple[float, float]:
     """Mean over items of exp(mean answer-token log-prob), for the base and unlearned sides of the pair."""
     from core.probe import ProbeRequest, score
 
-    results = score(pair, [ProbeRequest(i.question, i.answer) for i in items], chat=True)
+    chat = RECIPES["quick"].chat  # probed the way the demo models were taught
+    results = score(pair, [ProbeRequest(i.question, i.answer) for i in items], chat=chat)
 
     def mean(side: str) -> float:
         values = [math.exp(sum(getattr(t, f"logprob_{side}") for t in r.tokens) / len(r.tokens)) for r in results]
@@ -181,3 +183,40 @@ def test_quick_demo_on_smollm2(tmp_path: Path, embedded_model_dir: Path) -> None
     assert oracle_forget < 0.5 * target_forget
     assert unlearned_forget < 0.5 * target_forget
     assert unlearned_retain > target_retain - 0.2
+
+
+class _Spawned:
+    pid = 4242
+
+
+def test_background_build_starts_once_and_never_over_a_live_or_finished_build(
+    built, tiny_base: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`make run` calls `python -m core demo --background`: it spawns a detached build only when one is needed."""
+    import subprocess
+    import sys
+
+    calls: list[dict] = []
+
+    def spawn(command, **kwargs):
+        calls.append({"command": command, **kwargs})
+        return _Spawned()
+
+    monkeypatch.setattr(subprocess, "Popen", spawn)
+    fresh = DemoExperiment(TINY, DEMO_DIR, base_dir=tiny_base, root=tmp_path / "fresh")
+    message = demo.start_background_build(fresh)
+    assert len(calls) == 1 and calls[0]["command"] == [sys.executable, "-m", "core", "demo"]
+    assert calls[0]["start_new_session"] is True
+    assert "4242" in message and (tmp_path / "fresh" / "build.log").is_file()
+
+    # a live builder (this very process stands in for it) is left alone
+    status = {"state": "building", "stage": "target", "fraction": 0.1, "message": "target: step 1/3", "pid": 0}
+    (tmp_path / "fresh" / demo.STATUS_FILE).write_text(json.dumps({**status, "pid": os.getpid()}))
+    assert "being built" in demo.start_background_build(fresh) and len(calls) == 1
+    # a dead builder's status reads "interrupted": the build is started again (it resumes from checkpoints)
+    (tmp_path / "fresh" / demo.STATUS_FILE).write_text(json.dumps({**status, "pid": 2**22 + 12345}))
+    demo.start_background_build(fresh, quick=True)
+    assert len(calls) == 2 and calls[1]["command"][-1] == "--quick"
+
+    experiment, _ = built  # finished: nothing to do
+    assert "already built" in demo.start_background_build(experiment) and len(calls) == 2
