@@ -6,19 +6,26 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import psutil
 import streamlit as st
 import torch
 
+from core.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
+from core.demo import UNLEARNED as DEMO_UNLEARNED
+from core.demo import DemoExperiment, demo_status
 from core.errors import UserError
-from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelPair, ModelSpec
 
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()  # two cold loads at once can exhaust memory: load in order
 AUTOLOAD_ENV = "ULENS_AUTOLOAD"  # 0: do not load the default pair when a session starts (wait for "Load pair")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+DEMO_REFRESH_S = 2.0  # how often the sidebar re-reads status.json while the demo experiment builds
+MB = 2**20
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -77,8 +84,115 @@ def _chosen(position: int, default: str) -> str:
     return key[position] if key else default
 
 
+def memory_usage(pair: ModelPair) -> dict[str, float]:
+    """MB held now: the pair's weights, this process's resident memory and, on CUDA, allocated/reserved memory."""
+    usage = {"parameters": pair.parameter_bytes() / MB, "process_rss": psutil.Process().memory_info().rss / MB}
+    if torch.device(pair.device).type == "cuda":
+        usage["cuda_allocated"] = torch.cuda.memory_allocated(pair.device) / MB
+        usage["cuda_reserved"] = torch.cuda.memory_reserved(pair.device) / MB
+    return usage
+
+
+def memory_text(usage: dict[str, float]) -> str:
+    text = f"{usage['parameters']:,.1f} MB of weights · process RSS {usage['process_rss']:,.0f} MB"
+    if "cuda_allocated" in usage:
+        text += f" · CUDA {usage['cuda_allocated']:,.0f} MB allocated, {usage['cuda_reserved']:,.0f} MB reserved"
+    return text
+
+
+def demo_stages_to_build(texts: list[str]) -> list[str]:
+    """The demo training stages the typed specs need that are not built yet (bad names are left to load_pair,
+    which reports them)."""
+    experiment = DemoExperiment()
+    stages = {stage.name for stage in experiment.recipe.stages}
+    needed = []
+    for text in texts:
+        source = ModelSpec.parse(text).source
+        if not source.startswith(DEMO_PREFIX):
+            continue
+        name = source[len(DEMO_PREFIX) :].split("@")[0].strip().lower()
+        name = DEMO_DEFAULT_RUN if name == DEMO_UNLEARNED else name
+        if name in stages and name not in needed and not experiment.is_built(name):
+            needed.append(name)
+    return needed
+
+
+def build_demo(names: list[str], show: Callable[[float, str], None]) -> None:
+    """Build the named demo stages here, reporting each status update (fraction, message) as it is written."""
+    DemoExperiment().build(names, progress=lambda status: show(status["fraction"], status["message"]))
+
+
+def read_demo_status() -> dict[str, Any] | None:
+    """status.json of the demo experiment, or None when it cannot be read (then the sidebar shows nothing)."""
+    try:
+        return demo_status()
+    except (UserError, OSError, ValueError):
+        log.exception("reading the demo status failed")
+        return None
+
+
+def draw_demo_status(status: dict[str, Any]) -> None:
+    """A progress bar while the demo builds; a one-line state otherwise."""
+    models = ", ".join(status.get("models") or []) or "none"
+    state = status["state"]
+    if state == "building":
+        st.progress(float(status["fraction"]), text=f"Building the demo experiment: {status['message']}")
+        st.caption(f"stage {status['stage']} · {status['fraction']:.0%} · ready: {models}")
+    elif status.get("complete"):
+        st.caption(f"Demo experiment built ({status.get('recipe', '')}): {models}")
+    elif state in ("failed", "interrupted"):
+        st.warning(f"Demo build {state}: {status['message']}")
+    else:
+        st.caption(f"Demo experiment {state}; ready: {models}. `python -m core demo` builds the rest.")
+
+
+@st.fragment(run_every=DEMO_REFRESH_S)
+def demo_progress_live() -> None:
+    """Re-read status.json every few seconds while a build (here, in another session or the CLI) runs."""
+    status = read_demo_status()
+    if status is None or status["state"] != "building":
+        st.rerun()  # the build ended: redraw the app once, without polling
+    draw_demo_status(status)
+
+
+def demo_panel() -> None:
+    status = read_demo_status()
+    if status is None:
+        return
+    st.subheader("Demo experiment")
+    if status["state"] == "building":
+        demo_progress_live()
+    else:
+        draw_demo_status(status)
+
+
+def load_chosen(key: tuple) -> None:
+    """Load the pair (building missing demo stages first, with a progress bar), and report what went wrong."""
+    with st.status("Loading model pair…", expanded=False) as status:
+        try:
+            needed = demo_stages_to_build(list(key[:2]))
+            if needed:
+                status.update(label=f"Building demo model(s) {', '.join(needed)}…", expanded=True)
+                bar = st.progress(0.0, text="starting the demo build")
+                build_demo(needed, lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+            load_pair(*key)
+            st.session_state["pair_key"] = key
+            status.update(label="Pair loaded", state="complete", expanded=False)
+        except UserError as exc:
+            status.update(label="Could not load the pair", state="error")
+            st.error(str(exc))
+        except (MemoryError, torch.OutOfMemoryError):
+            status.update(label="Out of memory", state="error")
+            st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
+        except Exception as exc:  # a broken model folder must not take the app down
+            log.exception("loading the pair failed")
+            status.update(label="Could not load the pair", state="error")
+            st.error(f"Could not load the pair: {type(exc).__name__}: {exc}")
+
+
 def sidebar() -> None:
-    """Pick the pair (demo by default, or folders / hub ids / adapters), load it, and show what is loaded."""
+    """Pick the pair (demo by default, or folders / hub ids / adapters), load it, show what is loaded and how
+    much memory it takes, and the demo experiment's build progress."""
     with st.sidebar:
         st.header("Model pair")
         with st.form("pair"):
@@ -100,28 +214,14 @@ def sidebar() -> None:
             submitted = st.form_submit_button("Load pair", type="primary")
         autoload = st.session_state.get("autoload", os.environ.get(AUTOLOAD_ENV, "1") != "0")
         if submitted or (pair_key() is None and autoload):
-            key = (base.strip(), unlearned.strip(), dtype, device, trust, unsafe)
             st.session_state["autoload"] = False
-            with st.status("Loading model pair…", expanded=False) as status:
-                try:
-                    load_pair(*key)
-                    st.session_state["pair_key"] = key
-                    status.update(label="Pair loaded", state="complete")
-                except UserError as exc:
-                    status.update(label="Could not load the pair", state="error")
-                    st.error(str(exc))
-                except (MemoryError, torch.OutOfMemoryError):
-                    status.update(label="Out of memory", state="error")
-                    st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
-                except Exception as exc:  # a broken model folder must not take the app down
-                    log.exception("loading the pair failed")
-                    status.update(label="Could not load the pair", state="error")
-                    st.error(f"Could not load the pair: {type(exc).__name__}: {exc}")
+            load_chosen((base.strip(), unlearned.strip(), dtype, device, trust, unsafe))
         pair = current_pair()
         if pair is not None:
             info = pair.describe()
             st.caption(
                 f"**base** {info['base']}  \n**unlearned** {info['unlearned']}  \n"
-                f"{info['device']} · {info['dtype']} · {info['parameter_mb']} MB of weights"
-                f"{' (one shared backbone)' if info['shares_backbone'] else ''}"
+                f"{info['device']} · {info['dtype']}{' · one shared backbone' if info['shares_backbone'] else ''}"
             )
+            st.caption(f"Memory: {memory_text(memory_usage(pair))}")
+        demo_panel()

@@ -7,22 +7,32 @@ SmolLM2 (integration tier), loaded through the sidebar as a user would.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+import pandas as pd
+import psutil
 import pytest
 import streamlit as st
+import streamlit.testing.v1.app_test as app_test
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
 from core import figures
 from core.data import load_demo_splits
+from core.demo import DemoExperiment
+from core.highlight import default_scale, legend_html, token_html
 from core.ingest import ingest
 from core.models import ModelPair
-from core.probe import ProbeRequest, score
+from core.probe import GenerationSettings, ProbeRequest, generate, score
 from core.results import Point, split_bar_metrics, store_result_uploads
 from dashboard import state
 
@@ -36,6 +46,17 @@ TIMEOUT = 180
 SELECT_NOTHING = {"box": [], "lasso": []}
 
 
+class RecordingStorage(MemoryMediaFileStorage):
+    """AppTest's media storage, keeping every file's bytes by id so a test can read what a download serves."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+
+    def load_and_get_id(self, path_or_data, mimetype, kind, filename=None) -> str:
+        file_id = super().load_and_get_id(path_or_data, mimetype, kind, filename)
+        RecordingStorage.files[file_id] = self.get_file(file_id).content
+        return file_id
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fresh caches, uploads and cache home per test (st caches are shared by every AppTest in the process)."""
@@ -43,6 +64,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     st.cache_resource.clear()
     monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
     monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", RecordingStorage)
+    RecordingStorage.files.clear()
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +118,17 @@ def same_data(spec: dict, figure) -> bool:
 
 def errors(at: AppTest) -> list[str]:
     return [error.value for error in at.error]
+
+
+def downloaded_csv(at: AppTest, label: str) -> pd.DataFrame:
+    """The CSV a download button serves, read back from the media storage by the id in its URL."""
+    download = next(b for b in at.get("download_button") if b.label == label)
+    return pd.read_csv(io.BytesIO(RecordingStorage.files[Path(download.proto.url).stem]))
+
+
+def token_markup(at: AppTest) -> list[str]:
+    """The coloured-token HTML blocks on the page, in order."""
+    return [block.value for block in at.get("html") if "ulens-tokens" in block.value]
 
 
 def load_results(at: AppTest, paths: str = "", oracle: str = "") -> None:
@@ -265,13 +299,22 @@ def test_dataset_table_equals_probe_scores_and_opens_in_probe(
     text_input(at, "Filter: question or answer contains").input("france").run()
     filtered = next(df for df in at.dataframe if df.key == "dataset_table").value
     assert filtered["index"].tolist() == [3, 5]
+    downloaded = downloaded_csv(at, "Download per-item table (CSV)")  # what is shown: the filtered rows
+    assert downloaded["index"].tolist() == [3, 5]
+    for row, (question, answer) in zip(downloaded.itertuples(index=False), [items[0], items[2]], strict=True):
+        direct = score(pair, [ProbeRequest(question, answer)], chat=True)[0]
+        assert (row.question, row.answer) == (question, answer)
+        assert row.delta == pytest.approx(direct.delta, abs=1e-5)
+        assert row.logprob_base == pytest.approx(direct.answer_logprob_base, abs=1e-5)
     at.session_state["dataset_table"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
     at.run()
     button(at, "Open in Probe").click().run()
-    assert not at.exception
+    assert not at.exception and not errors(at)
     assert [title.value for title in at.title] == ["Probe"]
     assert at.text_area(key="probe_prompt").value == "is w7 france"
     assert at.text_input(key="probe_answer").value == "w8 w9"
+    direct = score(pair, [ProbeRequest("is w7 france", "w8 w9")], chat=True)[0]
+    assert at.metric[0].value == f"{direct.delta:+.3f}"  # the opened item is scored at once
 
 
 def read_questions(path: Path) -> list[tuple[str, str]]:
@@ -352,3 +395,219 @@ def test_dataset_scores_demo_forget_items_with_the_embedded_model(embedded_model
     expected = [math.exp(np.mean([t.logprob_base for t in result.tokens])) for result in direct]
     assert table["prob_base"].tolist() == pytest.approx(expected, rel=1e-4)
     assert table["truth_ratio_base"].notna().all()
+
+
+# ---------------------------------------------------------------------------------------------- sidebar
+
+
+def write_demo_status(**fields) -> dict:
+    """A status.json as a building demo writes it (in this test's cache home); returns what core reads back."""
+    experiment = DemoExperiment()
+    status = {
+        "state": "building", "stage": "npo", "fraction": 0.25, "message": "npo: step 3/18, loss 1.234",
+        "recipe": experiment.recipe.name, "pid": os.getpid(), "updated": 0.0, "models": ["base"], **fields,
+    }  # fmt: skip
+    experiment.root.mkdir(parents=True, exist_ok=True)
+    (experiment.root / "status.json").write_text(json.dumps(status))
+    return experiment.status()
+
+
+def test_sidebar_shows_the_demo_build_progress_from_its_status_file() -> None:
+    expected = write_demo_status()
+    assert expected["state"] == "building"
+    at = open_page("probe")
+    bars = at.sidebar.get("progress")
+    assert [bar.value for bar in bars] == [25]
+    assert bars[0].proto.text == f"Building the demo experiment: {expected['message']}"
+    captions = [caption.value for caption in at.sidebar.caption]
+    assert f"stage npo · 25% · ready: {', '.join(expected['models'])}" in captions
+
+
+def test_sidebar_says_when_the_demo_build_stopped() -> None:
+    expected = write_demo_status(pid=0)  # a builder that is gone: core reports the build as interrupted
+    assert expected["state"] == "interrupted"
+    at = open_page("dataset")
+    assert not at.sidebar.get("progress")
+    assert [warning.value for warning in at.sidebar.warning] == [f"Demo build interrupted: {expected['message']}"]
+
+
+def test_sidebar_shows_what_is_loaded_and_its_memory(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = open_page("dataset")
+    load_pair(at, *tiny_pair_dirs)
+    pair = loaded_pair(at)
+    captions = [caption.value for caption in at.sidebar.caption]
+    info = pair.describe()
+    assert any(f"**base** {info['base']}" in text and f"**unlearned** {info['unlearned']}" in text for text in captions)
+    memory = next(text for text in captions if text.startswith("Memory: "))
+    weights, rss = (float(number.replace(",", "")) for number in re.findall(r"([\d,.]+) MB", memory)[:2])
+    assert weights == round(pair.parameter_bytes() / 2**20, 1)
+    rss_now = psutil.Process().memory_info().rss / 2**20
+    assert weights < rss and 0.5 * rss_now < rss < 1.5 * rss_now
+
+
+# ---------------------------------------------------------------------------------------------- probe: more
+
+
+def probe_with_pair(pair_dirs: tuple[Path, Path], **params: str) -> AppTest:
+    """The Probe page opened from a link with `params`, then a pair loaded in the sidebar."""
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["autoload"] = False
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception
+    load_pair(at, *pair_dirs)
+    return at
+
+
+def test_probe_link_restores_inputs_scores_and_follows_changes(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    prompt, answer = "the capital of france is", "paris"
+    link = {"prompt": prompt, "answer": answer, "chat": "0", "topk": "3", "view": "base", "score": "1"}
+    at = probe_with_pair(tiny_pair_dirs, **link)
+    assert at.text_area(key="probe_prompt").value == prompt
+    assert at.text_input(key="probe_answer").value == answer
+    assert at.toggle(key="probe_chat").value is False
+    assert at.number_input(key="probe_topk").value == 3
+    assert at.segmented_control(key="probe_view").value == "base"
+    direct = score(loaded_pair(at), [ProbeRequest(prompt, answer)], chat=False, top_k=3)[0]
+    assert at.metric[0].value == f"{direct.delta:+.3f}"  # scored on load because of score=1
+    scale = default_scale(direct, "base")
+    assert token_markup(at) == [legend_html("base", scale) + token_html(direct, "base", scale)]
+    assert at.query_params == link
+
+    at.text_area(key="probe_prompt").input("is w7 france").run()
+    unscored = {key: value for key, value in link.items() if key != "score"}
+    assert at.query_params == {**unscored, "prompt": "is w7 france"}  # score=1 only while the scores are current
+    at.segmented_control(key="probe_view").set_value("unlearned").run()
+    at.toggle(key="probe_chat").set_value(True).run()
+    button(at, "Score").click().run()
+    assert at.query_params == {**link, "prompt": "is w7 france", "view": "unlearned", "chat": "1"}
+    direct = score(loaded_pair(at), [ProbeRequest("is w7 france", answer)], chat=True, top_k=3)[0]
+    assert at.metric[0].value == f"{direct.delta:+.3f}"
+
+
+def test_probe_link_with_bad_values_says_what_it_ignored(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["autoload"] = False
+    at.query_params.update(prompt="w1 w2", topk="99", view="rainbow", chat="maybe")
+    at.run()
+    assert not at.exception
+    assert [warning.value for warning in at.warning] == [
+        "Ignored from the link: chat='maybe' (use 1 or 0); topk='99' (a whole number from 1 to 20); "
+        "view='rainbow' (one of delta, base, unlearned)."
+    ]
+    load_pair(at, *tiny_pair_dirs)
+    assert at.text_area(key="probe_prompt").value == "w1 w2"  # the good values are kept, the others default
+    assert (at.number_input(key="probe_topk").value, at.toggle(key="probe_chat").value) == (5, True)
+    assert at.segmented_control(key="probe_view").value == "delta"
+    assert at.query_params == {"prompt": "w1 w2", "chat": "1", "topk": "5", "view": "delta"}
+
+
+def test_probe_empty_prompt_is_a_message(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = probe_with_pair(tiny_pair_dirs)
+    button(at, "Score").click().run()
+    assert not at.exception
+    assert errors(at) == ["the prompt is empty"]
+    assert not token_markup(at) and "score" not in at.query_params
+
+
+def test_probe_token_table_download_and_views_equal_core(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = probe_with_pair(tiny_pair_dirs)
+    at.text_area(key="probe_prompt").input("the capital of france is")
+    at.text_input(key="probe_answer").input("paris w3 w4")
+    button(at, "Score").click().run()
+    assert not at.exception and not errors(at)
+    direct = score(loaded_pair(at), [ProbeRequest("the capital of france is", "paris w3 w4")], chat=True)[0]
+    table = downloaded_csv(at, "Download token table (CSV)")
+    assert table["position"].tolist() == [token.position for token in direct.tokens]
+    for column in ("logprob_base", "logprob_unlearned", "delta", "rank_base", "rank_unlearned", "kl"):
+        assert table[column].tolist() == pytest.approx([getattr(t, column) for t in direct.tokens], rel=1e-12)
+    for view in ("unlearned", "base", "delta"):
+        at.segmented_control(key="probe_view").set_value(view).run()
+        scale = default_scale(direct, view)
+        assert token_markup(at) == [legend_html(view, scale) + token_html(direct, view, scale)]
+        assert at.query_params["view"] == view
+
+
+def test_probe_sampled_generation_equals_core_with_the_same_seed(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = probe_with_pair(tiny_pair_dirs)
+    at.text_area(key="probe_prompt").input("the capital of france is")
+    at.number_input(key="probe_new").set_value(6)
+    at.toggle(key="probe_sample").set_value(True).run()
+    at.number_input(key="probe_temperature").set_value(0.7)
+    at.number_input(key="probe_seed").set_value(11)
+    button(at, "Generate from both").click().run()
+    assert not at.exception and not errors(at)
+    settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=0.7, seed=11)
+    direct = generate(loaded_pair(at), "the capital of france is", chat=True, settings=settings)
+    expected = [
+        token_html(scored, "delta", default_scale(scored, "delta"), show_context=False)
+        for scored in (direct.base_scored, direct.unlearned_scored)
+    ]
+    assert token_markup(at) == expected
+    assert "6 new tokens at most, sampled, temperature 0.7, seed 11" in [caption.value for caption in at.caption]
+
+
+def test_probe_example_pills_fill_the_inputs_in_one_click(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    at = probe_with_pair(tiny_pair_dirs)
+    demo = load_demo_splits()
+    forget, retain = at.pills(key="probe_pill_forget"), at.pills(key="probe_pill_retain")
+    assert len(forget.options) == min(4, len(demo.forget)) and len(retain.options) == min(4, len(demo.retain))
+    retain.set_value(len(demo.forget) + 1).run()  # the second retain question
+    assert at.text_area(key="probe_prompt").value == demo.retain.items[1].question
+    assert at.text_input(key="probe_answer").value == demo.retain.items[1].answer
+    at.pills(key="probe_pill_forget").set_value(0).run()
+    assert at.text_area(key="probe_prompt").value == demo.forget.items[0].question
+    assert at.query_params["prompt"] == demo.forget.items[0].question
+
+
+# ---------------------------------------------------------------------------------------------- tradeoffs: more
+
+
+def tradeoffs_from_link(**params: str | list[str]) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["autoload"] = False
+    at.query_params.update(params)
+    at.run()  # the default page (Probe, waiting for a pair) leaves other pages' parameters alone
+    at.switch_page("pages/tradeoffs.py").run()
+    assert not at.exception
+    return at
+
+
+def test_tradeoffs_link_loads_folders_and_axes_and_follows_changes() -> None:
+    link = {"folder": str(REAL), "x": "forget_truth_ratio", "y": "retain_Q_A_Prob"}
+    at = tradeoffs_from_link(**link)
+    assert not errors(at)
+    assert next(t for t in at.text_area if t.label.startswith("Result folders")).value == str(REAL)
+    summary = ingest([REAL]).summary
+    drawn = charts(at)["tradeoff_chart"]
+    assert same_data(drawn, figures.tradeoff_figure(summary, "forget_truth_ratio", "retain_Q_A_Prob"))
+    assert at.query_params == link
+    at.selectbox(key="tradeoff_y").select("model_utility").run()
+    assert at.query_params == {**link, "y": "model_utility"}
+    assert same_data(
+        charts(at)["tradeoff_chart"], figures.tradeoff_figure(summary, "forget_truth_ratio", "model_utility")
+    )
+
+
+def test_tradeoffs_link_with_oracle_and_an_unknown_axis() -> None:
+    folders = [str(FIXTURES / GRADDIFF), str(REAL / FULL)]
+    at = tradeoffs_from_link(folder=folders, oracle=str(FIXTURES / RETAIN90), x="no_such_metric")
+    result = ingest(folders, oracle=FIXTURES / RETAIN90)
+    assert "The link's x axis 'no_such_metric' is not a metric of these results; showing forget_Q_A_Prob." in [
+        warning.value for warning in at.warning
+    ]
+    drawn = charts(at)["tradeoff_chart"]
+    assert same_data(drawn, figures.tradeoff_figure(result.summary, "forget_Q_A_Prob", "model_utility"))
+    assert at.query_params == {
+        "folder": folders, "oracle": str(FIXTURES / RETAIN90), "x": "forget_Q_A_Prob", "y": "model_utility"
+    }  # fmt: skip
+
+
+def test_tradeoffs_summary_download_equals_ingested_summary() -> None:
+    at = open_page("tradeoffs")
+    load_results(at, str(REAL))
+    summary = ingest([REAL]).summary
+    downloaded = downloaded_csv(at, "Download summary table (CSV)")
+    assert list(downloaded.columns) == list(summary.columns)
+    assert downloaded[["model", "metric"]].values.tolist() == summary[["model", "metric"]].values.tolist()
+    assert downloaded["value"].tolist() == pytest.approx(summary["value"].astype(float).tolist(), nan_ok=True)

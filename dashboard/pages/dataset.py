@@ -104,6 +104,14 @@ def results_panel(frame: pd.DataFrame) -> None:
         shown, key="dataset_table", on_select="rerun", selection_mode="single-row", hide_index=True,
         column_config=COLUMN_CONFIG,
     )  # fmt: skip
+    st.download_button(
+        "Download per-item table (CSV)",
+        shown.to_csv(index=False),
+        file_name="dataset_items.csv",
+        mime="text/csv",
+        key="dataset_download",
+        on_click="ignore",
+    )
     rows = event["selection"]["rows"]
     if not rows:
         st.caption("Select a row to open that question and answer in Probe.")

@@ -1,6 +1,12 @@
-"""Probe: score a prompt (and answer) under both models; coloured tokens, table and Δ chart; generate both."""
+"""Probe: score a prompt (and answer) under both models; coloured tokens, table and Δ chart; generate both.
+
+The inputs live in the URL (prompt, answer, chat, topk, view, and score=1 once they are scored), so a link
+reproduces the view: opening it fills the inputs and, with score=1, scores them as soon as a pair is loaded.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import streamlit as st
 
@@ -8,8 +14,16 @@ from core.errors import UserError
 from core.examples import Example, demo_examples
 from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
+from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from dashboard.state import pair_key, report_errors, require_pair, sidebar
+
+EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
+TOP_K_RANGE = (1, 20)
+DEFAULTS = {"probe_prompt": "", "probe_answer": "", "probe_chat": True, "probe_topk": 5, "probe_view": "delta"}
+URL_KEYS = ("prompt", "answer", "chat", "topk", "view", "score")  # query parameters, in the order written
+VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @st.cache_data(show_spinner=False)
@@ -18,26 +32,83 @@ def examples() -> list[Example]:
     return demo_examples()
 
 
-def use_example(choices: list[Example]) -> None:
+def use_example(choices: list[Example], key: str) -> None:
     """Fill the prompt and answer widgets with the picked example (runs before they are drawn)."""
-    picked = st.session_state.get("probe_example")
+    picked = st.session_state.get(key)
     if picked is not None:
         st.session_state["probe_prompt"] = choices[picked].question
         st.session_state["probe_answer"] = choices[picked].answer
 
 
-sidebar()
-st.title("Probe")
-handover = st.session_state.pop("probe_handover", None)  # an item opened from the Dataset page
-if handover:
-    st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
-pair = require_pair()
+def short(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
-try:
-    choices = examples()
-except UserError:
-    choices = []
-if choices:
+
+def url_params() -> dict[str, str]:
+    """This page's parameters in the URL now (the last value of a repeated one)."""
+    return {key: st.query_params[key] for key in URL_KEYS if key in st.query_params}
+
+
+def restore_from_url() -> list[str]:
+    """Fill the inputs from a link the session has not written itself (a new or edited link); returns what was
+    ignored, so the page can say why. With score=1 the inputs are scored once a pair is loaded."""
+    wanted = url_params()
+    if not wanted or wanted == st.session_state.get("probe_url"):
+        return []
+    state, ignored = st.session_state, []
+    for key in ("prompt", "answer"):
+        if key in wanted:
+            state[f"probe_{key}"] = wanted[key]
+    if "chat" in wanted:
+        if wanted["chat"].lower() in TRUE + FALSE:
+            state["probe_chat"] = wanted["chat"].lower() in TRUE
+        else:
+            ignored.append(f"chat={wanted['chat']!r} (use 1 or 0)")
+    if "topk" in wanted:
+        low, high = TOP_K_RANGE
+        if wanted["topk"].isdigit() and low <= int(wanted["topk"]) <= high:
+            state["probe_topk"] = int(wanted["topk"])
+        else:
+            ignored.append(f"topk={wanted['topk']!r} (a whole number from {low} to {high})")
+    if "view" in wanted:
+        if wanted["view"] in VIEWS:
+            state["probe_view"] = wanted["view"]
+        else:
+            ignored.append(f"view={wanted['view']!r} (one of {', '.join(VIEWS)})")
+    if wanted.get("score") == "1":
+        state["probe_autoscore"] = True
+    state["probe_url"] = wanted
+    return ignored
+
+
+def write_url(inputs: dict[str, Any], scored: bool) -> None:
+    """Put the inputs (and score=1 when the result shown is theirs) into the URL, only when something changed."""
+    params = {"prompt": inputs["prompt"], "answer": inputs["answer"]}
+    params = {key: value for key, value in params.items() if value}
+    params |= {"chat": "1" if inputs["chat"] else "0", "topk": str(inputs["top_k"]), "view": inputs["view"]}
+    if scored:
+        params["score"] = "1"
+    st.session_state["probe_url"] = params
+    if url_params() != params or any(key not in URL_KEYS for key in st.query_params):
+        st.query_params.from_dict(params)
+
+
+def example_pickers() -> None:
+    """The demo questions: a few one-click pills per split, and a picker with all of them."""
+    try:
+        choices = examples()
+    except UserError:
+        return
+    for split in ("forget", "retain"):
+        indices = [i for i, example in enumerate(choices) if example.split == split][:EXAMPLE_PILLS]
+        st.pills(
+            f"{split.capitalize()}-set examples",
+            indices,
+            format_func=lambda i: short(choices[i].question),
+            key=f"probe_pill_{split}",
+            on_change=use_example,
+            args=(choices, f"probe_pill_{split}"),
+        )
     st.selectbox(
         "Example from the demo forget / retain sets",
         range(len(choices)),
@@ -46,39 +117,66 @@ if choices:
         placeholder="Pick a question to fill in the prompt and answer…",
         key="probe_example",
         on_change=use_example,
-        args=(choices,),
+        args=(choices, "probe_example"),
     )
-prompt = st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
-answer = st.text_input(
-    "Reference answer (optional)",
-    key="probe_answer",
-    help="Scored token by token; leave empty to score the prompt itself.",
-)
-cols = st.columns([1, 1, 1, 1, 2])
-chat = cols[0].toggle("Chat template", value=True, key="probe_chat")
-top_k = cols[1].number_input("top-k", min_value=1, max_value=20, value=5, key="probe_topk")
-max_new = cols[2].number_input("new tokens", min_value=1, max_value=256, value=48, key="probe_new")
-score_clicked = cols[3].button("Score", type="primary")
-generate_clicked = cols[4].button("Generate from both")
 
-if score_clicked:
+
+def read_inputs() -> dict[str, Any]:
+    """Prompt, answer and settings from the widgets (their values live in session state, so links can set them)."""
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    prompt = st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
+    answer = st.text_input(
+        "Reference answer (optional)",
+        key="probe_answer",
+        help="Scored token by token; leave empty to score the prompt itself.",
+    )
+    cols = st.columns([1.4, 1, 1, 4])
+    chat = cols[0].toggle("Chat template", key="probe_chat")
+    top_k = cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key="probe_topk")
+    max_new = cols[2].number_input("new tokens", min_value=1, max_value=256, value=48, key="probe_new")
+    view = cols[3].segmented_control(
+        "Colour by",
+        list(VIEWS),
+        format_func=VIEW_LABELS.get,
+        key="probe_view",
+        help="; ".join(f"{VIEW_LABELS[view]}: {text}" for view, text in VIEWS.items()),
+    )
+    return {
+        "prompt": prompt,
+        "answer": answer,
+        "chat": chat,
+        "top_k": int(top_k),
+        "view": view or "delta",
+        "max_new": int(max_new),
+    }
+
+
+def sampling_settings(max_new: int) -> GenerationSettings:
+    with st.expander("Generation settings"):
+        cols = st.columns(3)
+        sample = cols[0].toggle("Sample", key="probe_sample", help="Off: greedy decoding. On: sampled with the seed.")
+        temperature = cols[1].number_input(
+            "Temperature", min_value=0.05, max_value=5.0, value=1.0, step=0.1, key="probe_temperature",
+            disabled=not sample,
+        )  # fmt: skip
+        seed = cols[2].number_input("Seed", min_value=0, value=0, step=1, key="probe_seed", disabled=not sample)
+    return GenerationSettings(max_new_tokens=max_new, do_sample=sample, temperature=float(temperature), seed=int(seed))
+
+
+def scored_inputs(inputs: dict[str, Any]) -> tuple:
+    return (inputs["prompt"], inputs["answer"], inputs["chat"], inputs["top_k"])
+
+
+def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
     with report_errors(), st.spinner("Scoring under both models…"):
-        result = score(pair, [ProbeRequest(prompt, answer or None)], chat=chat, top_k=int(top_k))[0]
-        st.session_state["probe_result"] = (pair_key(), result.to_dict())
-if generate_clicked:
-    with report_errors(), st.spinner("Generating from both models…"):
-        settings = GenerationSettings(max_new_tokens=int(max_new))
-        generated = generate(pair, prompt, chat=chat, settings=settings, top_k=int(top_k))
-        st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
+        request = ProbeRequest(inputs["prompt"], inputs["answer"] or None)
+        result = score(pair, [request], chat=inputs["chat"], top_k=inputs["top_k"])[0]
+        st.session_state["probe_result"] = (pair_key(), result.to_dict())  # the Report page reads this pair too
+        st.session_state["probe_result_inputs"] = scored_inputs(inputs)
 
 
-def draw_result(result: ProbeResult) -> None:
-    view = (
-        st.segmented_control(
-            "Colour by", list(VIEWS), default="delta", format_func=lambda v: VIEWS[v], key="probe_view"
-        )
-        or "delta"
-    )
+def draw_result(result: ProbeResult, view: str) -> None:
     scale = default_scale(result, view)
     st.html(legend_html(view, scale) + token_html(result, view, scale))
     if result.truncated:
@@ -89,22 +187,67 @@ def draw_result(result: ProbeResult) -> None:
         help=f"base {result.answer_logprob_base:.3f}, unlearned {result.answer_logprob_unlearned:.3f}",
     )
     st.plotly_chart(token_shift_figure(result), key="probe_delta_chart")
-    st.dataframe(result.to_frame(), hide_index=True)
+    table = result.to_frame()
+    st.dataframe(table, hide_index=True, key="probe_table")
+    st.download_button(
+        "Download token table (CSV)",
+        table.to_csv(index=False),
+        file_name="probe_tokens.csv",
+        mime="text/csv",
+        key="probe_download",
+        on_click="ignore",
+    )
 
 
-stored = st.session_state.get("probe_result")
-if stored and stored[0] == pair_key():
-    draw_result(ProbeResult.from_dict(stored[1]))
-
-generation = st.session_state.get("probe_generation")
-if generation and generation[0] == pair_key():
-    gen = GenerationResult.from_dict(generation[1])
+def draw_generation(gen: GenerationResult, view: str) -> None:
     st.subheader("Generations")
+    settings = gen.settings
+    how = f"sampled, temperature {settings.temperature}, seed {settings.seed}" if settings.do_sample else "greedy"
+    st.caption(f"{settings.max_new_tokens} new tokens at most, {how}")
     left, right = st.columns(2)
     for column, side, scored in ((left, "base", gen.base_scored), (right, "unlearned", gen.unlearned_scored)):
-        column.markdown(f"**{side}** — its own text scored by both (Δ = unlearned − base)")
-        column.html(token_html(scored, "delta", default_scale(scored, "delta"), show_context=False))
+        column.markdown(f"**{side}** — its own text scored by both ({VIEWS[view]})")
+        column.html(token_html(scored, view, default_scale(scored, view), show_context=False))
         column.caption(
             f"log-prob under base {scored.answer_logprob_base:.2f}, "
             f"under unlearned {scored.answer_logprob_unlearned:.2f}"
         )
+
+
+sidebar()
+st.title("Probe")
+ignored = restore_from_url()
+handover = st.session_state.pop("probe_handover", None)  # an item opened from the Dataset page: score it at once
+if handover:
+    st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
+    st.session_state["probe_autoscore"] = True
+if ignored:
+    st.warning(f"Ignored from the link: {'; '.join(ignored)}.")
+pair = require_pair()
+
+example_pickers()
+inputs = read_inputs()
+settings = sampling_settings(inputs["max_new"])
+cols = st.columns([1, 2, 4])
+score_clicked = cols[0].button("Score", type="primary", key="probe_score")
+generate_clicked = cols[1].button("Generate from both", key="probe_generate")
+
+if score_clicked or st.session_state.pop("probe_autoscore", False):
+    run_score(pair, inputs)
+if generate_clicked:
+    with report_errors(), st.spinner("Generating from both models…"):
+        generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
+        st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
+
+stored = st.session_state.get("probe_result")
+current = bool(stored) and stored[0] == pair_key()
+up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
+if current:
+    if not up_to_date:
+        st.caption("The scores below are for earlier inputs; press Score to update them.")
+    draw_result(ProbeResult.from_dict(stored[1]), inputs["view"])
+write_url(inputs, scored=up_to_date)
+
+generation = st.session_state.get("probe_generation")
+if generation and generation[0] == pair_key():
+    draw_generation(GenerationResult.from_dict(generation[1]), inputs["view"])

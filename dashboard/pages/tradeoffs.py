@@ -1,4 +1,8 @@
-"""Tradeoffs: where runs sit between forgetting and keeping utility; click a checkpoint for its metrics and items."""
+"""Tradeoffs: where runs sit between forgetting and keeping utility; click a checkpoint for its metrics and items.
+
+The chosen result folders, oracle and axes live in the URL (folder=…&folder=…&oracle=…&x=…&y=…), so a link
+reloads the same results with the same axes.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from core.results import (
 from dashboard.state import report_errors, sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
+URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
 METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
 
 
@@ -49,11 +54,59 @@ def use_example() -> None:
     st.session_state["tradeoff_paths"] = str(EXAMPLE_RESULTS)
 
 
+def url_params() -> dict[str, str | tuple[str, ...]]:
+    """This page's parameters in the URL now: the folders as a tuple, the others as text."""
+    params: dict[str, str | tuple[str, ...]] = {}
+    if "folder" in st.query_params:
+        params["folder"] = tuple(st.query_params.get_all("folder"))
+    params |= {key: st.query_params[key] for key in URL_KEYS[1:] if key in st.query_params}
+    return params
+
+
+def restore_from_url(ours: list[str]) -> None:
+    """Load the folders and axes of a link the session has not written itself (a new or edited link)."""
+    wanted = url_params()
+    if not wanted or wanted == st.session_state.get("tradeoff_url"):
+        return
+    st.session_state["tradeoff_url"] = wanted
+    folders = list(wanted.get("folder", ()))
+    if folders:
+        st.session_state["tradeoff_ours"] = [folder for folder in folders if folder in ours]
+        st.session_state["tradeoff_paths"] = "\n".join(folder for folder in folders if folder not in ours)
+        st.session_state["tradeoff_oracle"] = str(wanted.get("oracle", ""))
+        st.session_state["tradeoff_sources"] = (tuple(folders), st.session_state["tradeoff_oracle"].strip() or None)
+    st.session_state["tradeoff_url_axes"] = {key: wanted[key] for key in ("x", "y") if key in wanted}
+
+
+def write_url() -> None:
+    """Put the loaded folders, oracle and axes into the URL, only when something changed."""
+    sources = st.session_state.get("tradeoff_sources")
+    if sources is None:
+        return
+    paths, oracle = sources
+    params: dict[str, str | tuple[str, ...]] = {"folder": tuple(paths)}
+    if oracle:
+        params["oracle"] = oracle
+    params |= {
+        key: st.session_state[f"tradeoff_{key}"] for key in ("x", "y") if st.session_state.get(f"tradeoff_{key}")
+    }
+    st.session_state["tradeoff_url"] = params
+    if url_params() != params or any(key not in URL_KEYS for key in st.query_params):
+        st.query_params.from_dict({key: list(value) if key == "folder" else value for key, value in params.items()})
+
+
 def pick_sources() -> None:
     """Result folders (ours, typed, uploaded) and an optional oracle; 'Load results' stores the choice."""
     ours = [str(folder) for folder in our_result_folders()]
+    restore_from_url(ours)
     with st.expander("Result folders", expanded="tradeoff_sources" not in st.session_state):
-        picked = st.multiselect("Our runs and evaluations (cache home)", ours, default=ours) if ours else []
+        picked = []
+        if ours:
+            st.session_state.setdefault("tradeoff_ours", ours)
+            st.session_state["tradeoff_ours"] = [
+                folder for folder in st.session_state["tradeoff_ours"] if folder in ours
+            ]
+            picked = st.multiselect("Our runs and evaluations (cache home)", ours, key="tradeoff_ours")
         if EXAMPLE_RESULTS.is_dir():
             st.button("Use the example: real open-unlearning outputs", on_click=use_example)
         text = st.text_area(
@@ -108,17 +161,32 @@ def draw_tradeoffs(result: IngestResult) -> None:
 def draw_tradeoff_chart(result: IngestResult) -> Point | None:
     """Axis pickers and the clickable tradeoff chart; returns the clicked checkpoint, if any."""
     options = metric_options(result.summary)
-    x_default, y_default = default_axes(options)
+    choose_axes(options)
     left, middle, right = st.columns([2, 2, 1])
-    x = left.selectbox("x axis", options, index=options.index(x_default), key="tradeoff_x")
-    y = middle.selectbox("y axis", options, index=options.index(y_default), key="tradeoff_y")
+    x = left.selectbox("x axis", options, key="tradeoff_x")
+    y = middle.selectbox("y axis", options, key="tradeoff_y")
     log_y = right.toggle("log y", key="tradeoff_log_y")
+    write_url()
     if not has_points(result.summary, x, y):
         st.info("No run has values for both of these metrics; pick other axes.")
         return None
     figure = tradeoff_figure(result.summary, x, y, log_y=log_y)
     event = st.plotly_chart(figure, key="tradeoff_chart", on_select="rerun", selection_mode="points")
     return point_from_selection(figure, event["selection"]["points"])
+
+
+def choose_axes(options: list[str]) -> None:
+    """Set the axis pickers before they are drawn: a link's axes once, else keep the choice while it is offered."""
+    defaults = dict(zip(("x", "y"), default_axes(options), strict=True))
+    from_url = st.session_state.pop("tradeoff_url_axes", {})
+    for axis, default in defaults.items():
+        key, wanted = f"tradeoff_{axis}", from_url.get(axis)
+        if wanted is not None and wanted not in options:
+            st.warning(f"The link's {axis} axis {wanted!r} is not a metric of these results; showing {default}.")
+        if wanted in options:
+            st.session_state[key] = wanted
+        elif st.session_state.get(key) not in options:
+            st.session_state[key] = default
 
 
 def draw_checkpoint(result: IngestResult, point: Point) -> None:
@@ -170,6 +238,7 @@ if sources is None:
     st.info("Choose result folders above and press Load results.")
     st.stop()
 paths, oracle = sources
+write_url()
 loaded = None
 with report_errors(), st.spinner("Reading results…"):
     loaded = load_results(paths, oracle, fingerprint([*paths, *([oracle] if oracle else [])]))
@@ -183,4 +252,12 @@ if loaded.summary.empty:
     st.stop()
 tradeoff_panel(loaded)
 with st.expander("All metrics"):
-    st.dataframe(loaded.summary, hide_index=True)
+    st.dataframe(loaded.summary, hide_index=True, key="tradeoff_summary")
+    st.download_button(
+        "Download summary table (CSV)",
+        loaded.summary.to_csv(index=False),
+        file_name="tradeoff_summary.csv",
+        mime="text/csv",
+        key="tradeoff_download",
+        on_click="ignore",
+    )
