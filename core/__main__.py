@@ -14,6 +14,7 @@ from core.evaluate import add_evaluate_parser
 from core.ingest import add_ingest_parser
 from core.lens import add_lens_parser
 from core.probe import add_probe_parser
+from core.report import add_report_parser
 from core.unlearn.cli import add_unlearn_parser
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_attribute_parser,
         add_lens_parser,
         add_ingest_parser,
+        add_report_parser,
     ):
         register(commands)
     return parser

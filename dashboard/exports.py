@@ -1,0 +1,48 @@
+"""Download buttons any page can put under a chart or a table: PNG / SVG / PDF images and CSV.
+
+Images are rendered only when their button is clicked (Streamlit's deferred download data), by the one warm export
+browser of core.report.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.report import EXPORT_FORMATS, export_available, figure_bytes, frame_to_csv, slug
+
+
+def chart_downloads(figure: go.Figure, name: str, *, key: str | None = None) -> None:
+    """PNG, SVG and PDF download buttons for `figure`, saved as `<name>.<format>`; `key` tells apart two of a name."""
+    if not export_available():
+        st.caption("Image export needs Chromium (apt-get install chromium, or set BROWSER_PATH).")
+        return
+    stem = slug(name)
+    columns = st.columns(len(EXPORT_FORMATS))
+    for column, (format, mime) in zip(columns, EXPORT_FORMATS.items(), strict=True):
+        column.download_button(
+            format.upper(),
+            data=partial(figure_bytes, figure, format),
+            file_name=f"{stem}.{format}",
+            mime=mime,
+            key=f"export_{key or stem}_{format}",
+            on_click="ignore",
+            help=f"Download this chart as {format.upper()}",
+        )
+
+
+def table_download(frame: pd.DataFrame, name: str, *, key: str | None = None) -> None:
+    """A CSV download button for `frame`, saved as `<name>.csv`."""
+    stem = slug(name)
+    st.download_button(
+        "CSV",
+        data=frame_to_csv(frame),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        key=f"export_{key or stem}_csv",
+        on_click="ignore",
+        help="Download this table as CSV",
+    )

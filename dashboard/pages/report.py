@@ -1,0 +1,145 @@
+"""Report: one self-contained HTML file for people who were not in the room, plus chart images and CSV tables."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.ingest import IngestResult, ingest
+from core.report import Report, build_report, parse_probes, slug
+from core.results import EXAMPLE_RESULTS, default_axes, fingerprint, metric_options, our_result_folders, result_paths
+from dashboard.exports import chart_downloads, table_download
+from dashboard.state import current_pair, report_errors, sidebar
+
+BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_results(paths: tuple[str, ...], oracle: str | None, files: tuple[tuple[str, int, int], ...]) -> IngestResult:
+    """Ingest once per (paths, oracle, file mtimes and sizes)."""
+    return ingest(list(paths), oracle=oracle)
+
+
+def probe_default() -> str:
+    """The Probe page's prompt and answer as one `prompt|answer` line (its widgets, else its last scored result)."""
+    prompt, answer = st.session_state.get("probe_prompt"), st.session_state.get("probe_answer")
+    if not prompt:
+        stored = st.session_state.get("probe_result")
+        prompt, answer = (stored[1].get("prompt"), stored[1].get("answer")) if stored else (None, None)
+    if not prompt:
+        return ""
+    return f"{' '.join(prompt.split())}|{answer}" if answer else " ".join(prompt.split())
+
+
+def use_example() -> None:
+    st.session_state["report_paths"] = str(EXAMPLE_RESULTS)
+
+
+def pick_results() -> tuple[IngestResult | None, list[str]]:
+    """Result folders (ours and typed) and an optional oracle, read at once; (None, []) when none are named."""
+    ours = [str(folder) for folder in our_result_folders()]
+    picked = st.multiselect("Our runs and evaluations (cache home)", ours, default=ours) if ours else []
+    if EXAMPLE_RESULTS.is_dir():
+        st.button("Use the example: real open-unlearning outputs", on_click=use_example)
+    typed = st.text_area("Result folders, one per line", key="report_paths", placeholder=str(EXAMPLE_RESULTS))
+    oracle = st.text_input("Oracle folder (optional)", key="report_oracle").strip() or None
+    if not picked and not typed.strip():
+        return None, []
+    paths = result_paths(picked, typed)
+    with st.spinner("Reading results…"):
+        return load_results(tuple(paths), oracle, fingerprint([*paths, *([oracle] if oracle else [])])), paths
+
+
+def pick_axes(results: IngestResult) -> tuple[str, str]:
+    options = metric_options(results.summary)
+    x_default, y_default = default_axes(options)
+    left, right = st.columns(2)
+    x = left.selectbox("Tradeoff x axis", options, index=options.index(x_default), key="report_x")
+    y = right.selectbox("Tradeoff y axis", options, index=options.index(y_default), key="report_y")
+    return x, y
+
+
+def build(results: IngestResult | None, sources: list[str], axes: tuple[str | None, str | None]) -> None:
+    """Compute the report with a progress bar inside a status box; keep it (and its HTML) in the session."""
+    options = st.session_state
+    with st.status("Building the report…", expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        try:
+            report = build_report(
+                current_pair(), results=results, x_metric=axes[0], y_metric=axes[1], sources=sources,
+                probes=parse_probes(options.get("report_probes", "")), chat=options.get("report_chat", False),
+                with_attribution=options.get("report_attribute", False), with_lens=options.get("report_lens", False),
+                notes=options.get("report_notes", ""), title=options.get("report_title", ""),
+                progress=lambda message, fraction: bar.progress(min(1.0, fraction), text=message),
+            )  # fmt: skip
+            bar.progress(1.0, text="writing the HTML")
+            document = report.render_html().encode("utf-8")
+        except Exception:
+            status.update(label="Could not build the report", state="error")
+            raise
+        status.update(label="Report ready", state="complete", expanded=False)
+    st.session_state[BUILT] = (report, document, f"{slug(report.title)}.html")
+
+
+def draw_built(report: Report, document: bytes, file_name: str) -> None:
+    charts, tables = report.charts(), report.tables()
+    st.download_button(
+        "Download report (HTML)", data=document, file_name=file_name, mime="text/html", type="primary",
+        on_click="ignore",
+    )  # fmt: skip
+    st.caption(
+        f"{len(document) / 2**20:.1f} MB · {len(charts)} charts · {len(tables)} tables · opens offline in any "
+        "browser (plotly.js is inside the file)."
+    )
+    if report.warnings:
+        with st.expander(f"{len(report.warnings)} warning(s)"):
+            st.text("\n".join(report.warnings))
+    st.subheader("Export a chart or a table")
+    if charts:
+        chosen = st.selectbox("Chart", range(len(charts)), format_func=lambda i: charts[i].title, key="report_chart")
+        st.plotly_chart(charts[chosen].figure, key="report_chart_preview")
+        chart_downloads(charts[chosen].figure, charts[chosen].name, key="report_chart")
+    if tables:
+        chosen = st.selectbox("Table", range(len(tables)), format_func=lambda i: tables[i].title, key="report_table")
+        st.dataframe(tables[chosen].frame, hide_index=True)
+        table_download(tables[chosen].frame, tables[chosen].name, key="report_table")
+
+
+sidebar()
+st.title("Report")
+st.caption(
+    "One HTML file with the model pair, the tradeoff chart, a metric table, probes with coloured tokens, "
+    "attribution and layer views, and your notes. Every chart also downloads as PNG / SVG / PDF."
+)
+if current_pair() is None:
+    st.info("No model pair is loaded: the report can hold results only. Load a pair in the sidebar for probes.")
+
+results, sources, axes, results_read = None, [], (None, None), False
+with st.expander("Results", expanded=True), report_errors():
+    results, sources = pick_results()
+    if results is not None:
+        axes = pick_axes(results)
+    results_read = True
+
+st.session_state.setdefault("report_probes", probe_default())
+st.text_area(
+    "Probes, one per line: prompt|answer",
+    key="report_probes",
+    help="The last | separates the prompt from its reference answer; a line without | scores the prompt itself.",
+)
+cols = st.columns(3)
+cols[0].toggle("Chat template", value=True, key="report_chat")
+cols[1].toggle("Attribution view", key="report_attribute", help="Integrated gradients per probe with an answer")
+cols[2].toggle("Layer view", key="report_lens", help="The logit lens per probe with an answer")
+st.text_input("Title", value="Unlearning report", key="report_title")
+st.text_area("Notes", key="report_notes", help="Shown at the top. Blank lines split paragraphs; - starts a list item.")
+
+if st.button("Build report", type="primary"):
+    if not results_read:
+        st.error("The result folders above could not be read; fix or clear them first.")
+    else:
+        with report_errors():
+            build(results, sources, axes)
+
+built = st.session_state.get(BUILT)
+if built is not None:
+    draw_built(*built)
