@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 
 from core.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
 from core.demo import UNLEARNED as DEMO_UNLEARNED
-from core.demo import DemoExperiment, demo_status
+from core.demo import DemoExperiment, default_recipe, demo_status
 from core.errors import UserError
 from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelPair, ModelSpec
 
@@ -26,6 +27,7 @@ DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEMO_REFRESH_S = 2.0  # how often the sidebar re-reads status.json while the demo experiment builds
 MB = 2**20
+INTERIM_PAIR = ("demo:base", "demo:target")  # what a first start opens while the default unlearned model builds
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -118,8 +120,41 @@ def demo_stages_to_build(texts: list[str]) -> list[str]:
 
 
 def build_demo(names: list[str], show: Callable[[float, str], None]) -> None:
-    """Build the named demo stages here, reporting each status update (fraction, message) as it is written."""
-    DemoExperiment().build(names, progress=lambda status: show(status["fraction"], status["message"]))
+    """Build the named demo stages, reporting progress (fraction, message). When another process is building the
+    experiment (`make run` starts one in the background), follow its status.json until the stages are there
+    instead of queueing behind its lock with a silent bar; build here otherwise."""
+    experiment = DemoExperiment()
+    while not all(experiment.is_built(name) for name in names):
+        status = read_demo_status()
+        if status is None or status["state"] != "building" or status.get("pid") == os.getpid():
+            experiment.build(names, progress=lambda update: show(update["fraction"], update["message"]))
+            return
+        show(float(status["fraction"]), f"{status['message']} (background build, process {status.get('pid')})")
+        time.sleep(DEMO_REFRESH_S / 2)
+
+
+def is_demo_pair(key: tuple | None = None) -> bool:
+    key = key or pair_key()
+    return bool(key) and all(str(text).strip().lower().startswith(DEMO_PREFIX) for text in key[:2])
+
+
+def chat_default() -> bool:
+    """The chat-template toggles' default: the demo's own format for demo models (they were taught without the
+    chat template), on for everything else (instruct models expect it)."""
+    return default_recipe().chat if is_demo_pair() else True
+
+
+def first_start_key(key: tuple) -> tuple:
+    """The pair a session opens by itself. While a background build is still making the default unlearned model,
+    open base vs target (ready first, a couple of minutes after `make run`) instead of waiting for it."""
+    if tuple(key[:2]) != (DEFAULT_BASE, DEFAULT_UNLEARNED):
+        return key
+    status = read_demo_status()
+    building = status is not None and status["state"] == "building" and status.get("pid") != os.getpid()
+    if building and demo_stages_to_build([DEFAULT_UNLEARNED]):
+        st.session_state["interim_pair"] = True
+        return (*INTERIM_PAIR, *key[2:])
+    return key
 
 
 def read_demo_status() -> dict[str, Any] | None:
@@ -152,6 +187,10 @@ def demo_progress_live() -> None:
     status = read_demo_status()
     if status is None or status["state"] != "building":
         st.rerun()  # the build ended: redraw the app once, without polling
+    ready = DEMO_UNLEARNED in (status.get("models") or [])
+    if st.session_state.get("interim_pair") and ready and not st.session_state.get("interim_ready"):
+        st.session_state["interim_ready"] = True
+        st.rerun()  # the default pair can be opened now: redraw the sidebar's notice as a button
     draw_demo_status(status)
 
 
@@ -190,6 +229,22 @@ def load_chosen(key: tuple) -> None:
             st.error(f"Could not load the pair: {type(exc).__name__}: {exc}")
 
 
+def interim_pair_notice() -> None:
+    """After a first start opened base vs target: say why, and offer the default pair once it is built."""
+    key = pair_key()
+    if not st.session_state.get("interim_pair") or not key or tuple(key[:2]) != INTERIM_PAIR:
+        return
+    if demo_stages_to_build([DEFAULT_UNLEARNED]):
+        st.info(
+            f"Opened {INTERIM_PAIR[0]} vs {INTERIM_PAIR[1]} while {DEFAULT_UNLEARNED} is still being built "
+            "(progress below)."
+        )
+    elif st.button(f"Open {DEFAULT_BASE} vs {DEFAULT_UNLEARNED}", type="primary", key="open_default_pair"):
+        st.session_state.pop("interim_pair", None)
+        load_chosen((DEFAULT_BASE, DEFAULT_UNLEARNED, *key[2:]))
+        st.rerun()
+
+
 def sidebar() -> None:
     """Pick the pair (demo by default, or folders / hub ids / adapters), load it, show what is loaded and how
     much memory it takes, and the demo experiment's build progress."""
@@ -213,9 +268,15 @@ def sidebar() -> None:
             unsafe = st.checkbox("Allow pickle weights", help="Loads .bin weights, which can run code.")
             submitted = st.form_submit_button("Load pair", type="primary")
         autoload = st.session_state.get("autoload", os.environ.get(AUTOLOAD_ENV, "1") != "0")
-        if submitted or (pair_key() is None and autoload):
+        chosen = (base.strip(), unlearned.strip(), dtype, device, trust, unsafe)
+        if submitted:
             st.session_state["autoload"] = False
-            load_chosen((base.strip(), unlearned.strip(), dtype, device, trust, unsafe))
+            st.session_state.pop("interim_pair", None)
+            load_chosen(chosen)
+        elif pair_key() is None and autoload:
+            st.session_state["autoload"] = False
+            load_chosen(first_start_key(chosen))
+        interim_pair_notice()
         pair = current_pair()
         if pair is not None:
             info = pair.describe()

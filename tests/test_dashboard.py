@@ -611,3 +611,59 @@ def test_tradeoffs_summary_download_equals_ingested_summary() -> None:
     assert list(downloaded.columns) == list(summary.columns)
     assert downloaded[["model", "metric"]].values.tolist() == summary[["model", "metric"]].values.tolist()
     assert downloaded["value"].tolist() == pytest.approx(summary["value"].astype(float).tolist(), nan_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- first start
+
+
+def _first_start_page() -> None:
+    import streamlit as st
+
+    from dashboard.state import chat_default, first_start_key
+
+    key = first_start_key(("demo:target", "demo:unlearned", "auto", "auto", False, False))
+    st.session_state["pair_key"] = key
+    st.write(" | ".join(key[:2]))
+    st.write(f"chat default {chat_default()}")
+
+
+def test_first_start_opens_base_vs_target_while_a_background_build_makes_the_unlearned_model(monkeypatch) -> None:
+    """`make run` builds the demo in the background: the first session opens base vs target (ready first) rather
+    than waiting for the default pair, and the chat toggles default to the demo's format."""
+    building = {"state": "building", "stage": "npo", "fraction": 0.3, "message": "npo: step 2/18", "pid": 1}
+    monkeypatch.setattr(state, "read_demo_status", lambda: dict(building))
+    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: ["npo"])
+    at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)
+    assert not at.exception
+    assert at.markdown[0].value == "demo:base | demo:target" and at.session_state["interim_pair"] is True
+    assert at.markdown[1].value == f"chat default {DemoExperiment().recipe.chat}"
+
+    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: [])  # npo is built: the default pair
+    at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)
+    assert at.markdown[0].value == "demo:target | demo:unlearned" and "interim_pair" not in at.session_state
+
+    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: ["npo"])
+    monkeypatch.setattr(state, "read_demo_status", lambda: {**building, "state": "interrupted"})
+    at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)  # nobody builds it: load builds it here
+    assert at.markdown[0].value == "demo:target | demo:unlearned"
+
+
+def test_build_demo_follows_a_background_builder_instead_of_queueing_behind_it(monkeypatch) -> None:
+    checks = iter([False, False, True])
+    statuses = iter([0.25, 0.5])
+
+    class Experiment:
+        def is_built(self, name: str) -> bool:
+            return next(checks)
+
+        def build(self, *args, **kwargs) -> None:
+            raise AssertionError("the stage is being built by another process: it must not be built twice")
+
+    monkeypatch.setattr(state, "DemoExperiment", Experiment)
+    monkeypatch.setattr(state, "DEMO_REFRESH_S", 0.0)
+    monkeypatch.setattr(
+        state, "read_demo_status", lambda: {"state": "building", "fraction": next(statuses), "message": "m", "pid": 1}
+    )
+    shown: list[float] = []
+    state.build_demo(["npo"], lambda fraction, message: shown.append(fraction))
+    assert shown == [0.25, 0.5]

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
 from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
-from dashboard.state import current_pair, pair_key, report_errors, sidebar
+from dashboard.state import chat_default, current_pair, pair_key, report_errors, sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
@@ -63,7 +63,7 @@ def score_panel(dataset: QADataset) -> None:
     """Settings and the button that scores the set under the loaded pair (stored per pair and set)."""
     pair = current_pair()
     cols = st.columns(4)
-    chat = cols[0].toggle("Chat template", value=True, key="dataset_chat")
+    chat = cols[0].toggle("Chat template", value=chat_default(), key="dataset_chat")
     limit = cols[1].number_input("Items", 1, len(dataset), min(len(dataset), 50), key="dataset_limit")
     batch_size = cols[2].number_input("Batch size", 1, 64, 8, key="dataset_batch")
     with_perturbed = any(item.perturbed_answer for item in dataset)

@@ -16,11 +16,11 @@ from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
-from dashboard.state import pair_key, report_errors, require_pair, sidebar
+from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
-DEFAULTS = {"probe_prompt": "", "probe_answer": "", "probe_chat": True, "probe_topk": 5, "probe_view": "delta"}
+DEFAULTS = {"probe_prompt": "", "probe_answer": "", "probe_topk": 5, "probe_view": "delta"}
 URL_KEYS = ("prompt", "answer", "chat", "topk", "view", "score")  # query parameters, in the order written
 VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -123,6 +123,7 @@ def example_pickers() -> None:
 
 def read_inputs() -> dict[str, Any]:
     """Prompt, answer and settings from the widgets (their values live in session state, so links can set them)."""
+    st.session_state.setdefault("probe_chat", chat_default())  # demo models were taught without the template
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
     prompt = st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
