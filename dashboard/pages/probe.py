@@ -16,6 +16,7 @@ from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
+from dashboard.exports import chart_downloads
 from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
@@ -187,7 +188,9 @@ def draw_result(result: ProbeResult, view: str) -> None:
         f"{result.delta:+.3f}",
         help=f"base {result.answer_logprob_base:.3f}, unlearned {result.answer_logprob_unlearned:.3f}",
     )
-    st.plotly_chart(token_shift_figure(result), key="probe_delta_chart")
+    figure = token_shift_figure(result)
+    st.plotly_chart(figure, key="probe_delta_chart")
+    chart_downloads(figure, "token log-prob shift", key="probe_delta_chart")
     table = result.to_frame()
     st.dataframe(table, hide_index=True, key="probe_table")
     st.download_button(

@@ -36,6 +36,7 @@ from core.results import (
     split_bar_metrics,
     truth_ratio_oracles,
 )
+from dashboard.exports import chart_downloads
 from dashboard.state import report_errors, sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
@@ -172,6 +173,7 @@ def draw_tradeoff_chart(result: IngestResult) -> Point | None:
         return None
     figure = tradeoff_figure(result.summary, x, y, log_y=log_y)
     event = st.plotly_chart(figure, key="tradeoff_chart", on_select="rerun", selection_mode="points")
+    chart_downloads(figure, f"tradeoff {y} vs {x}", key="tradeoff_chart")
     return point_from_selection(figure, event["selection"]["points"])
 
 
@@ -199,6 +201,7 @@ def draw_checkpoint(result: IngestResult, point: Point) -> None:
         names = split_bar_metrics(result.summary, point)
         figure = split_bars_figure(result.summary, point.model, step=point.step, metric_names=names)
         st.plotly_chart(figure, key="tradeoff_splits")
+        chart_downloads(figure, f"{point.model} metrics by split", key="tradeoff_splits")
     with report_errors():
         draw_truth_ratios(result, point)
     with report_errors():
@@ -218,6 +221,7 @@ def draw_truth_ratios(result: IngestResult, point: Point) -> None:
         oracle = st.selectbox("Oracle", oracles, format_func=lambda run: run.label, key="tradeoff_oracle_run")
     figure = truth_ratio_figure(result.items, point.model, oracle.model, step=point.step, oracle_step=oracle.step)
     st.plotly_chart(figure, key="tradeoff_truth_ratio")
+    chart_downloads(figure, f"{point.model} truth ratios", key="tradeoff_truth_ratio")
 
 
 def draw_mia(result: IngestResult, point: Point) -> None:
@@ -227,7 +231,9 @@ def draw_mia(result: IngestResult, point: Point) -> None:
         return
     default = attacks.index(DEFAULT_ATTACK) if DEFAULT_ATTACK in attacks else 0
     attack = st.selectbox("Membership-inference attack", attacks, index=default, key="tradeoff_attack")
-    st.plotly_chart(mia_figure(result.items, point.model, attack, step=point.step), key="tradeoff_mia")
+    figure = mia_figure(result.items, point.model, attack, step=point.step)
+    st.plotly_chart(figure, key="tradeoff_mia")
+    chart_downloads(figure, f"{point.model} {attack}", key="tradeoff_mia")
 
 
 sidebar()
