@@ -24,13 +24,14 @@ from core.models import SIDES
 
 MATRIX_SIDES = {"base": "base model", "unlearned": "unlearned model", "delta": "Δ (unlearned − base)"}
 SIDE_COLOURS = {"base": "#7f7f7f", "unlearned": "#d62728"}
+SET_COLOURS = {"forget": "#d62728", "retain": "#2ca02c"}  # drift sets; any other set takes a palette colour
 # Hidden knowledge worth a note: the unlearned model's answer tokens reach this mean rank in some middle layer and
 # lose at least this many nats per token between that layer and the output.
 HIDDEN_RANK = 10.0
 HIDDEN_SCORE = 1.0
 # Red for negative, white at 0, blue for positive: the Probe page's colours (core.highlight).
 DIVERGING = [[0.0, f"rgb{NEGATIVE_RGB}"], [0.5, "rgb(255, 255, 255)"], [1.0, f"rgb{POSITIVE_RGB}"]]
-_VISIBLE = str.maketrans({"\n": "⏎", "\t": "⇥", "\r": "␍"})
+_VISIBLE = str.maketrans({"\n": "↵", "\t": "→", "\r": "␍"})
 
 
 def token_label(text: str) -> str:
@@ -94,8 +95,8 @@ def attribution_heatmap(result: AttributionResult) -> go.Figure:
         coloraxis={"colorscale": DIVERGING, "cmin": -sides_limit, "cmax": sides_limit,
                    "colorbar": {"title": {"text": "base / unl."}, "y": 0.7, "len": 0.6}},
         coloraxis2={"colorscale": DIVERGING, "cmin": -delta_limit, "cmax": delta_limit,
-                    "colorbar": {"title": {"text": "Δ"}, "y": 0.12, "len": 0.28}},
-        height=360,
+                    "colorbar": {"title": {"text": "Δ"}, "y": 0.14, "len": 0.32, "nticks": 4}},
+        height=420,
         margin={"l": 20, "r": 20, "t": 70, "b": 40},
     )  # fmt: skip
     figure.update_xaxes(**_token_axis(result.prompt_tokens), row=3, col=1)
@@ -251,7 +252,7 @@ def drift_figure(drift_result: DriftResult) -> go.Figure:
     """Per layer, cosine similarity, relative norm change and relative distance, one line per set."""
     figure = make_subplots(rows=1, cols=len(DRIFT_PANELS), subplot_titles=list(DRIFT_PANELS.values()))
     for i, (name, drift) in enumerate(drift_result.sets.items()):
-        colour = SIDE_COLOURS["unlearned"] if name == "forget" else PALETTE[i % len(PALETTE)]
+        colour = SET_COLOURS.get(name, PALETTE[i % len(PALETTE)])
         label = f"{name} ({drift.n_items} items)"
         for col, panel in enumerate(DRIFT_PANELS, start=1):
             figure.add_trace(

@@ -285,3 +285,38 @@ def test_weight_map_equals_core(tiny_pair_dirs) -> None:
     table = next(df.value for df in at.dataframe if "relative_change" in df.value.columns)
     assert sorted(table["name"]) == sorted(c.name for c in changes)
     assert table["relative_change"].is_monotonic_decreasing
+
+
+# ---------------------------------------------------------------------------------------------- integration
+
+
+@pytest.mark.integration
+def test_views_of_the_embedded_model_against_itself(embedded_model_dir: Path) -> None:
+    """One SmolLM2 on both sides: the pages show core's maps and ranks, with exactly no Δ and no weight change."""
+    at, pair = open_with_pair("attribution", (embedded_model_dir, embedded_model_dir))
+    question = next(e for e in demo_examples() if e.split == "forget")
+    answer = question.answer.split()[0]
+    ask(at, "attribution", question.question, answer)
+    at.selectbox(key="attribution_method").set_value("integrated_gradients")
+    at.number_input(key="attribution_steps").set_value(4)
+    button(at, "Compute").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    direct = attribute(
+        pair, question.question, answer, chat=True, settings=AttributionSettings(granularity="word", n_steps=4)
+    )
+    rows = {trace["name"]: trace["z"][0] for trace in charts(at)["attribution_heatmap"]["data"]}
+    assert rows["delta"] == [0.0] * len(direct.prompt_tokens)
+    limit = 1e-3 * max(abs(v) for v in direct.base[0])  # fp32 sums in another thread (docs/PERFORMANCE-attribution.md)
+    np.testing.assert_allclose(rows["base"], direct.base[0], atol=limit, rtol=0)
+
+    at.switch_page("pages/layers.py").run()
+    ask(at, "lens", question.question, answer)
+    button(at, "Run the logit lens").click().run()
+    button(at, "Compute weight change").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    lens = logit_lens(pair, question.question, answer, chat=True)
+    traces = charts(at)["lens_chart"]["data"]
+    assert traces[0]["y"] == traces[2]["y"] == pytest.approx(np.mean(lens.base.rank, axis=1).tolist())
+    assert hidden_knowledge_reading(lens).text in [element.value for element in (*at.info, *at.warning)]
+    (weights,) = charts(at)["weights_chart"]["data"]
+    assert {value for row in weights["z"] for value in row} <= {0.0, None}
