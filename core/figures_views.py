@@ -44,6 +44,11 @@ def _token_axis(tokens: Sequence[str]) -> dict:
     return {"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [token_label(t) for t in tokens]}
 
 
+def _layer_axis(layers: Sequence[int]) -> dict:
+    """Whole layer numbers, about 15 ticks at most."""
+    return {"title_text": "layer (0 = embeddings)", "tick0": 0, "dtick": max(1, math.ceil(len(layers) / 15))}
+
+
 def _limit(*matrices: Sequence[Sequence[float]]) -> float:
     """Symmetric colour limit: the largest |value| (1 when all are zero, so the scale stays valid)."""
     largest = max((abs(v) for matrix in matrices for row in matrix for v in row), default=0.0)
@@ -224,7 +229,7 @@ def logit_lens_figure(lens_result: LensResult, by_token: bool = False) -> go.Fig
         )  # fmt: skip
     figure.update_yaxes(type="log", autorange="reversed", title_text="rank", row=1, col=1)
     figure.update_yaxes(range=[0, 1], title_text="probability", row=1, col=2)
-    figure.update_xaxes(title_text="layer (0 = embeddings)")
+    figure.update_xaxes(**_layer_axis(lens_result.layers))
     reading = hidden_knowledge_reading(lens_result)
     if reading.hidden:
         figure.add_vline(x=reading.unlearned.peak_layer, line={"dash": "dash", "color": SIDE_COLOURS["unlearned"]})
@@ -261,7 +266,7 @@ def drift_figure(drift_result: DriftResult) -> go.Figure:
                            hovertemplate=f"{esc(name)}, layer %{{x}}: %{{y:.4g}}<extra></extra>"),
                 row=1, col=col,
             )  # fmt: skip
-    figure.update_xaxes(title_text="layer (0 = embeddings)")
+    figure.update_xaxes(**_layer_axis(drift_result.layers))
     figure.update_layout(title="Hidden-state drift, base → unlearned", height=380)
     return figure
 

@@ -42,7 +42,7 @@ granularity = cols[3].radio(
     "Granularity", GRANULARITIES, index=GRANULARITIES.index("word"), horizontal=True, key="attribution_granularity"
 )
 per_token = cols[4].checkbox(
-    "Per answer token (matrix)", key="attribution_per_token", help="One row per answer token or word; slower."
+    "Per-token matrix", key="attribution_per_token", help="One row per answer token or word (slower)."
 )
 
 if st.button("Compute", type="primary", key="attribution_compute"):
