@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.errors import UserError
 from core.examples import Example, demo_examples
+from dashboard.state import chat_default
 
 
 @st.cache_data(show_spinner=False)
@@ -32,12 +33,14 @@ def _use_example(prefix: str, choices: list[Example]) -> None:
 def question_inputs(prefix: str) -> tuple[str, str, bool]:
     """Example picker, prompt, answer and chat toggle under `{prefix}_*` keys; returns (prompt, answer, chat).
 
-    The inputs start from the Probe page's prompt and answer, so a question probed there is one click away here.
+    The inputs start from the Probe page's prompt, answer and chat setting, so a question probed there is one click
+    away here; the chat toggle otherwise starts at the pair's default (demo models were taught without the template).
     """
     for name in ("prompt", "answer"):
         key, probe = f"{prefix}_{name}", st.session_state.get(f"probe_{name}")
         if key not in st.session_state and probe:
             st.session_state[key] = probe
+    st.session_state.setdefault(f"{prefix}_chat", st.session_state.get("probe_chat", chat_default()))
     choices = available_examples()
     if choices:
         st.selectbox(
@@ -52,5 +55,5 @@ def question_inputs(prefix: str) -> tuple[str, str, bool]:
         )
     prompt = st.text_area("Prompt", key=f"{prefix}_prompt", height=90, placeholder="Ask something from the forget set…")
     answer = st.text_input("Answer", key=f"{prefix}_answer", help="The answer whose log-probability is explained.")
-    chat = st.toggle("Chat template", value=True, key=f"{prefix}_chat")
+    chat = st.toggle("Chat template", key=f"{prefix}_chat")
     return prompt, answer, chat

@@ -95,8 +95,9 @@ def ask(at: AppTest, prefix: str, prompt: str, answer: str) -> None:
     at.text_input(key=f"{prefix}_answer").input(answer)
 
 
-def downloads(at: AppTest) -> list[str]:
-    return [element.label for element in at.download_button]
+def downloads(at: AppTest) -> dict[str, str]:
+    """Download buttons by key: label."""
+    return {element.key: element.label for element in at.download_button}
 
 
 # ---------------------------------------------------------------------------------------------- both pages
@@ -112,9 +113,10 @@ def test_page_loads_without_a_pair(page: str) -> None:
 
 @pytest.mark.parametrize(("page", "prefix"), [("attribution", "attribution"), ("layers", "lens")])
 def test_inputs_start_from_the_probe_page_and_take_examples(page: str, prefix: str, tiny_pair_dirs) -> None:
-    at = open_page(page, tiny_pair_dirs, probe_prompt="Where was Ana born?", probe_answer="Lima")
+    at = open_page(page, tiny_pair_dirs, probe_prompt="Where was Ana born?", probe_answer="Lima", probe_chat=False)
     assert at.text_area(key=f"{prefix}_prompt").value == "Where was Ana born?"
     assert at.text_input(key=f"{prefix}_answer").value == "Lima"
+    assert at.toggle(key=f"{prefix}_chat").value is False  # the Probe page's setting, not the default (on)
     examples = demo_examples()
     at.selectbox(key=f"{prefix}_example").set_value(1).run()
     assert at.text_area(key=f"{prefix}_prompt").value == examples[1].question
@@ -137,6 +139,7 @@ def compute_attribution(at: AppTest, method: str, per_token: bool, n_steps: int 
 @pytest.mark.parametrize(("method", "per_token"), [("integrated_gradients", True), ("feature_ablation", False)])
 def test_attribution_draws_cores_maps(method: str, per_token: bool, tiny_pair_dirs) -> None:
     at, pair = open_with_pair("attribution", tiny_pair_dirs)
+    assert at.toggle(key="attribution_chat").value is True  # not a demo pair: the chat template is on by default
     compute_attribution(at, method, per_token)
     settings = AttributionSettings(per_token=per_token, granularity="token", n_steps=4)
     direct = attribute(pair, PROMPT, ANSWER, method, chat=True, settings=settings)
@@ -147,7 +150,8 @@ def test_attribution_draws_cores_maps(method: str, per_token: bool, tiny_pair_di
         np.testing.assert_allclose(rows[side], expected, atol=1e-6, rtol=1e-6)
     ticks = drawn["attribution_heatmap"]["layout"]["xaxis3"]["ticktext"]
     assert ticks == direct.prompt_tokens == PROMPT.split()  # the prompt's words, BOS left out
-    assert "Download CSV" in downloads(at) and "Download JSON" in downloads(at)
+    assert {"export_attribution_table_csv": "CSV", "attribution_json": "JSON"}.items() <= downloads(at).items()
+    assert {"export_attribution_heatmap_png", "export_attribution_heatmap_svg"} <= downloads(at).keys()
     if per_token:
         (matrix,) = drawn["attribution_matrix"]["data"]
         np.testing.assert_allclose(matrix["z"], direct.delta, atol=1e-6, rtol=1e-6)
@@ -209,7 +213,7 @@ def test_lens_draws_cores_ranks_and_reads_them(tiny_pair_dirs) -> None:
     assert reading.text in shown
     table = next(df.value for df in at.dataframe if "top_token" in df.value.columns)
     assert table["rank"].tolist() == direct.to_frame()["rank"].tolist()
-    assert "Download logit_lens.csv" in downloads(at)
+    assert {"export_lens_table_csv", "export_lens_chart_png"} <= downloads(at).keys()
 
     at.toggle(key="lens_by_token").set_value(True).run()
     traces = charts(at)["lens_chart"]["data"]

@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.attribution import BASELINES, GRANULARITIES, METHODS, AttributionResult, AttributionSettings, attribute
 from core.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
+from dashboard.exports import chart_downloads, table_download
 from dashboard.question import question_inputs
 from dashboard.state import pair_key, report_errors, require_pair, sidebar
 
@@ -75,19 +76,25 @@ def draw(result: AttributionResult) -> None:
         "Blue: the token raises the answer's log-prob; red: lowers it. Δ = unlearned − base"
         + (", attributed exactly." if result.contrast_exact else ", the difference of the two maps.")
     )
-    st.plotly_chart(attribution_heatmap(result), key="attribution_heatmap")
+    heatmap = attribution_heatmap(result)
+    st.plotly_chart(heatmap, key="attribution_heatmap")
+    chart_downloads(heatmap, "attribution heatmap", key="attribution_heatmap")
     if result.convergence_delta:
         draw_convergence(result)
     if result.settings.per_token:
         side = st.segmented_control(
             "Matrix of", list(MATRIX_SIDES), default="delta", format_func=MATRIX_SIDES.get, key="attribution_side"
         )
-        st.plotly_chart(attribution_matrix_figure(result, side or "delta"), key="attribution_matrix")
+        matrix = attribution_matrix_figure(result, side or "delta")
+        st.plotly_chart(matrix, key="attribution_matrix")
+        chart_downloads(matrix, f"attribution matrix {side or 'delta'}", key="attribution_matrix")
+    st.caption("The maps as a table (one row per answer row × prompt feature) and the whole result as JSON:")
     left, right = st.columns(2)
-    left.download_button(
-        "Download CSV", result.to_frame().to_csv(index=False), file_name="attribution.csv", mime="text/csv"
+    with left:
+        table_download(result.to_frame(), "attribution", key="attribution_table")
+    right.download_button(
+        "JSON", result.to_json(), file_name="attribution.json", mime="application/json", key="attribution_json"
     )
-    right.download_button("Download JSON", result.to_json(), file_name="attribution.json", mime="application/json")
 
 
 stored = st.session_state.get(RESULT_KEY)

@@ -3,15 +3,15 @@ items, and which weights unlearning changed."""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core.data import load_qa_dataset
 from core.errors import UserError
 from core.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
 from core.lens import DriftResult, LensResult, WeightChangeResult, hidden_state_drift, logit_lens, weight_change
+from dashboard.exports import chart_downloads, table_download
 from dashboard.question import available_examples, question_inputs
-from dashboard.state import pair_key, report_errors, require_pair, sidebar
+from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
 
 DRIFT_SETS = ("forget", "retain")
 
@@ -20,10 +20,6 @@ def stored(key: str) -> dict | None:
     """The result dict stored under `key` for the loaded pair, or None."""
     entry = st.session_state.get(key)
     return entry[1] if entry and entry[0] == pair_key() else None
-
-
-def download(frame: pd.DataFrame, name: str) -> None:
-    st.download_button(f"Download {name}.csv", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv")
 
 
 def drift_items(paths: dict[str, str], limit: int) -> dict[str, list[tuple[str, str]]]:
@@ -61,10 +57,12 @@ if (data := stored("lens_result")) is not None:
     reading = hidden_knowledge_reading(lens)
     (st.warning if reading.hidden else st.info)(reading.text)
     by_token = st.toggle("One line per answer token", key="lens_by_token")
-    st.plotly_chart(logit_lens_figure(lens, by_token=by_token), key="lens_chart")
+    figure = logit_lens_figure(lens, by_token=by_token)
+    st.plotly_chart(figure, key="lens_chart")
+    chart_downloads(figure, "logit lens", key="lens_chart")
     frame = lens.to_frame()
     st.dataframe(frame, hide_index=True)
-    download(frame, "logit_lens")
+    table_download(frame, "logit lens", key="lens_table")
 
 # ---------------------------------------------------------------------------------------------- drift
 st.header("Hidden-state drift")
@@ -76,7 +74,8 @@ paths = {
 }
 left, right = st.columns(2)
 limit = left.number_input("Items per set", min_value=1, max_value=1000, value=16, key="drift_limit")
-drift_chat = right.toggle("Chat template", value=True, key="drift_chat")
+st.session_state.setdefault("drift_chat", st.session_state.get("probe_chat", chat_default()))
+drift_chat = right.toggle("Chat template", key="drift_chat")
 if st.button("Compute drift", key="drift_compute"):
     st.session_state.pop("drift_result", None)
     with report_errors(), st.spinner("Running both models over the forget and retain items…"):
@@ -84,10 +83,12 @@ if st.button("Compute drift", key="drift_compute"):
         st.session_state["drift_result"] = (pair_key(), drift.to_dict())
 if (data := stored("drift_result")) is not None:
     drift = DriftResult.from_dict(data)
-    st.plotly_chart(drift_figure(drift), key="drift_chart")
+    figure = drift_figure(drift)
+    st.plotly_chart(figure, key="drift_chart")
+    chart_downloads(figure, "hidden-state drift", key="drift_chart")
     frame = drift.to_frame()
     st.dataframe(frame, hide_index=True)
-    download(frame, "hidden_state_drift")
+    table_download(frame, "hidden-state drift", key="drift_table")
 
 # ---------------------------------------------------------------------------------------------- weights
 st.header("Weight change")
@@ -98,7 +99,9 @@ if st.button("Compute weight change", key="weights_compute"):
         st.session_state["weights_result"] = (pair_key(), weight_change(pair).to_dict())
 if (data := stored("weights_result")) is not None:
     weights = WeightChangeResult.from_dict(data)
-    st.plotly_chart(weight_change_figure(weights), key="weights_chart")
+    figure = weight_change_figure(weights)
+    st.plotly_chart(figure, key="weights_chart")
+    chart_downloads(figure, "weight change", key="weights_chart")
     frame = weights.to_frame().sort_values("relative_change", ascending=False)
     st.dataframe(frame, hide_index=True)
-    download(frame, "weight_change")
+    table_download(frame, "weight change", key="weights_table")
