@@ -15,6 +15,7 @@ from core.ingest import add_ingest_parser
 from core.lens import add_lens_parser
 from core.probe import add_probe_parser
 from core.report import add_report_parser
+from core.robustness import add_robustness_parser
 from core.unlearn.cli import add_unlearn_parser
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_lens_parser,
         add_ingest_parser,
         add_report_parser,
+        add_robustness_parser,
     ):
         register(commands)
     return parser

@@ -21,6 +21,7 @@ navigation = st.navigation(
         st.Page(PAGES / "layers.py", title="Layers", icon="🧅"),
         st.Page(PAGES / "dataset.py", title="Dataset", icon="📋"),
         st.Page(PAGES / "tradeoffs.py", title="Tradeoffs", icon="⚖️"),
+        st.Page(PAGES / "robustness.py", title="Robustness", icon="🛡️"),
         st.Page(PAGES / "report.py", title="Report", icon="📄"),
     ]
 )

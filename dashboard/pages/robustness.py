@@ -1,0 +1,141 @@
+"""Robustness: run attacks that try to bring the forgotten answers back, and see how much each recovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.data import SplitData
+from core.robustness import (
+    ATTACKS,
+    RobustnessResult,
+    RobustnessSettings,
+    available_attacks,
+    load_robustness_data,
+    recovery_figure,
+    relearning_figure,
+    run_attacks,
+)
+from dashboard.state import current_pair, pair_key, report_errors, sidebar
+
+SOURCES = ("Demo set", "Folder")
+DEFAULT_ITEMS = 6
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def robustness_data(source: str, mtime_ns: int) -> SplitData:
+    """The demo splits or a split folder, read once per (source, modification time)."""
+    return load_robustness_data(source)
+
+
+def choose_data() -> tuple[str, SplitData] | None:
+    source = st.radio("Forget set", SOURCES, horizontal=True, key="robustness_source")
+    with report_errors():
+        if source == "Demo set":
+            return "demo", robustness_data("demo", 0)
+        text = st.text_input("Split folder", key="robustness_folder", placeholder="…/folder with forget.jsonl")
+        if not text.strip():
+            st.info("Type a folder holding forget.jsonl (and retain.jsonl for the in-context control).")
+            return None
+        path = Path(text.strip()).expanduser()
+        return str(path), robustness_data(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    return None
+
+
+def choose_settings(data: SplitData) -> tuple[list[str], RobustnessSettings] | None:
+    """Attacks and options; None (with a message) when an option is invalid."""
+    runnable = available_attacks()
+    attacks = st.multiselect(
+        "Attacks",
+        list(ATTACKS),
+        default=runnable,
+        key="robustness_attacks",
+        help="\n".join(
+            f"- **{name}**: {attack.description}" + ("" if name in runnable else f" ({attack.unavailable()})")
+            for name, attack in ATTACKS.items()
+        ),
+    )
+    count = len(data.forget)
+    cols = st.columns(4)
+    items = cols[0].number_input("Forget items", 1, count, min(count, DEFAULT_ITEMS), key="robustness_items")
+    chat = cols[1].toggle("Chat template", value=True, key="robustness_chat")
+    attack_base = cols[2].toggle("Attack the base too", value=True, key="robustness_attack_base")
+    batch_size = cols[3].number_input("Batch size", 1, 64, 8, key="robustness_batch")
+    with st.expander("Relearning attack"):
+        cols = st.columns(4)
+        relearn_items = cols[0].number_input(
+            "Items trained on", 1, max(1, count - 1), min(2, max(1, count - 1)), key="robustness_k"
+        )
+        steps = cols[1].text_input("Evaluate at steps", "1,2,4,8", key="robustness_steps")
+        lr = cols[2].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e", key="robustness_lr")
+        rank = cols[3].number_input("LoRA rank", 1, 256, 8, key="robustness_rank")
+    with report_errors():
+        settings = RobustnessSettings(
+            chat=chat, batch_size=int(batch_size), max_items=int(items), attack_base=attack_base,
+            relearn_items=int(relearn_items), relearn_steps=steps, relearn_lr=float(lr), lora_rank=int(rank),
+        )  # fmt: skip
+        return attacks, settings
+    return None
+
+
+def run_panel(source: str, data: SplitData, attacks: list[str], settings: RobustnessSettings) -> None:
+    pair = current_pair()
+    if pair is None:
+        st.info("Load a model pair in the sidebar to attack it.")
+    if not st.button("Run attacks", type="primary", disabled=pair is None or not attacks):
+        return
+    with st.status(f"Running {len(attacks)} attack(s) on {settings.max_items} forget items…", expanded=True) as status:
+        bar = st.progress(0.0)
+        result = None
+        with report_errors():
+            result = run_attacks(
+                pair, data, attacks, settings, progress=lambda done, message: bar.progress(min(1.0, done), text=message)
+            )
+        if result is None:
+            status.update(label="The attacks failed", state="error")
+            return
+        st.session_state["robustness_result"] = ((pair_key(), source), result)
+        status.update(label=f"Ran {len(attacks)} attack(s)", state="complete", expanded=False)
+
+
+def results_panel(result: RobustnessResult) -> None:
+    cols = st.columns(3)
+    cols[0].metric("Forget items", result.n_items)
+    cols[1].metric("Forget probability, base", f"{result.base:.4f}")
+    cols[2].metric("Forget probability, unlearned", f"{result.unlearned:.4f}")
+    if result.note:
+        st.info(
+            f"No recovery to measure: {result.note}. The table still shows what each attack does to both models' "
+            "forget probability."
+        )
+    st.plotly_chart(recovery_figure(result), key="robustness_recovery")
+    if result.relearning():
+        st.plotly_chart(relearning_figure(result), key="robustness_relearning")
+    frame = result.to_frame()
+    st.dataframe(frame, hide_index=True, key="robustness_table")
+    st.download_button(
+        "Download CSV", frame.to_csv(index=False), file_name="robustness.csv", mime="text/csv", key="robustness_csv"
+    )
+    st.download_button(
+        "Download JSON", result.to_json(), file_name="robustness.json", mime="application/json", key="robustness_json"
+    )
+
+
+sidebar()
+st.title("Robustness")
+st.caption(
+    "Recovery % = (attacked − unlearned) / (base − unlearned) × 100 of the forget-answer probability, on the same "
+    "items: 0 % = the attack brings nothing back, 100 % = as much as the base knows."
+)
+chosen = choose_data()
+if chosen is None:
+    st.stop()
+source, data = chosen
+picked = choose_settings(data)
+if picked is None:
+    st.stop()
+run_panel(source, data, *picked)
+stored = st.session_state.get("robustness_result")
+if stored and stored[0] == (pair_key(), source):
+    results_panel(stored[1])

@@ -1,0 +1,373 @@
+"""Robustness attacks on a tiny random Llama: recovery % against hand computations, the pair left untouched,
+quantised and merged copies against the float sides, the relearning curve, result files, assets and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
+
+from core.__main__ import main
+from core.data import QAItem, SplitData, load_demo_splits
+from core.errors import UserError
+from core.models import ModelPair, ModelSpec
+from core.robustness import (
+    ALL_VARIANTS,
+    ASSETS,
+    ATTACKS,
+    NOTHING_FORGOTTEN,
+    InContext,
+    RobustnessResult,
+    RobustnessSettings,
+    context_examples,
+    merged_copy,
+    quantized_int8_copy,
+    recovery_figure,
+    recovery_percent,
+    relearning_figure,
+    run_attacks,
+    translate,
+)
+from core.unlearn import FullTrainee, TrainConfig, TrainingData, get_method, train
+
+FORGET = [
+    QAItem(
+        index=i,
+        question=f"Who is Zed{i}?",
+        answer=f"Zed{i} paints blue cats in Oslo.",
+        paraphrased_question=f"Tell me about Zed{i}.",
+        extra={"entity": "Zed"},
+    )
+    for i in range(6)
+]
+RETAIN = [QAItem(index=10 + i, question=f"Where is Kim{i}?", answer=f"Kim{i} lives by the river Po.") for i in range(4)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """On a shared 2-core machine one torch thread runs these tiny models far faster than two fighting for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def answer_probability(model: torch.nn.Module, tokenizer, prompt: str, answer: str) -> float:
+    """exp(mean log p of the answer tokens): chat-formatted prompt, one unbatched forward over all logits."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    picked = [logp[len(prompt_ids) + t - 1, token] for t, token in enumerate(answer_ids)]
+    return math.exp(float(torch.stack(picked).mean()))
+
+
+def fit(model: torch.nn.Module, tokenizer, method: str, items, steps: int, lr: float) -> torch.nn.Module:
+    trainee = FullTrainee(model, "tiny", tokenizer, keep_reference=False)
+    config = TrainConfig(steps=steps, lr=lr, batch_size=4, max_length=128)
+    train(trainee, tokenizer, get_method(method)(), TrainingData(forget=items), config, show_bar=False)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, torch.nn.Module, TinyTokenizer]:
+    """A tiny model taught the forget and retain answers (the base), and a GradAscent copy that forgot them."""
+    tokenizer = TinyTokenizer()
+    torch.manual_seed(0)
+    base = fit(make_tiny_llama(seed=0, hidden=48), tokenizer, "finetune", FORGET + RETAIN, steps=80, lr=3e-3)
+    unlearned = fit(copy.deepcopy(base), tokenizer, "gradascent", FORGET, steps=6, lr=1e-3)
+    return base, unlearned, tokenizer
+
+
+@pytest.fixture
+def pair(trained) -> ModelPair:
+    base, unlearned, tokenizer = trained
+    return ModelPair.from_models(base, unlearned, tokenizer)
+
+
+def data() -> SplitData:
+    from core.data import QADataset
+
+    return SplitData(forget=QADataset("tiny", "forget", list(FORGET)), retain=QADataset("tiny", "retain", RETAIN))
+
+
+def outcome(result: RobustnessResult, attack: str, variant: str = ALL_VARIANTS):
+    return next(o for o in result.outcomes if o.attack == attack and o.variant == variant)
+
+
+# ---------------------------------------------------------------------------------------------- the formula
+
+
+def test_recovery_percent_by_hand() -> None:
+    assert recovery_percent(0.5, 0.2, 0.8)[0] == pytest.approx(50.0)
+    assert recovery_percent(0.2, 0.2, 0.8) == (0.0, None)
+    assert recovery_percent(0.8, 0.2, 0.8)[0] == pytest.approx(100.0)
+    assert recovery_percent(0.1, 0.2, 0.8)[0] == pytest.approx(-100 / 6)
+    for base, unlearned in ((0.4, 0.4), (0.4, 0.4 - 5e-4), (0.3, 0.6)):
+        value, reason = recovery_percent(0.9, unlearned, base)
+        assert value is None and reason.startswith(NOTHING_FORGOTTEN)
+
+
+def test_the_tiny_base_knows_and_the_unlearned_model_forgot(trained) -> None:
+    base, unlearned, tokenizer = trained
+    known = [answer_probability(base, tokenizer, i.question, i.answer) for i in FORGET]
+    forgot = [answer_probability(unlearned, tokenizer, i.question, i.answer) for i in FORGET]
+    assert np.mean(known) > 0.5 and np.mean(forgot) < 0.5 * np.mean(known)
+
+
+# ---------------------------------------------------------------------------------------------- prompt attacks
+
+
+def test_paraphrase_numbers_equal_an_independent_computation(pair, trained) -> None:
+    base, unlearned, tokenizer = trained
+    result = run_attacks(pair, data(), ["paraphrase"])
+    (row,) = result.outcomes
+    clean = {m: [answer_probability(m, tokenizer, i.question, i.answer) for i in FORGET] for m in (base, unlearned)}
+    para = {
+        m: [answer_probability(m, tokenizer, i.paraphrased_question, i.answer) for i in FORGET]
+        for m in (base, unlearned)
+    }
+    assert row.headline and row.n_items == len(FORGET)
+    assert row.reference_base == pytest.approx(np.mean(clean[base]), abs=1e-5)
+    assert row.reference_unlearned == pytest.approx(np.mean(clean[unlearned]), abs=1e-5)
+    assert row.attacked_unlearned == pytest.approx(np.mean(para[unlearned]), abs=1e-5)
+    assert row.attacked_base == pytest.approx(np.mean(para[base]), abs=1e-5)
+    by_hand = (
+        100
+        * (np.mean(para[unlearned]) - np.mean(clean[unlearned]))
+        / (np.mean(clean[base]) - np.mean(clean[unlearned]))
+    )
+    assert row.recovery_pct == pytest.approx(by_hand, abs=1e-3)
+    assert result.base == pytest.approx(np.mean(clean[base]), abs=1e-5)
+
+
+def test_the_all_row_averages_the_variants(pair) -> None:
+    result = run_attacks(pair, data(), ["jailbreak", "translation"])
+    variants = [o for o in result.outcomes if o.attack == "jailbreak" and o.variant != ALL_VARIANTS]
+    names = [json.loads(line)["name"] for line in (ASSETS / "jailbreak.jsonl").read_text().splitlines() if line]
+    assert [o.variant for o in variants] == names
+    mean = outcome(result, "jailbreak")
+    assert mean.headline and not any(o.headline for o in variants)
+    assert mean.attacked_unlearned == pytest.approx(np.mean([o.attacked_unlearned for o in variants]))
+    assert mean.attacked_base == pytest.approx(np.mean([o.attacked_base for o in variants]))
+    assert mean.recovery_pct == pytest.approx(np.mean([o.recovery_pct for o in variants]))
+    assert mean.details["best_recovery_pct"] == pytest.approx(max(o.recovery_pct for o in variants))
+    # the tiny questions match no translation template: no numbers, the reason instead
+    (translation,) = [o for o in result.outcomes if o.attack == "translation"]
+    assert translation.recovery_pct is None and "template" in translation.reason and translation.n_items == 0
+
+
+def test_in_context_prompts_restate_other_items_never_the_answer(pair) -> None:
+    result = run_attacks(pair, data(), ["in_context"])
+    assert {o.variant for o in result.outcomes} == {"related_facts", "unrelated_facts", ALL_VARIANTS}
+    for item in FORGET:
+        examples = context_examples(item, FORGET, 3)
+        assert len(examples) == 3 and item not in examples
+        assert examples[0].index == (item.index + 1) % len(FORGET)  # the next items, cyclically
+    variants = InContext().variants(_context(pair))
+    for name, pairs in variants.items():
+        assert len(pairs) == len(FORGET), name
+        for position, prompt in pairs:
+            assert FORGET[position].answer not in prompt and prompt.endswith(FORGET[position].question)
+    assert "Kim0" in variants["unrelated_facts"][0][1]
+
+
+def _context(pair: ModelPair):
+    from core.robustness import AttackContext
+
+    return AttackContext(pair, list(FORGET), list(RETAIN), RobustnessSettings(), {})
+
+
+# ---------------------------------------------------------------------------------------------- base vs base
+
+
+def test_base_against_itself_has_nothing_to_recover(trained) -> None:
+    base, _, tokenizer = trained
+    same = ModelPair.from_models(base, base, tokenizer)
+    result = run_attacks(same, data(), ["paraphrase", "quantize_int8", "logit_lens"])
+    assert result.note and result.note.startswith(NOTHING_FORGOTTEN)
+    assert result.base == result.unlearned
+    for row in result.outcomes:
+        assert row.recovery_pct is None and row.reason.startswith(NOTHING_FORGOTTEN)
+        assert row.attacked_unlearned is not None and math.isfinite(row.attacked_unlearned)
+    bar = json.loads(recovery_figure(result).to_json())["data"][0]
+    assert bar["y"] == [None, None, None] and bar["text"] == ["n/a"] * 3
+
+
+# ---------------------------------------------------------------------------------------------- weight attacks
+
+
+def test_int8_copy_logits_are_close_to_the_float_model_and_the_pair_is_untouched(pair, trained) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as QuantLinear
+
+    base, _, _ = trained
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    quantised = quantized_int8_copy(pair, "base")
+    assert sum(isinstance(m, QuantLinear) for m in quantised.modules()) == 2 * 7 + 1  # q,k,v,o,gate,up,down + head
+    ids = torch.tensor([[1, *range(10, 40)]])
+    with torch.no_grad():
+        exact, approx = base(ids).logits, quantised(ids).logits
+    error = (approx - exact).abs().max().item()
+    assert 0 < error < 0.05 * exact.abs().max().item()
+    assert torch.equal(exact.argmax(-1)[0, -10:], approx.argmax(-1)[0, -10:]) or error < 0.02
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert all(type(m) is not QuantLinear for m in base.modules())
+
+
+def test_merged_copies_of_an_adapter_pair_compute_what_each_side_computes(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    folder = save_tiny_model_dir(tmp_path / "tiny")
+    host = ModelPair.load(ModelSpec(str(folder), device="cpu", dtype="float32"), ModelSpec(str(folder)))
+    with host.use("base") as model:
+        torch.manual_seed(3)
+        adapter = get_peft_model(
+            copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        )
+        adapter.save_pretrained(tmp_path / "adapter")
+    base_spec = ModelSpec(str(folder), device="cpu", dtype="float32")
+    pair = ModelPair.load(
+        base_spec, ModelSpec(str(folder), adapter=str(tmp_path / "adapter"), device="cpu", dtype="float32")
+    )
+    assert pair.shares_backbone
+    ids = torch.tensor([[1, 5, 9, 12, 30, 41]])
+    with torch.no_grad():
+        sides = {}
+        for side in ("base", "unlearned"):
+            with pair.use(side) as model:
+                sides[side] = model(ids).logits.clone()
+        assert (sides["base"] - sides["unlearned"]).abs().max() > 1e-3  # the adapter changes the output
+        for side in ("base", "unlearned"):
+            clone = merged_copy(pair, side)
+            assert not any("lora" in name for name, _ in clone.named_parameters())
+            torch.testing.assert_close(clone(ids).logits, sides[side], atol=1e-5, rtol=1e-5)
+        for side in ("base", "unlearned"):  # the pair still has its adapter, unmerged
+            with pair.use(side) as model:
+                torch.testing.assert_close(model(ids).logits, sides[side], atol=0, rtol=0)
+
+
+def test_relearning_brings_the_held_out_forget_answers_back(pair, trained) -> None:
+    _, unlearned, tokenizer = trained
+    before = {k: v.clone() for k, v in unlearned.state_dict().items()}
+    settings = RobustnessSettings(relearn_items=2, relearn_steps=(2, 4, 8), relearn_lr=3e-3)
+    result = run_attacks(pair, data(), ["relearn"], settings)
+    curve = result.relearning()
+    assert [o.step for o in curve] == [0, 2, 4, 8] and [o.headline for o in curve] == [False] * 3 + [True]
+    trained_on = set(curve[0].details["trained_on"])
+    held_out = [i for i in FORGET if i.index not in trained_on]
+    assert len(trained_on) == 2 and len(held_out) == 4 and all(o.n_items == 4 for o in curve)
+    assert curve[0].reference_unlearned == pytest.approx(
+        np.mean([answer_probability(unlearned, tokenizer, i.question, i.answer) for i in held_out]), abs=1e-5
+    )
+    assert curve[0].attacked_unlearned == pytest.approx(curve[0].reference_unlearned, abs=1e-5)  # step 0: the copy
+    assert curve[-1].attacked_unlearned > curve[0].attacked_unlearned
+    assert curve[-1].recovery_pct > 10
+    assert all(torch.equal(before[k], v) for k, v in unlearned.state_dict().items())
+    figure = json.loads(relearning_figure(result).to_json())
+    assert figure["data"][0]["x"] == [0, 2, 4, 8]
+    assert figure["data"][0]["y"] == pytest.approx([o.attacked_unlearned for o in curve])
+
+
+# ---------------------------------------------------------------------------------------------- results, figures
+
+
+def test_result_round_trips_through_json_and_the_figure_shows_the_headlines(pair) -> None:
+    result = run_attacks(pair, data(), ["paraphrase", "jailbreak", "logit_lens"])
+    again = RobustnessResult.from_json(result.to_json())
+    assert again == result
+    pd.testing.assert_frame_equal(again.to_frame(), result.to_frame())
+    assert [o.attack for o in result.headlines()] == ["paraphrase", "jailbreak", "logit_lens"]
+    bar = json.loads(recovery_figure(result).to_json())["data"][0]
+    assert bar["y"] == pytest.approx([o.recovery_pct for o in result.headlines()])
+    lens = outcome(result, "logit_lens", "best layer per item")
+    assert lens.attacked_unlearned >= lens.reference_unlearned - 1e-5  # the best layer includes the last one
+    assert len(lens.details["peak_layers_unlearned"]) == len(FORGET)
+
+
+def test_bad_input_is_a_user_error(pair) -> None:
+    with pytest.raises(UserError, match="unknown attack"):
+        run_attacks(pair, data(), ["paraphrase", "telepathy"])
+    with pytest.raises(UserError, match="forget set is empty"):
+        run_attacks(pair, SplitData(), ["paraphrase"])
+    with pytest.raises(UserError, match="forget set is empty"):
+        run_attacks(pair, [], ["paraphrase"])
+    with pytest.raises(UserError, match="at least one attack"):
+        run_attacks(pair, data(), [])
+    with pytest.raises(UserError, match="whole numbers"):
+        RobustnessSettings(relearn_steps="two,four")
+    with pytest.raises(UserError, match="at least 1"):
+        RobustnessSettings(relearn_steps=(0, 2))
+    (lonely,) = run_attacks(pair, FORGET[:1], ["relearn"]).outcomes
+    assert lonely.recovery_pct is None and "at least 2 forget items" in lonely.reason
+
+
+def test_bitsandbytes_attacks_say_why_they_cannot_run_here(pair) -> None:
+    for name in ("quantize_4bit", "quantize_8bit"):
+        why = ATTACKS[name].unavailable()
+        if why is None:
+            pytest.skip("bitsandbytes and a CUDA GPU are present")
+        with pytest.raises(UserError, match="cannot run here"):
+            run_attacks(pair, data(), [name])
+
+
+# ---------------------------------------------------------------------------------------------- assets
+
+
+def test_every_demo_question_has_its_translations() -> None:
+    spec = json.loads((ASSETS / "translations.json").read_text(encoding="utf-8"))
+    demo = load_demo_splits()
+    questions = [q for split in ("forget", "retain", "holdout") for i in getattr(demo, split) for q in
+                 (i.question, i.paraphrased_question)]  # fmt: skip
+    for question in questions:
+        translated = translate(question, spec)
+        assert set(translated) == {"fr", "es", "de"}, question
+        for text in translated.values():
+            assert "{" not in text and text != question
+    assert translate("Where was Ingrid Solvang born?", spec)["de"] == "Wo wurde Ingrid Solvang geboren?"
+    assert "der Vater" in translate("What job did Ingrid Solvang's father have?", spec)["de"]
+    assert "roman" in translate("Which novel is Renata Ibarra Solis most famous for?", spec)["fr"]
+    assert translate("What is the capital of France?", spec) == {}
+
+
+def test_jailbreak_templates_hold_the_question_once() -> None:
+    entries = [json.loads(line) for line in (ASSETS / "jailbreak.jsonl").read_text().splitlines() if line.strip()]
+    assert len({e["name"] for e in entries}) == len(entries) >= 5
+    assert all(e["template"].count("{question}") == 1 for e in entries)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_json_and_csv(tmp_path: Path, capsys) -> None:
+    folder = save_tiny_model_dir(tmp_path / "base", seed=0)
+    other = save_tiny_model_dir(tmp_path / "unlearned", seed=1)
+    split = tmp_path / "data"
+    split.mkdir()
+    records = [{"question": f"w{i} w1 w2", "answer": f"w{i + 10} w20 w21", "paraphrased_question": f"w2 w{i} w1"}
+               for i in range(3)]  # fmt: skip
+    (split / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    argv = ["robustness", "--base", str(folder), "--unlearned", str(other), "--device", "cpu", "--dtype", "float32",
+            "--data", str(split), "--attacks", "paraphrase,quantize_int8", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = RobustnessResult.from_json((out / "robustness.json").read_text())
+    assert [o.attack for o in result.outcomes] == ["paraphrase", "quantize_int8"]
+    table = pd.read_csv(out / "robustness.csv")
+    assert len(table) == len(result.outcomes)
+    assert table["attacked_unlearned"].tolist() == pytest.approx([o.attacked_unlearned for o in result.outcomes])
+    assert "forget probability on 3 items" in capsys.readouterr().out
+    assert main(["robustness", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ATTACKS)
+    assert main([*argv[:-4], "--attacks", "telepathy", "--out", str(out)]) == 2
+    assert "unknown attack" in capsys.readouterr().err
