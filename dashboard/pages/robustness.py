@@ -17,6 +17,7 @@ from core.robustness import (
     relearning_figure,
     run_attacks,
 )
+from dashboard.exports import chart_downloads
 from dashboard.state import current_pair, pair_key, report_errors, sidebar
 
 SOURCES = ("Demo set", "Folder")
@@ -109,9 +110,13 @@ def results_panel(result: RobustnessResult) -> None:
             f"No recovery to measure: {result.note}. The table still shows what each attack does to both models' "
             "forget probability."
         )
-    st.plotly_chart(recovery_figure(result), key="robustness_recovery")
+    recovery = recovery_figure(result)
+    st.plotly_chart(recovery, key="robustness_recovery")
+    chart_downloads(recovery, "robustness recovery", key="robustness_recovery")
     if result.relearning():
-        st.plotly_chart(relearning_figure(result), key="robustness_relearning")
+        curve = relearning_figure(result)
+        st.plotly_chart(curve, key="robustness_relearning")
+        chart_downloads(curve, "relearning curve", key="robustness_relearning")
     frame = result.to_frame()
     st.dataframe(frame, hide_index=True, key="robustness_table")
     st.download_button(
