@@ -1,23 +1,31 @@
-"""End-to-end fixtures: the real app on a free port, driven by Debian's Chromium through Playwright."""
+"""End-to-end fixtures: the real app on a free port, driven by Debian's Chromium through Playwright.
+
+Two apps: `app_url` starts with no pair loaded (ULENS_AUTOLOAD=0; tests load their own), `demo_app_url` runs the
+quick demo experiment (ULENS_DEMO_QUICK=1) and loads the default pair demo:target vs demo:unlearned in every new
+session. The quick demo is built in the cache home before that app starts (once; later runs reuse the cache), and
+`demo_pair` is the same pair loaded in the test process, to compare what the browser shows with core.probe.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from appserver import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_app, stop_app, wait_healthy
+from playwright.sync_api import BrowserContext, expect
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = ROOT / "test-output" / "e2e"
+ACTION_TIMEOUT_MS = 120_000  # this CPU is slow and shared: a model load or a scoring run can take a while
+DEMO_TEMPLATE_OPTIONS = {"dtype": "auto", "device": "auto"}  # what the sidebar's defaults load
+
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -25,83 +33,66 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
     """Use the system Chromium (never a downloaded browser); a missing one fails the suite, it does not skip."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (make test installs it: apt-get install chromium)")
-    args = [
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-sandbox",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ]
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": args}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(port: int, log_path: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "dashboard" / "app.py"),
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process group
-    return subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "ULENS_AUTOLOAD": "0"},
-    )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"the app did not become healthy within {timeout} s")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
 @pytest.fixture(scope="session")
-def app_url() -> Iterator[str]:
-    """The dashboard, started once per test session in its own process group and killed with it."""
+def browser_context_args(browser_context_args: dict) -> dict:
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}}
+
+
+@pytest.fixture
+def context(context: BrowserContext) -> BrowserContext:
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    return context
+
+
+def _serve(log_name: str, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    process = start_app(port, OUTPUT / "app.log")
+    process = start_app(port, OUTPUT / log_name, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_app(process)
+
+
+@pytest.fixture(scope="session")
+def app_url() -> Iterator[str]:
+    """The dashboard with no pair loaded, started once per test session in its own process group."""
+    yield from _serve("app.log", {"ULENS_AUTOLOAD": "0", "ULENS_DEMO_QUICK": "0"})
+
+
+@pytest.fixture(scope="session")
+def quick_demo():
+    """The quick demo's target and default unlearned run (npo), built in the cache home unless already there.
+
+    Keys match what the app's `demo:NAME` resolves (the recipe, the embedded model's hash), so the app opens
+    them without building anything.
+    """
+    from core.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
+
+    experiment = DemoExperiment(RECIPES["quick"])
+    experiment.build([TARGET, DEFAULT_UNLEARNED])
+    assert experiment.is_built(TARGET) and experiment.is_built(DEFAULT_UNLEARNED)
+    return experiment
+
+
+@pytest.fixture(scope="session")
+def demo_pair(quick_demo):
+    """demo:target vs demo:unlearned of the quick demo, loaded in the test process as the app loads them."""
+    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+
+    template = ModelSpec("demo:x", **DEMO_TEMPLATE_OPTIONS)
+    names = [spec.removeprefix("demo:") for spec in (DEFAULT_BASE, DEFAULT_UNLEARNED)]
+    return ModelPair.load(*(quick_demo.spec(name, template, build=False) for name in names))
+
+
+@pytest.fixture(scope="session")
+def demo_app_url(quick_demo) -> Iterator[str]:
+    """The dashboard on the quick demo; each new browser session loads the default pair by itself."""
+    yield from _serve("demo-app.log", {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "1"})
 
 
 @pytest.fixture

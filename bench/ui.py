@@ -1,0 +1,177 @@
+"""Dashboard responsiveness in a real browser (Debian's Chromium through Playwright), on the demo pair.
+
+1. Cold start: from starting the `streamlit run` process to the first render of the Probe page with the default
+   pair (demo:target vs demo:unlearned) loaded — process start, imports, model + adapters load, first page run.
+2. Score: from clicking "Score" to the rendered coloured-token view, for a 64-token prompt (chat template on, as
+   the page's default). Median of --runs after one warm-up. Goal ≤ 1 s. Also the time until the whole run has
+   finished (Δ chart and table drawn), and core.probe.score alone on the same prompt in this process, so the
+   page's own overhead shows.
+
+The quick demo experiment (ULENS_DEMO_QUICK=1) is used unless --full: the same model, the same adapter shapes
+and so the same cost per score; it is built in the cache home first if missing (a few minutes, once).
+
+Usage: python bench/ui.py [--runs 7] [--tokens 64] [--full] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from appserver import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_app, wait_healthy  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+from streamlit_ui import click_score, open_with_default_pair, rendered_tokens, wait_idle  # noqa: E402
+
+GOAL_S = 1.0
+VIEW_HAS = """(needle) => Array.from(document.querySelectorAll(".ulens-tokens .ulens-token"))
+                              .map((span) => span.textContent).join("").includes(needle)"""
+FILLER = (
+    "Tell me everything you know about the author who wrote the novel about a lighthouse keeper, where they were "
+    "born, which prizes they won, what their parents did for a living, and how their later books were received by "
+    "critics and readers in the years after the first one came out in a small press edition "
+)
+
+
+def prompts(tokenizer, tokens: int, count: int) -> list[str]:
+    """`count` distinct prompts of exactly `tokens` tokens each (without the chat template), told apart by a tag."""
+    out = []
+    for i in range(count):
+        words = f"Run {i}: {FILLER * 4}".split(" ")
+        while len(tokenizer(" ".join(words), add_special_tokens=False).input_ids) > tokens:
+            words.pop()
+        text = " ".join(words)
+        if len(tokenizer(text, add_special_tokens=False).input_ids) != tokens:
+            raise SystemExit(f"could not build a prompt of exactly {tokens} tokens")
+        out.append(text)
+    return out
+
+
+def tag(text: str) -> str:
+    """The prompt's distinct start ("Run 3:"), which shows in the token view once that prompt is scored."""
+    return text.split(":")[0] + ":"
+
+
+def ensure_demo(full: bool) -> None:
+    from core.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
+
+    experiment = DemoExperiment(RECIPES["full" if full else "quick"])
+    if not (experiment.is_built(TARGET) and experiment.is_built(DEFAULT_UNLEARNED)):
+        if full:
+            raise SystemExit("the full demo is not built; run `python -m core demo` first (or drop --full)")
+        print("building the quick demo's target and npo stages (once)…", flush=True)
+        experiment.build([TARGET, DEFAULT_UNLEARNED])
+
+
+def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(300_000)
+        port = free_port()
+        started = time.perf_counter()
+        process = start_app(port, log_dir / "ui-bench-app.log", env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, process, timeout=300)
+            healthy = time.perf_counter() - started
+            open_with_default_pair(page, url)
+            cold = time.perf_counter() - started
+            box = page.get_by_role("textbox", name="Prompt")
+            token_view, finished, scored_tokens = [], [], []
+            for text in texts:
+                box.fill(text)
+                box.press("Tab")  # commits the text area (one rerun), outside the timed span
+                page.wait_for_timeout(300)
+                wait_idle(page)
+                start = time.perf_counter()
+                click_score(page)
+                page.wait_for_function(VIEW_HAS, arg=tag(text), polling="raf")
+                token_view.append(time.perf_counter() - start)
+                wait_idle(page)  # the rest of the run: metric, Δ chart, table
+                finished.append(time.perf_counter() - start)
+                scored_tokens.append(len(rendered_tokens(page)))
+        finally:
+            stop_app(process)
+            browser.close()
+    return {
+        "healthy_s": healthy,
+        "cold_start_s": cold,
+        "token_view_s": token_view[1:],
+        "run_finished_s": finished[1:],
+        "scored_tokens": scored_tokens[0],
+    }
+
+
+def bench_core(texts: list[str]) -> list[float]:
+    """core.probe.score alone on the same prompts (this process, the same pair)."""
+    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.probe import ProbeRequest, score
+
+    pair = ModelPair.load(ModelSpec.parse(DEFAULT_BASE), ModelSpec.parse(DEFAULT_UNLEARNED))
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        score(pair, [ProbeRequest(text)], chat=True, top_k=5)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--full", action="store_true", help="the full demo experiment (must be built)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not args.full:
+        os.environ["ULENS_DEMO_QUICK"] = "1"
+    env = {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "0" if args.full else "1"}
+    load_before = os.getloadavg()
+    ensure_demo(args.full)
+
+    from core.embedded import ensure_embedded_model
+    from core.models import ModelSpec, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSpec(str(ensure_embedded_model())))
+    texts = prompts(tokenizer, args.tokens, args.runs + 1)
+    with tempfile.TemporaryDirectory(prefix="ulens-ui-bench-") as tmp:
+        figures = bench_browser(texts, env, Path(tmp))
+    figures["core_score_s"] = bench_core(texts)
+    load_after = os.getloadavg()
+
+    median = {key: statistics.median(figures[key]) for key in ("token_view_s", "run_finished_s", "core_score_s")}
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "demo": "full" if args.full else "quick",
+        "prompt_tokens": args.tokens,
+        **{k: v for k, v in figures.items() if not isinstance(v, list)},
+        **{f"median_{k}": v for k, v in median.items()},
+        **{k: v for k, v in figures.items() if isinstance(v, list)},
+    }
+    print(f"machine: {report['machine']}; load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(f"cold start to first Probe render with the pair loaded: {figures['cold_start_s']:.2f} s "
+          f"(server healthy after {figures['healthy_s']:.2f} s)")  # fmt: skip
+    print(f"Score → token view, {args.tokens}-token prompt ({figures['scored_tokens']} scored tokens with the chat "
+          f"template), median of {args.runs}: {median['token_view_s']:.3f} s; goal {GOAL_S:.1f} s; "
+          f"ratio {median['token_view_s'] / GOAL_S:.2f}")  # fmt: skip
+    print(f"Score → run finished (chart and table drawn): {median['run_finished_s']:.3f} s")
+    print(f"core.probe.score alone: {median['core_score_s']:.3f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

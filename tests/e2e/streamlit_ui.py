@@ -1,0 +1,134 @@
+"""Playwright helpers for the dashboard's pages: navigate, wait for Streamlit, drive the Probe page, read results.
+
+Shared by the e2e tests and bench/ui.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from appserver import IDLE
+from playwright.sync_api import Locator, Page, expect
+
+SCORED = ".ulens-tokens .ulens-token"
+PLOT = ".js-plotly-plot .main-svg"
+ANSWER_DELTA = "Answer log-prob Δ (unlearned − base)"
+
+
+def wait_idle(page: Page) -> None:
+    """Wait until the page's script run has finished (use after a condition that proves the run started)."""
+    page.locator(IDLE).wait_for(state="attached")
+
+
+def sidebar(page: Page) -> Locator:
+    return page.locator("section[data-testid='stSidebar']")
+
+
+def go_to(page: Page, title: str) -> None:
+    """Open a page through the sidebar navigation (the browser session, and so the loaded pair, is kept)."""
+    sidebar(page).get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
+    expect(page.get_by_role("heading", name=title, exact=True).first).to_be_visible()
+    wait_idle(page)
+
+
+def load_pair(page: Page, url: str, base: str, unlearned: str) -> None:
+    page.goto(url)
+    bar = sidebar(page)
+    bar.get_by_role("textbox", name="Base model").fill(base)
+    bar.get_by_role("textbox", name="Unlearned model").fill(unlearned)
+    bar.get_by_role("button", name="Load pair").click()
+    expect(bar.get_by_text("Pair loaded")).to_be_visible()
+    wait_idle(page)
+
+
+def open_with_default_pair(page: Page, url: str) -> None:
+    """Open the app where the default pair loads by itself (ULENS_AUTOLOAD=1); return once Probe can score."""
+    page.goto(url)
+    expect(page.get_by_role("textbox", name="Prompt")).to_be_visible()  # drawn only once a pair is loaded
+    wait_idle(page)
+
+
+def fill_probe(page: Page, prompt: str, answer: str = "") -> None:
+    """Type the prompt and the reference answer (Enter commits the answer box, as a user does)."""
+    page.get_by_role("textbox", name="Prompt").fill(prompt)
+    box = page.get_by_role("textbox", name="Reference answer (optional)")
+    box.fill(answer)
+    box.press("Enter")
+
+
+def click_score(page: Page) -> None:
+    page.get_by_role("button", name="Score", exact=True).click()
+
+
+def wait_scored(page: Page, contains: str | None = None) -> None:
+    """Wait for the coloured token view (holding `contains` in its scored tokens, when given) and the run's end."""
+    if contains is None:
+        expect(page.locator(SCORED).first).to_be_visible()
+    else:
+        page.wait_for_function(
+            """(needle) => Array.from(document.querySelectorAll(".ulens-tokens .ulens-token"))
+                                .map((span) => span.textContent).join("").includes(needle)""",
+            arg=contains,
+            polling="raf",
+        )
+    wait_idle(page)
+
+
+def rendered_tokens(page: Page) -> list[dict[str, str | float]]:
+    """Each scored token span: its text, data-delta, data-position and background colour."""
+    return page.locator(SCORED).evaluate_all(
+        """(spans) => spans.map((span) => ({
+            text: span.textContent,
+            delta: parseFloat(span.dataset.delta),
+            position: parseInt(span.dataset.position),
+            background: span.style.background,
+        }))"""
+    )
+
+
+def metric_value(page: Page, label: str) -> str:
+    metric = page.get_by_test_id("stMetric").filter(has_text=label)
+    return metric.get_by_test_id("stMetricValue").inner_text().strip()
+
+
+def metric_number(page: Page, label: str) -> float:
+    return float(metric_value(page, label).replace("−", "-"))
+
+
+def rgb(css: str) -> tuple[int, int, int]:
+    match = re.search(r"rgb\((\d+),\s*(\d+),\s*(\d+)\)", css)
+    assert match, f"no rgb colour in {css!r}"
+    r, g, b = (int(v) for v in match.groups())
+    return r, g, b
+
+
+def is_on(page: Page, label: str) -> bool:
+    """The state of the checkbox or toggle labelled `label`."""
+    return page.get_by_test_id("stCheckbox").filter(has_text=label).locator("input").first.is_checked()
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label` (wait for what its callback fills before the next click:
+    a click during that rerun sends the inputs as they were)."""
+    box = page.get_by_test_id("stSelectbox").filter(has_text=label)
+    box.locator("input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def page_shot(page: Page, path: Path, max_height: int = 4000) -> None:
+    """A screenshot of the whole page. Streamlit scrolls inside its main container (a full-page screenshot sees
+    only the viewport), so the viewport is grown to the content's height for the shot, then put back."""
+    size = page.viewport_size or {"width": 1280, "height": 900}
+    height = page.evaluate(
+        """() => Math.max(document.documentElement.scrollHeight, ...Array.from(document.querySelectorAll(
+            '[data-testid="stMain"], [data-testid="stMainBlockContainer"], [data-testid="stAppViewContainer"]'
+        )).map((element) => element.scrollHeight))"""
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": size["width"], "height": min(max_height, max(size["height"], height))})
+    try:
+        page.wait_for_timeout(500)  # charts follow the new size
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(size)
