@@ -142,6 +142,17 @@ def retain_nll(run: RunContext, inputs: StepInputs) -> torch.Tensor:
     return mean_nll(run.model, inputs.retain)
 
 
+def with_retain_nll(
+    run: RunContext, inputs: StepInputs, total: torch.Tensor, terms: dict[str, float], alpha: float
+) -> StepLoss:
+    """The forget objective plus α·NLL_retain (left out when α is 0), with the retain term logged."""
+    if alpha:
+        retain = retain_nll(run, inputs)
+        total = total + alpha * retain
+        terms["retain_nll"] = retain.item()
+    return StepLoss(total, terms)
+
+
 class _StopForward(Exception):
     """Raised by a hook once the wanted layer has run: the rest of the network is not computed."""
 
@@ -259,11 +270,7 @@ class NPO(_ReferenceLogprobs):
         log_ratio = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
         forget = (-2.0 / beta * F.logsigmoid(-beta * log_ratio)).mean()
         total, terms = self.options.gamma * forget, {"npo": forget.item(), "log_ratio": log_ratio.mean().item()}
-        if self.options.alpha:
-            retain = retain_nll(run, inputs)
-            total = total + self.options.alpha * retain
-            terms["retain_nll"] = retain.item()
-        return StepLoss(total, terms)
+        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
 
 
 @dataclass
@@ -285,11 +292,7 @@ class SimNPO(Method):
         normalised = sequence_logprob(run.model, inputs.forget) / answer_lengths(inputs.forget)
         forget = (-2.0 / beta * F.logsigmoid(-beta * normalised - beta * delta)).mean()
         total, terms = self.options.gamma * forget, {"simnpo": forget.item()}
-        if self.options.alpha:
-            retain = retain_nll(run, inputs)
-            total = total + self.options.alpha * retain
-            terms["retain_nll"] = retain.item()
-        return StepLoss(total, terms)
+        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
 
 
 @register
@@ -315,11 +318,7 @@ class IdK(_ReferenceLogprobs):
         rejected = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
         forget = (-2.0 / beta * F.logsigmoid(beta * (chosen - rejected))).mean()
         total, terms = self.options.gamma * forget, {"dpo": forget.item()}
-        if self.options.alpha:
-            retain = retain_nll(run, inputs)
-            total = total + self.options.alpha * retain
-            terms["retain_nll"] = retain.item()
-        return StepLoss(total, terms)
+        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
 
 
 @dataclass
