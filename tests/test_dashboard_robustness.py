@@ -4,12 +4,10 @@ the same settings; base against itself says there is nothing to recover; a bad o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import streamlit as st
-import torch
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
@@ -23,21 +21,15 @@ TIMEOUT = 180
 ATTACKS = ["paraphrase", "quantize_int8", "relearn"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
     monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ULENS_DEMO_QUICK", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine one torch thread runs these tiny models far faster than two fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

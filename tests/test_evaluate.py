@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,6 +42,9 @@ EPS = 1e-10
 TOL = 1e-5
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
+
 def qa_items(start: int, count: int, paraphrase: bool = True) -> list[QAItem]:
     people = ["baker", "pilot", "poet", "cook", "judge"]
     return [
@@ -64,15 +66,6 @@ def make_splits(size: int = 3) -> SplitData:
         holdout=QADataset("t", "holdout", qa_items(20, size)),
         world_facts=QADataset("t", "world_facts", qa_items(30, size, paraphrase=False)),
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy machine two threads' syncing costs 50× the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

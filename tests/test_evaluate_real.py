@@ -19,7 +19,7 @@ from core.ingest import ingest
 from core.models import ModelPair, ModelSpec, load_backbone, load_tokenizer
 from core.probe import ProbeRequest, score
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def first_items(data: SplitData, count: int) -> SplitData:
@@ -30,15 +30,6 @@ def first_items(data: SplitData, count: int) -> SplitData:
 def smollm(embedded_model_dir: Path) -> tuple[torch.nn.Module, object]:
     spec = ModelSpec(str(embedded_model_dir), device="cpu", dtype="float32")
     return load_backbone(spec, torch.device("cpu"), torch.float32), load_tokenizer(spec)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine one torch thread trains and scores faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +50,7 @@ FORGET = [
 RETAIN = [QAItem(index=10 + i, question=f"Where is Kim{i}?", answer=f"Kim{i} lives by the river Po.") for i in range(4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine one torch thread runs these tiny models far faster than two fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def answer_probability(model: torch.nn.Module, tokenizer, prompt: str, answer: str) -> float:

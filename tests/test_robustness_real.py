@@ -14,28 +14,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage
 from core.models import ModelPair, ModelSpec
 from core.robustness import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks, run_attacks
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 log = logging.getLogger(__name__)
 
 TEMPLATE = ModelSpec("demo:x", dtype="float32", device="cpu")
 GRADASCENT = Stage("gradascent", "gradascent", TARGET, steps=4, lr=1e-3)
 # the base is not attacked here (half the forward passes); docs/ROBUSTNESS.md has the figures with it
 SETTINGS = RobustnessSettings(relearn_items=2, relearn_steps=(2, 4, 8), relearn_lr=1e-3, attack_base=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine one torch thread trains and scores faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
