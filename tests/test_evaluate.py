@@ -33,6 +33,8 @@ from core.evaluate import (
     evaluate_run,
     folder_reference,
     next_token_statistics,
+    plan_batches,
+    plan_units,
 )
 from core.ingest import ingest
 from core.models import ModelSpec, load_tokenizer
@@ -299,13 +301,20 @@ def test_results_do_not_depend_on_the_batch_size(splits, tokenizer) -> None:
         np.testing.assert_allclose(frame["value"], frames[0]["value"], rtol=1e-5, atol=1e-5)
 
 
-def test_one_forward_pass_per_model_per_batch(splits, tokenizer) -> None:
+def test_two_forward_passes_per_model_per_batch_at_most(splits, tokenizer) -> None:
+    """One pass for the batch's questions, one for all their answers (rows sharing a question share its pass);
+    a batch where no two rows share a question takes a single pass."""
     models = [make_tiny_llama(seed=0), make_tiny_llama(seed=1)]
     calls = [count_forwards(model) for model in models]
     items = sum(len(split) for split in splits.splits().values())
     evaluate([("a", models[0], tokenizer), ("b", models[1], tokenizer)], splits,
              settings=EvalSettings(batch_size=4), cache=False)  # fmt: skip
-    assert [c[0] for c in calls] == [math.ceil(items / 4)] * 2
+    batches = plan_batches(plan_units(splits, tokenizer, True, 2048), 4)
+    assert len(batches) == math.ceil(items / 4)
+    rows = [[row for unit in batch for row in unit.rows] for batch in batches]
+    shared = [len({tuple(r.input_ids[: r.score_from]) for r in batch}) < len(batch) for batch in rows]
+    assert any(shared)
+    assert [c[0] for c in calls] == [len(batches) + sum(shared)] * 2
 
 
 def test_progress_reports_every_batch(splits, tokenizer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from safetensors.torch import load_file
 from tiny_models import save_tiny_model_dir
 
 from core.errors import UserError
-from core.models import ModelPair, ModelSpec, describe_tokenizer_difference, load_tokenizer, resolve_dtype
+from core.models import (
+    ModelPair,
+    ModelSpec,
+    describe_tokenizer_difference,
+    load_tokenizer,
+    merged_adapter,
+    resolve_dtype,
+)
 from core.probe import ProbeRequest, score
 
 
@@ -145,3 +153,83 @@ def test_dtype_defaults():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_merged_adapter_equals_the_unmerged_lora_and_restores_the_weights(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = save_lora_adapter(tiny_model_dir, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    before = {name: p for name, p in peft_model.named_parameters()}
+    values = {name: p.detach().clone() for name, p in before.items()}
+    ids = torch.tensor([[4, 9, 17, 30, 64, 65], [7, 7, 3, 2, 60, 1]])
+    with torch.no_grad():
+        lora = peft_model(ids).logits
+        with merged_adapter(peft_model) as merged:
+            folded = peft_model(ids).logits
+        after = peft_model(ids).logits
+        assert merged
+        torch.testing.assert_close(folded, lora, atol=1e-5, rtol=1e-4)
+        assert (folded - plain(ids).logits).abs().max() > 1e-3  # the adapter really acts inside the context
+        torch.testing.assert_close(after, lora, atol=0, rtol=0)  # the same tensors are back: no drift
+    now = dict(peft_model.named_parameters())
+    assert now.keys() == before.keys() and all(now[n] is before[n] for n in now)
+    assert all(torch.equal(now[n], values[n]) for n in now)
+
+
+def test_merged_adapter_leaves_dora_unmerged(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, init_lora_weights=False)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).eval()
+    ids = torch.tensor([[4, 9, 17, 30]])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+        with merged_adapter(peft_model) as merged:
+            torch.testing.assert_close(peft_model(ids).logits, expected, atol=0, rtol=0)
+    assert not merged
+
+
+@pytest.mark.parametrize("base_has_adapter", [False, True])
+def test_one_joint_pass_equals_one_pass_per_side(tiny_model_dir, tmp_path, base_has_adapter):
+    """Adapter pairs on one backbone score both sides in one mixed-adapter pass; it must equal side by side."""
+    first = save_lora_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
+    second = save_lora_adapter(tiny_model_dir, tmp_path / "a2", seed=2)
+    pair = ModelPair.load(ModelSpec(str(first if base_has_adapter else tiny_model_dir)), ModelSpec(str(second)))
+    requests = [ProbeRequest("the capital of france", "is paris"), ProbeRequest("one two three four five six")]
+    calls = []
+    with pair.joint() as joint:
+        assert joint is not None and joint[1] == ["base" if base_has_adapter else "__base__", "unlearned"]
+        hook = joint[0].get_base_model().register_forward_hook(lambda *args: calls.append(1))
+    joint_results = score(pair, requests)
+    hook.remove()
+    assert len(calls) == 1  # one forward pass for both sides
+
+    class Apart:  # the same pair, made to run one pass per side
+        def __getattr__(self, name):
+            return getattr(pair, name)
+
+        @contextlib.contextmanager
+        def joint(self):
+            yield None
+
+    apart = score(Apart(), requests)
+    for together, alone in zip(joint_results, apart, strict=True):
+        for a, b in zip(together.tokens, alone.tokens, strict=True):
+            assert a.token_id == b.token_id and a.rank_base == b.rank_base and a.rank_unlearned == b.rank_unlearned
+            assert a.logprob_base == pytest.approx(b.logprob_base, abs=1e-5)
+            assert a.logprob_unlearned == pytest.approx(b.logprob_unlearned, abs=1e-5)
+            assert a.kl == pytest.approx(b.kl, abs=1e-5)
+    assert any(abs(t.delta) > 1e-3 for t in joint_results[0].tokens)
+
+
+def test_pairs_of_separate_models_have_no_joint_pass(tiny_model_dir, tmp_path):
+    first = save_lora_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
+    with ModelPair.load(ModelSpec(str(tiny_model_dir)), ModelSpec(str(tiny_model_dir))).joint() as joint:
+        assert joint is None  # no adapters: the same backbone twice is scored side by side
+    other = save_tiny_model_dir(tmp_path / "other", seed=9)
+    with ModelPair.load(ModelSpec(str(first)), ModelSpec(str(other))).joint() as joint:
+        assert joint is None

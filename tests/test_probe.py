@@ -11,7 +11,18 @@ from tiny_models import TinyTokenizer, make_tiny_llama
 
 from core.errors import UserError
 from core.models import ModelPair
-from core.probe import GenerationSettings, ProbeRequest, ProbeResult, encode, generate, score
+from core.probe import (
+    GenerationSettings,
+    ProbeRequest,
+    ProbeResult,
+    collate,
+    encode,
+    encode_ids,
+    generate,
+    score,
+    selected_logits,
+    shared_prefix_logits,
+)
 
 REQUESTS = [
     ProbeRequest("the quick brown fox", "jumps over"),
@@ -177,3 +188,37 @@ def test_concurrent_probes_equal_solo_results(two_model_pair):
         assert [t.logprob_unlearned for t in found[i].tokens] == pytest.approx(
             [t.logprob_unlearned for t in result.tokens], abs=1e-5
         )
+
+
+def test_shared_prefix_logits_equal_the_full_pass():
+    """Rows sharing a prompt (different prompt lengths, answers of different lengths, a one-token answer, a row
+    alone with its prompt) give the logits and targets of one full right-padded pass, row by row."""
+    model = make_tiny_llama(seed=3).eval()
+    rows = [
+        encode_ids([5, 6, 7], [20, 21, 22, 23]),
+        encode_ids([5, 6, 7], [30]),
+        encode_ids([9, 10, 11, 12, 13, 14], [40, 41]),
+        encode_ids([5, 6, 7], [50, 51, 52, 53, 54, 55, 56]),
+        encode_ids([9, 10, 11, 12, 13, 14], [60, 61, 62]),
+        encode_ids([3, 4], [70, 71]),
+    ]
+    with torch.no_grad():
+        full = collate(rows, 0, torch.device("cpu"))
+        expected = selected_logits(model, full)
+        logits, targets = shared_prefix_logits(model, rows, 0, torch.device("cpu"))
+    torch.testing.assert_close(targets, full.targets, atol=0, rtol=0)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_logits_fall_back_without_shared_prompts():
+    model = make_tiny_llama(seed=3).eval()
+    rows = [encode_ids([5, 6, 7], [20, 21]), encode_ids([8, 9], [30, 31, 32])]
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("past_key_values")),
+                                with_kwargs=True)  # fmt: skip
+    with torch.no_grad():
+        logits, targets = shared_prefix_logits(model, rows, 0, torch.device("cpu"))
+        expected = selected_logits(model, collate(rows, 0, torch.device("cpu")))
+    assert calls == [None, None]  # one plain pass each, no cache
+    torch.testing.assert_close(logits, expected, atol=0, rtol=0)
+    assert targets.tolist() == [20, 21, 30, 31, 32]
