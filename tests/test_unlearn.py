@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from core.unlearn import (
     train,
 )
 from core.unlearn.methods import RMU
-from core.unlearn.trainer import RunContext, step_inputs
+from core.unlearn.trainer import RunContext, draw, step_inputs
 
 FORGET = [SimpleNamespace(question=f"Who is Zed{i}?", answer=f"Zed{i} paints blue cats in Oslo.") for i in range(4)]
 RETAIN = [SimpleNamespace(question=f"Where is Kim{i}?", answer=f"Kim{i} lives by the river Po.") for i in range(4)]
@@ -440,3 +441,28 @@ def test_every_method_has_a_summary_and_documented_options() -> None:
     for cls in METHODS.values():
         assert cls.summary
         assert all(option.metadata.get("help") for option in dataclasses.fields(cls.Options)), cls.name
+
+
+def test_length_grouped_draw_covers_every_row_each_epoch_and_pads_less() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 60, size=96).tolist()
+    size = 8
+    steps_per_epoch = len(lengths) // size
+
+    def padding(group: bool) -> int:
+        total = 0
+        for step in range(3 * steps_per_epoch):
+            batch = draw(len(lengths), size, step, 0, 1, lengths if group else None).tolist()
+            total += sum(max(lengths[i] for i in batch) - lengths[i] for i in batch)
+        return total
+
+    for epoch in range(3):
+        seen = [draw(len(lengths), size, epoch * steps_per_epoch + s, 0, 1, lengths).tolist()
+                for s in range(steps_per_epoch)]  # fmt: skip
+        assert sorted(i for batch in seen for i in batch) == list(range(len(lengths)))
+    assert padding(True) < 0.5 * padding(False)
+    again = [draw(len(lengths), size, s, 0, 1, lengths).tolist() for s in range(2 * steps_per_epoch)]
+    assert again == [draw(len(lengths), size, s, 0, 1, lengths).tolist() for s in range(2 * steps_per_epoch)]
+    assert again[:steps_per_epoch] != again[steps_per_epoch:]  # epochs differ: batches stay random
+    small = list(range(20))  # fewer rows than two groups: the plain permutation
+    assert draw(20, size, 1, 0, 1, small).tolist() == draw(20, size, 1, 0, 1).tolist()

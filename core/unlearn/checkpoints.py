@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from core.unlearn.trainee import Trainee
     from core.unlearn.trainer import TrainConfig
 
-CODE_VERSION = "1"  # bump when a loss or the loop changes meaning: cached demo runs are then rebuilt
+CODE_VERSION = "2"  # bump when a loss or the loop changes meaning: cached demo runs are then rebuilt
 RUN_FORMAT = "unlearning-lens/unlearn-run/1"
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
