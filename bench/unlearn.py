@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -64,25 +65,40 @@ def time_methods(repeats: int, batch_size: int) -> list[tuple[str, float, float]
 
 
 def time_demo(recipe: str, root: Path | None = None) -> dict[str, float]:
-    """Build the demo from an empty folder (the embedded model already converted): total and time to the target."""
+    """Build the demo from an empty folder and an empty evaluation cache (the embedded model already converted):
+    the total, the CPU seconds, and when each model (and the evaluation stage) became ready."""
+    models = ensure_embedded_model().parent
     with tempfile.TemporaryDirectory() as tmp:
         if root is not None and root.exists() and any(root.iterdir()):
             raise SystemExit(f"{root} is not empty: the demo build is timed from an empty folder")
-        experiment = DemoExperiment(RECIPES[recipe], root=root or Path(tmp))
-        began, cpu = time.perf_counter(), time.process_time()
-        marks: dict[str, float] = {}
+        home = Path(tmp) / "home"  # a cold cache home: no evaluation is reused from an earlier build
+        home.mkdir()
+        (home / models.name).symlink_to(models, target_is_directory=True)
+        previous = os.environ.get("ULENS_HOME")
+        os.environ["ULENS_HOME"] = str(home)
+        try:
+            experiment = DemoExperiment(RECIPES[recipe], root=root or Path(tmp) / "demo")
+            began, cpu = time.perf_counter(), time.process_time()
+            marks: dict[str, float] = {}
 
-        def note(status: dict) -> None:
-            for name in status.get("models") or []:
-                marks.setdefault(name, time.perf_counter() - began)
+            def note(status: dict) -> None:
+                for name in status.get("models") or []:
+                    marks.setdefault(f"{name}_ready_s", time.perf_counter() - began)
+                if str(status.get("stage", "")).startswith("evaluate"):
+                    marks.setdefault("evaluation_start_s", time.perf_counter() - began)
 
-        experiment.build(progress=note)
-        return {
-            "total_s": time.perf_counter() - began,
-            "cpu_s": time.process_time() - cpu,
-            "target_ready_s": marks.get("target", float("nan")),
-            "unlearned_ready_s": marks.get("unlearned", float("nan")),
-        }
+            experiment.build(progress=note)
+        finally:
+            if previous is None:
+                os.environ.pop("ULENS_HOME", None)
+            else:
+                os.environ["ULENS_HOME"] = previous
+        total = time.perf_counter() - began
+        return (
+            {"total_s": total, "cpu_s": time.process_time() - cpu}
+            | marks
+            | {"evaluation_s": total - marks.get("evaluation_start_s", total)}
+        )
 
 
 def main() -> int:
