@@ -122,15 +122,16 @@ def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
 
 
 def bench_core(texts: list[str]) -> list[float]:
-    """core.probe.score alone on the same prompts (this process, the same pair)."""
+    """core.probe.score alone on the same prompts (this process, the same pair, the same chat setting)."""
     from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.demo import default_recipe
     from core.probe import ProbeRequest, score
 
     pair = ModelPair.load(ModelSpec.parse(DEFAULT_BASE), ModelSpec.parse(DEFAULT_UNLEARNED))
     times = []
     for text in texts:
         start = time.perf_counter()
-        score(pair, [ProbeRequest(text)], chat=True, top_k=5)
+        score(pair, [ProbeRequest(text)], chat=default_recipe().chat, top_k=5)  # the page's default on demo pairs
         times.append(time.perf_counter() - start)
     return times[1:]
 

@@ -33,13 +33,14 @@ def _use_example(prefix: str, choices: list[Example]) -> None:
 def question_inputs(prefix: str) -> tuple[str, str, bool]:
     """Example picker, prompt, answer and chat toggle under `{prefix}_*` keys; returns (prompt, answer, chat).
 
-    The inputs start from the Probe page's prompt, answer and chat setting, so a question probed there is one click
-    away here; the chat toggle otherwise starts at the pair's default (demo models were taught without the template).
+    The inputs take over the Probe page's prompt and answer whenever they changed there, so a question probed there
+    is one click away here (edits made here stay until then); the chat toggle starts from the Probe page's, else the
+    pair's default (demo models were taught without the template).
     """
-    for name in ("prompt", "answer"):
-        key, probe = f"{prefix}_{name}", st.session_state.get(f"probe_{name}")
-        if key not in st.session_state and probe:
-            st.session_state[key] = probe
+    probed = tuple(st.session_state.get(f"probe_{name}") or "" for name in ("prompt", "answer"))
+    if any(probed) and st.session_state.get(f"{prefix}_seeded") != probed:  # a new question on Probe: take it over
+        st.session_state[f"{prefix}_prompt"], st.session_state[f"{prefix}_answer"] = probed
+        st.session_state[f"{prefix}_seeded"] = probed
     st.session_state.setdefault(f"{prefix}_chat", st.session_state.get("probe_chat", chat_default()))
     choices = available_examples()
     if choices:

@@ -245,9 +245,23 @@ def interim_pair_notice() -> None:
         st.rerun()
 
 
+KEPT_INPUTS = tuple(
+    f"{page}_{name}" for page in ("probe", "lens", "attribution") for name in ("prompt", "answer", "chat")
+) + ("probe_topk", "probe_view", "lens_seeded", "attribution_seeded")
+
+
+def keep_inputs() -> None:
+    """Streamlit forgets a widget's value once a run goes by without that widget (another page): writing the
+    values back at the top of every page keeps each page's prompt, answer and settings across page switches."""
+    for key in KEPT_INPUTS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def sidebar() -> None:
     """Pick the pair (demo by default, or folders / hub ids / adapters), load it, show what is loaded and how
     much memory it takes, and the demo experiment's build progress."""
+    keep_inputs()
     with st.sidebar:
         st.header("Model pair")
         with st.form("pair"):

@@ -123,6 +123,31 @@ def test_inputs_start_from_the_probe_page_and_take_examples(page: str, prefix: s
     assert at.text_input(key=f"{prefix}_answer").value == examples[1].answer
 
 
+def test_inputs_survive_page_switches_and_follow_new_probes(tiny_pair_dirs) -> None:
+    """Typed on Probe → shown on Layers; edited on Layers → kept there and Probe keeps its own; a new question
+    probed → taken over by Layers and Attribution (Streamlit drops unrendered widgets' values unless kept)."""
+    at = open_page("probe", tiny_pair_dirs)
+    at.text_area(key="probe_prompt").input("Where was Ana born?")
+    at.text_input(key="probe_answer").input("Lima").run()
+    at.switch_page("pages/layers.py").run()
+    assert at.text_area(key="lens_prompt").value == "Where was Ana born?"
+    at.text_area(key="lens_prompt").input("Who taught Ana?").run()
+    at.switch_page("pages/dataset.py").run()  # a page with none of these inputs
+    at.switch_page("pages/probe.py").run()
+    assert at.text_area(key="probe_prompt").value == "Where was Ana born?"
+    assert at.text_input(key="probe_answer").value == "Lima"
+    at.switch_page("pages/layers.py").run()
+    assert at.text_area(key="lens_prompt").value == "Who taught Ana?"  # the edit made on Layers stays
+    at.switch_page("pages/probe.py").run()
+    at.text_area(key="probe_prompt").input("Where does Ben live?")
+    at.text_input(key="probe_answer").input("Oslo").run()
+    for page, prefix in (("layers", "lens"), ("attribution", "attribution")):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception
+        assert at.text_area(key=f"{prefix}_prompt").value == "Where does Ben live?"
+        assert at.text_input(key=f"{prefix}_answer").value == "Oslo"
+
+
 # ---------------------------------------------------------------------------------------------- attribution
 
 

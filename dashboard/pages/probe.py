@@ -218,6 +218,38 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
         )
 
 
+@st.fragment
+def probe_panel(pair: ModelPair) -> None:
+    """Inputs, Score / Generate and the results. A fragment: clicking Score or an example reruns this panel only
+    (not the sidebar and the page around it), which keeps Score → coloured tokens close to the two forwards."""
+    example_pickers()
+    inputs = read_inputs()
+    settings = sampling_settings(inputs["max_new"])
+    cols = st.columns([1, 2, 4])
+    score_clicked = cols[0].button("Score", type="primary", key="probe_score")
+    generate_clicked = cols[1].button("Generate from both", key="probe_generate")
+
+    if score_clicked or st.session_state.pop("probe_autoscore", False):
+        run_score(pair, inputs)
+    if generate_clicked:
+        with report_errors(), st.spinner("Generating from both models…"):
+            generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
+            st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
+
+    stored = st.session_state.get("probe_result")
+    current = bool(stored) and stored[0] == pair_key()
+    up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
+    if current:
+        if not up_to_date:
+            st.caption("The scores below are for earlier inputs; press Score to update them.")
+        draw_result(ProbeResult.from_dict(stored[1]), inputs["view"])
+    write_url(inputs, scored=up_to_date)
+
+    generation = st.session_state.get("probe_generation")
+    if generation and generation[0] == pair_key():
+        draw_generation(GenerationResult.from_dict(generation[1]), inputs["view"])
+
+
 sidebar()
 st.title("Probe")
 ignored = restore_from_url()
@@ -227,31 +259,4 @@ if handover:
     st.session_state["probe_autoscore"] = True
 if ignored:
     st.warning(f"Ignored from the link: {'; '.join(ignored)}.")
-pair = require_pair()
-
-example_pickers()
-inputs = read_inputs()
-settings = sampling_settings(inputs["max_new"])
-cols = st.columns([1, 2, 4])
-score_clicked = cols[0].button("Score", type="primary", key="probe_score")
-generate_clicked = cols[1].button("Generate from both", key="probe_generate")
-
-if score_clicked or st.session_state.pop("probe_autoscore", False):
-    run_score(pair, inputs)
-if generate_clicked:
-    with report_errors(), st.spinner("Generating from both models…"):
-        generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
-        st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
-
-stored = st.session_state.get("probe_result")
-current = bool(stored) and stored[0] == pair_key()
-up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
-if current:
-    if not up_to_date:
-        st.caption("The scores below are for earlier inputs; press Score to update them.")
-    draw_result(ProbeResult.from_dict(stored[1]), inputs["view"])
-write_url(inputs, scored=up_to_date)
-
-generation = st.session_state.get("probe_generation")
-if generation and generation[0] == pair_key():
-    draw_generation(GenerationResult.from_dict(generation[1]), inputs["view"])
+probe_panel(require_pair())
