@@ -123,8 +123,8 @@ def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
 
 def bench_core(texts: list[str]) -> list[float]:
     """core.probe.score alone on the same prompts (this process, the same pair, the same chat setting)."""
-    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
     from core.demo import default_recipe
+    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
     from core.probe import ProbeRequest, score
 
     pair = ModelPair.load(ModelSpec.parse(DEFAULT_BASE), ModelSpec.parse(DEFAULT_UNLEARNED))

@@ -245,9 +245,10 @@ def interim_pair_notice() -> None:
         st.rerun()
 
 
-KEPT_INPUTS = tuple(
-    f"{page}_{name}" for page in ("probe", "lens", "attribution") for name in ("prompt", "answer", "chat")
-) + ("probe_topk", "probe_view", "lens_seeded", "attribution_seeded")
+KEPT_INPUTS = (
+    *(f"{page}_{name}" for page in ("probe", "lens", "attribution") for name in ("prompt", "answer", "chat")),
+    *("probe_topk", "probe_view", "lens_seeded", "attribution_seeded"),
+)
 
 
 def keep_inputs() -> None:
