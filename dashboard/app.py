@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"  # not "pages/": Streamlit would also serve those files as pages of their own
 
 st.set_page_config(page_title="Unlearning Lens", page_icon="🔬", layout="wide")
 navigation = st.navigation(

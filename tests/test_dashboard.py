@@ -80,7 +80,7 @@ def open_page(page: str) -> AppTest:
     at.session_state["autoload"] = False
     at.run()
     if page != "probe":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception
     return at
 
@@ -568,7 +568,7 @@ def tradeoffs_from_link(**params: str | list[str]) -> AppTest:
     at.session_state["autoload"] = False
     at.query_params.update(params)
     at.run()  # the default page (Probe, waiting for a pair) leaves other pages' parameters alone
-    at.switch_page("pages/tradeoffs.py").run()
+    at.switch_page("views/tradeoffs.py").run()
     assert not at.exception
     return at
 

@@ -79,7 +79,7 @@ def open_report(**session: object) -> AppTest:
     for key, value in session.items():
         at.session_state[key] = value
     at.run()
-    at.switch_page("pages/report.py").run()
+    at.switch_page("views/report.py").run()
     assert not at.exception
     return at
 

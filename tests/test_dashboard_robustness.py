@@ -46,7 +46,7 @@ def open_page() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.session_state["autoload"] = False
     at.run()
-    at.switch_page("pages/robustness.py").run()
+    at.switch_page("views/robustness.py").run()
     assert not at.exception
     return at
 

@@ -50,7 +50,7 @@ def open_page(page: str, dirs: tuple[Path, Path] | None = None, **session: objec
     at.run()
     if dirs is not None:
         load_pair(at, *dirs)
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception
     return at
 
@@ -129,20 +129,20 @@ def test_inputs_survive_page_switches_and_follow_new_probes(tiny_pair_dirs) -> N
     at = open_page("probe", tiny_pair_dirs)
     at.text_area(key="probe_prompt").input("Where was Ana born?")
     at.text_input(key="probe_answer").input("Lima").run()
-    at.switch_page("pages/layers.py").run()
+    at.switch_page("views/layers.py").run()
     assert at.text_area(key="lens_prompt").value == "Where was Ana born?"
     at.text_area(key="lens_prompt").input("Who taught Ana?").run()
-    at.switch_page("pages/dataset.py").run()  # a page with none of these inputs
-    at.switch_page("pages/probe.py").run()
+    at.switch_page("views/dataset.py").run()  # a page with none of these inputs
+    at.switch_page("views/probe.py").run()
     assert at.text_area(key="probe_prompt").value == "Where was Ana born?"
     assert at.text_input(key="probe_answer").value == "Lima"
-    at.switch_page("pages/layers.py").run()
+    at.switch_page("views/layers.py").run()
     assert at.text_area(key="lens_prompt").value == "Who taught Ana?"  # the edit made on Layers stays
-    at.switch_page("pages/probe.py").run()
+    at.switch_page("views/probe.py").run()
     at.text_area(key="probe_prompt").input("Where does Ben live?")
     at.text_input(key="probe_answer").input("Oslo").run()
     for page, prefix in (("layers", "lens"), ("attribution", "attribution")):
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         assert not at.exception
         assert at.text_area(key=f"{prefix}_prompt").value == "Where does Ben live?"
         assert at.text_input(key=f"{prefix}_answer").value == "Oslo"
@@ -338,7 +338,7 @@ def test_views_of_the_embedded_model_against_itself(embedded_model_dir: Path) ->
     limit = 1e-3 * max(abs(v) for v in direct.base[0])  # fp32 sums in another thread (docs/PERFORMANCE-attribution.md)
     np.testing.assert_allclose(rows["base"], direct.base[0], atol=limit, rtol=0)
 
-    at.switch_page("pages/layers.py").run()
+    at.switch_page("views/layers.py").run()
     ask(at, "lens", question.question, answer)
     button(at, "Run the logit lens").click().run()
     button(at, "Compute weight change").click().run()

@@ -35,12 +35,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(port: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`streamlit run dashboard/app.py` headless on 127.0.0.1:`port`, in its own process group (see stop_app)."""
+def start_app(
+    port: int, log_path: Path, env: dict[str, str] | None = None, cwd: Path = ROOT, console_script: bool = False
+) -> subprocess.Popen:
+    """`streamlit run dashboard/app.py` headless on 127.0.0.1:`port`, in its own process group (see stop_app);
+    from `cwd`, through `python -m streamlit` or, with `console_script`, the venv's `streamlit` command."""
+    launcher = (
+        [str(Path(sys.executable).parent / "streamlit")] if console_script else [sys.executable, "-m", "streamlit"]
+    )
     cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
+        *launcher,
         "run",
         str(ROOT / "dashboard" / "app.py"),
         "--server.headless",
@@ -59,7 +63,7 @@ def start_app(port: int, log_path: Path, env: dict[str, str] | None = None) -> s
     try:
         return subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
