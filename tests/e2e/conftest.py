@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from appserver import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_app, stop_app, wait_healthy
@@ -47,9 +48,10 @@ def context(context: BrowserContext) -> BrowserContext:
     return context
 
 
-def _serve(log_name: str, env: dict[str, str]) -> Iterator[str]:
+def serve(log_name: str, env: dict[str, str], **launch: Any) -> Iterator[str]:
+    """Start the app (`launch`: start_app's cwd / console_script), yield its URL, stop it."""
     port = free_port()
-    process = start_app(port, OUTPUT / log_name, env)
+    process = start_app(port, OUTPUT / log_name, env, **launch)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -61,7 +63,7 @@ def _serve(log_name: str, env: dict[str, str]) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def app_url() -> Iterator[str]:
     """The dashboard with no pair loaded, started once per test session in its own process group."""
-    yield from _serve("app.log", {"ULENS_AUTOLOAD": "0", "ULENS_DEMO_QUICK": "0"})
+    yield from serve("app.log", {"ULENS_AUTOLOAD": "0", "ULENS_DEMO_QUICK": "0"})
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +94,7 @@ def demo_pair(quick_demo):
 @pytest.fixture(scope="session")
 def demo_app_url(quick_demo) -> Iterator[str]:
     """The dashboard on the quick demo; each new browser session loads the default pair by itself."""
-    yield from _serve("demo-app.log", {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "1"})
+    yield from serve("demo-app.log", {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "1"})
 
 
 @pytest.fixture

@@ -4,25 +4,18 @@ sys.path (Streamlit serves any `pages/` folder beside the entry script as pages 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appserver import free_port, start_app, stop_app, wait_healthy
-from conftest import OUTPUT
+from conftest import serve
 from playwright.sync_api import Page, expect
 
 
 @pytest.fixture(scope="module")
-def elsewhere_url(tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
+def elsewhere_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cwd: Path = tmp_path_factory.mktemp("elsewhere")
-    process = start_app(port, OUTPUT / "direct-urls-app.log", {"ULENS_AUTOLOAD": "0"}, cwd=cwd, console_script=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
-        yield url
-    finally:
-        stop_app(process)
+    yield from serve("direct-urls-app.log", {"ULENS_AUTOLOAD": "0"}, cwd=cwd, console_script=True)
 
 
 @pytest.mark.parametrize(
