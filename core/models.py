@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -439,6 +439,81 @@ def merged_adapter(peft_model: Any) -> Iterator[bool]:
     finally:
         for base, weight in originals:
             base.weight = weight
+
+
+@contextlib.contextmanager
+def two_sided_lora(peft_model: Any, names: Sequence[str]) -> Iterator[bool]:
+    """Run a batch whose first half takes adapter `names[0]` and second half `names[1]` ("__base__": no adapter)
+    with each LoRA layer computing both halves' low-rank terms in two batched matmuls (`bmm` over the halves with
+    the two adapters' A and B stacked), instead of PEFT's mixed-batch routing (per layer: split the batch by
+    adapter name, index, run A, B, scale, scatter back; plus forward hooks on every module to carry the names).
+    The shared base matmul still sees the whole batch. Same arithmetic per row as PEFT (x·Aᵀ·Bᵀ·s added to the
+    base output); on SmolLM2 with the demo's r=16 all-linear adapters it removes most of the mixed pass's cost
+    over the bare backbone (docs/PERFORMANCE.md).
+
+    While inside, call the model *without* `adapter_names`; the batch must have an even number of rows. Yields
+    False and changes nothing where a layer is not plain LoRA on a linear layer (DoRA and other variants, LoRA
+    bias, embedding / conv LoRA): the caller then uses PEFT's mixed batch."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    used = [[name for name in names if name in m.lora_A] for m in layers]
+
+    def plain(layer: Any, adapters: list[str]) -> bool:
+        return isinstance(layer.get_base_layer(), torch.nn.Linear) and all(
+            name not in getattr(layer, "lora_variant", {})
+            and not getattr(layer, "lora_bias", {}).get(name, False)
+            and not getattr(layer, "fan_in_fan_out", False)
+            for name in adapters
+        )
+
+    if len(names) != 2 or not layers or not all(plain(m, a) for m, a in zip(layers, used, strict=True)):
+        yield False
+        return
+    patched = []
+    try:
+        for layer, adapters in zip(layers, used, strict=True):
+            if adapters:
+                layer.forward = _two_sided_forward(layer, names)
+                patched.append(layer)
+            else:  # neither side adapts this layer
+                layer.forward = layer.get_base_layer().forward
+                patched.append(layer)
+        yield True
+    finally:
+        for layer in patched:
+            del layer.forward  # back to the class's forward
+
+
+def _two_sided_forward(layer: Any, names: Sequence[str]) -> Callable[..., torch.Tensor]:
+    """The forward of one LoRA layer for a batch split in two halves (see `two_sided_lora`)."""
+    base = layer.get_base_layer()
+    sides = [i for i, name in enumerate(names) if name in layer.lora_A]
+    dtype = layer.lora_A[names[sides[0]]].weight.dtype
+    ranks = [layer.lora_A[names[i]].weight.shape[0] for i in sides]
+    rank = max(ranks)
+    # A as [2, in, r] and B·scaling as [2, r, out]; a side without this adapter (or with a lower rank) is zero-padded
+    a = torch.zeros(2, base.in_features, rank, dtype=dtype, device=base.weight.device)
+    b = torch.zeros(2, rank, base.out_features, dtype=dtype, device=base.weight.device)
+    with torch.no_grad():
+        for i, r in zip(sides, ranks, strict=True):
+            name = names[i]
+            a[i, :, :r] = layer.lora_A[name].weight.t()
+            b[i, :r, :] = layer.lora_B[name].weight.t() * layer.scaling[name]
+    single = sides[0] if len(sides) == 1 else None
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = base(x, *args, **kwargs)
+        halves = x.to(dtype).reshape(2, -1, x.shape[-1])
+        out = result.view(2, -1, result.shape[-1])
+        if single is not None:  # one side has no adapter here: only the other half gets a low-rank term
+            term = (halves[single] @ a[single]) @ b[single]
+            out[single] += term.to(result.dtype)
+        else:
+            out += torch.bmm(torch.bmm(halves, a), b).to(result.dtype)
+        return result
+
+    return forward
 
 
 def add_pair_arguments(parser: Any) -> None:

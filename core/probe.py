@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from core.errors import UserError
-from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
+from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args, two_sided_lora
 
 DEFAULT_TOP_K = 5
 CHUNK_ROWS = 32  # rows of [N, V] logits reduced at once: a chunk (32 x 49k floats = 6 MiB) stays in L3 cache
@@ -385,10 +385,14 @@ def _joint_logits(pair: ModelPair, batch: Batch) -> dict[str, torch.Tensor] | No
         model, names = joint
         rows = len(batch.rows)
         keep = batch.predict_mask.repeat(2, 1)  # the batch's rows for the base side, then again for the unlearned
-        logits = model(
-            input_ids=batch.input_ids.repeat(2, 1), attention_mask=batch.attention_mask.repeat(2, 1), use_cache=False,
-            logits_to_keep=keep, adapter_names=[names[0]] * rows + [names[1]] * rows,
-        ).logits  # fmt: skip
+        inputs = {
+            "input_ids": batch.input_ids.repeat(2, 1), "attention_mask": batch.attention_mask.repeat(2, 1),
+            "use_cache": False, "logits_to_keep": keep,
+        }  # fmt: skip
+        with two_sided_lora(model, names) as stacked:
+            if not stacked:  # LoRA variants and non-linear LoRA layers: PEFT's own mixed batch
+                inputs["adapter_names"] = [names[0]] * rows + [names[1]] * rows
+            logits = model(**inputs).logits
         logits = logits if logits.dim() == 2 else logits[keep]
     half = len(batch.targets)
     return {"base": logits[:half], "unlearned": logits[half:]}

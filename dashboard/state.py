@@ -56,6 +56,20 @@ def report_errors() -> Iterator[None]:
         st.error("Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model.")
 
 
+@contextlib.contextmanager
+def busy_note(message: str) -> Iterator[None]:
+    """A still "working" line where the result will appear, removed when the work ends. Used instead of
+    st.spinner for the Probe page's sub-second passes: a browser on the same two cores re-rasterises a spinning
+    icon every frame, and that CPU comes out of the forward pass (docs/PERFORMANCE.md, Dashboard). The header's
+    own "Running…" indicator still moves."""
+    slot = st.empty()
+    slot.caption(f"⏳ {message}")
+    try:
+        yield
+    finally:
+        slot.empty()
+
+
 def pair_key() -> tuple | None:
     return st.session_state.get("pair_key")
 

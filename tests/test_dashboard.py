@@ -516,6 +516,7 @@ def test_probe_token_table_download_and_views_equal_core(tiny_pair_dirs: tuple[P
     at.text_input(key="probe_answer").input("paris w3 w4")
     button(at, "Score").click().run()
     assert not at.exception and not errors(at)
+    assert not [c.value for c in at.caption if "Scoring" in c.value]  # the busy note is gone once the run ends
     direct = score(loaded_pair(at), [ProbeRequest("the capital of france is", "paris w3 w4")], chat=True)[0]
     table = downloaded_csv(at, "Download token table (CSV)")
     assert table["position"].tolist() == [token.position for token in direct.tokens]
@@ -545,6 +546,7 @@ def test_probe_sampled_generation_equals_core_with_the_same_seed(tiny_pair_dirs:
     ]
     assert token_markup(at) == expected
     assert "6 new tokens at most, sampled, temperature 0.7, seed 11" in [caption.value for caption in at.caption]
+    assert not [c.value for c in at.caption if "Generating" in c.value]
 
 
 def test_probe_example_pills_fill_the_inputs_in_one_click(tiny_pair_dirs: tuple[Path, Path]) -> None:

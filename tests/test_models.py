@@ -19,6 +19,7 @@ from core.models import (
     load_tokenizer,
     merged_adapter,
     resolve_dtype,
+    two_sided_lora,
 )
 from core.probe import ProbeRequest, score
 
@@ -191,6 +192,59 @@ def test_merged_adapter_leaves_dora_unmerged(tiny_model_dir):
         with merged_adapter(peft_model) as merged:
             torch.testing.assert_close(peft_model(ids).logits, expected, atol=0, rtol=0)
     assert not merged
+
+
+def two_adapter_model(model_dir: Path, use_dora: bool = False):
+    """One backbone with adapters "a" (r=4 on q/v/down, scaling 5/4) and "b" (r=3 on q/o/up, scaling 7/3): ranks,
+    target modules and scalings differ, so every padding and zero-side case of the stacked path is exercised."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    first = LoraConfig(r=4, lora_alpha=5, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    second = LoraConfig(
+        r=3, lora_alpha=7, target_modules=["q_proj", "o_proj", "up_proj"], init_lora_weights=False, use_dora=use_dora
+    )
+    peft_model = get_peft_model(model, first, adapter_name="a")
+    peft_model.add_adapter("b", second)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("names", [["a", "b"], ["b", "a"], ["__base__", "b"], ["a", "__base__"], ["a", "a"]])
+def test_two_sided_lora_equals_peft_mixed_batch(tiny_model_dir, names):
+    """The stacked two-halves path against PEFT's own mixed-batch routing, and against each side run alone."""
+    peft_model = two_adapter_model(tiny_model_dir)
+    ids = torch.tensor([[4, 9, 17, 30, 64, 65, 3], [7, 7, 3, 2, 60, 1, 9]])
+    doubled = ids.repeat(2, 1)
+    routing = [names[0]] * 2 + [names[1]] * 2
+    with torch.no_grad():
+        expected = peft_model(doubled, adapter_names=routing).logits
+        with two_sided_lora(peft_model, names) as stacked:
+            got = peft_model(doubled).logits
+        alone = []
+        for name in names:
+            if name == "__base__":
+                with peft_model.disable_adapter():
+                    alone.append(peft_model(ids).logits)
+            else:
+                peft_model.set_adapter(name)
+                alone.append(peft_model(ids).logits)
+        after = peft_model(doubled, adapter_names=routing).logits
+    assert stacked
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(after, expected, atol=0, rtol=0)  # PEFT's own forward is back
+    assert not any("forward" in vars(m) for m in peft_model.modules())
+    if names[0] != names[1]:
+        assert (got[:2] - got[2:]).abs().max() > 1e-3  # the halves really differ
+
+
+def test_two_sided_lora_leaves_lora_variants_to_peft(tiny_model_dir):
+    peft_model = two_adapter_model(tiny_model_dir, use_dora=True)
+    with two_sided_lora(peft_model, ["a", "b"]) as stacked:
+        assert not any("forward" in vars(m) for m in peft_model.modules())
+    assert not stacked
 
 
 @pytest.mark.parametrize("base_has_adapter", [False, True])

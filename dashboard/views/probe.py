@@ -17,7 +17,7 @@ from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from dashboard.exports import chart_downloads
-from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
+from dashboard.state import busy_note, chat_default, pair_key, report_errors, require_pair, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
@@ -171,7 +171,7 @@ def scored_inputs(inputs: dict[str, Any]) -> tuple:
 
 
 def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
-    with report_errors(), st.spinner("Scoring under both models…"):
+    with report_errors(), busy_note("Scoring under both models…"):
         request = ProbeRequest(inputs["prompt"], inputs["answer"] or None)
         result = score(pair, [request], chat=inputs["chat"], top_k=inputs["top_k"])[0]
         st.session_state["probe_result"] = (pair_key(), result.to_dict())  # the Report page reads this pair too
@@ -232,7 +232,7 @@ def probe_panel(pair: ModelPair) -> None:
     if score_clicked or st.session_state.pop("probe_autoscore", False):
         run_score(pair, inputs)
     if generate_clicked:
-        with report_errors(), st.spinner("Generating from both models…"):
+        with report_errors(), busy_note("Generating from both models…"):
             generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
 
