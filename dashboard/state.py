@@ -261,8 +261,8 @@ def interim_pair_notice() -> None:
 
 KEPT_INPUTS = (
     *(f"{page}_{name}" for page in ("probe", "lens", "attribution") for name in ("prompt", "answer", "chat")),
-    *("probe_topk", "probe_view", "lens_seeded", "attribution_seeded"),
-)
+    *("probe_topk", "probe_view", "probe_new", "probe_sample", "probe_temperature", "probe_seed"),
+)  # widget keys only: other session-state keys are never forgotten
 
 
 def keep_inputs() -> None:

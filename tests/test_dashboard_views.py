@@ -128,7 +128,11 @@ def test_inputs_survive_page_switches_and_follow_new_probes(tiny_pair_dirs) -> N
     probed → taken over by Layers and Attribution (Streamlit drops unrendered widgets' values unless kept)."""
     at = open_page("probe", tiny_pair_dirs)
     at.text_area(key="probe_prompt").input("Where was Ana born?")
-    at.text_input(key="probe_answer").input("Lima").run()
+    at.text_input(key="probe_answer").input("Lima")
+    at.number_input(key="probe_topk").set_value(7)
+    at.number_input(key="probe_new").set_value(12)
+    at.toggle(key="probe_sample").set_value(True).run()
+    at.number_input(key="probe_seed").set_value(5).run()
     at.switch_page("views/layers.py").run()
     assert at.text_area(key="lens_prompt").value == "Where was Ana born?"
     at.text_area(key="lens_prompt").input("Who taught Ana?").run()
@@ -136,6 +140,8 @@ def test_inputs_survive_page_switches_and_follow_new_probes(tiny_pair_dirs) -> N
     at.switch_page("views/probe.py").run()
     assert at.text_area(key="probe_prompt").value == "Where was Ana born?"
     assert at.text_input(key="probe_answer").value == "Lima"
+    settings = [at.number_input(key=key).value for key in ("probe_topk", "probe_new", "probe_seed")]
+    assert settings == [7, 12, 5] and at.toggle(key="probe_sample").value is True
     at.switch_page("views/layers.py").run()
     assert at.text_area(key="lens_prompt").value == "Who taught Ana?"  # the edit made on Layers stays
     at.switch_page("views/probe.py").run()

@@ -21,7 +21,10 @@ from dashboard.state import busy_note, chat_default, pair_key, report_errors, re
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
-DEFAULTS = {"probe_prompt": "", "probe_answer": "", "probe_topk": 5, "probe_view": "delta"}
+DEFAULTS = {
+    "probe_prompt": "", "probe_answer": "", "probe_topk": 5, "probe_view": "delta", "probe_new": 48,
+    "probe_sample": False, "probe_temperature": 1.0, "probe_seed": 0,
+}  # fmt: skip
 URL_KEYS = ("prompt", "answer", "chat", "topk", "view", "score")  # query parameters, in the order written
 VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -122,48 +125,59 @@ def example_pickers() -> None:
     )
 
 
-def read_inputs() -> dict[str, Any]:
-    """Prompt, answer and settings from the widgets (their values live in session state, so links can set them)."""
+def draw_inputs() -> None:
+    """Prompt, answer and settings widgets (their values live in session state, so links can set them)."""
     st.session_state.setdefault("probe_chat", chat_default())  # demo models were taught without the template
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    prompt = st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
-    answer = st.text_input(
+    st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
+    st.text_input(
         "Reference answer (optional)",
         key="probe_answer",
         help="Scored token by token; leave empty to score the prompt itself.",
     )
     cols = st.columns([1.4, 1, 1, 4])
-    chat = cols[0].toggle("Chat template", key="probe_chat")
-    top_k = cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key="probe_topk")
-    max_new = cols[2].number_input("new tokens", min_value=1, max_value=256, value=48, key="probe_new")
-    view = cols[3].segmented_control(
+    cols[0].toggle("Chat template", key="probe_chat")
+    cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key="probe_topk")
+    cols[2].number_input("new tokens", min_value=1, max_value=256, key="probe_new")
+    cols[3].segmented_control(
         "Colour by",
         list(VIEWS),
         format_func=VIEW_LABELS.get,
         key="probe_view",
         help="; ".join(f"{VIEW_LABELS[view]}: {text}" for view, text in VIEWS.items()),
     )
-    return {
-        "prompt": prompt,
-        "answer": answer,
-        "chat": chat,
-        "top_k": int(top_k),
-        "view": view or "delta",
-        "max_new": int(max_new),
-    }
-
-
-def sampling_settings(max_new: int) -> GenerationSettings:
     with st.expander("Generation settings"):
         cols = st.columns(3)
         sample = cols[0].toggle("Sample", key="probe_sample", help="Off: greedy decoding. On: sampled with the seed.")
-        temperature = cols[1].number_input(
-            "Temperature", min_value=0.05, max_value=5.0, value=1.0, step=0.1, key="probe_temperature",
-            disabled=not sample,
-        )  # fmt: skip
-        seed = cols[2].number_input("Seed", min_value=0, value=0, step=1, key="probe_seed", disabled=not sample)
-    return GenerationSettings(max_new_tokens=max_new, do_sample=sample, temperature=float(temperature), seed=int(seed))
+        cols[1].number_input(
+            "Temperature", min_value=0.05, max_value=5.0, step=0.1, key="probe_temperature", disabled=not sample
+        )
+        cols[2].number_input("Seed", min_value=0, step=1, key="probe_seed", disabled=not sample)
+
+
+def current_inputs() -> dict[str, Any]:
+    """The inputs as the widgets hold them in session state, also in a run that did not redraw the widgets (the
+    Score panel reruns on its own)."""
+    state = st.session_state
+    return {
+        "prompt": state["probe_prompt"],
+        "answer": state["probe_answer"],
+        "chat": bool(state["probe_chat"]),
+        "top_k": int(state["probe_topk"]),
+        "view": state["probe_view"] or "delta",
+        "max_new": int(state["probe_new"]),
+    }
+
+
+def current_settings(inputs: dict[str, Any]) -> GenerationSettings:
+    state = st.session_state
+    return GenerationSettings(
+        max_new_tokens=inputs["max_new"],
+        do_sample=bool(state["probe_sample"]),
+        temperature=float(state["probe_temperature"]),
+        seed=int(state["probe_seed"]),
+    )
 
 
 def scored_inputs(inputs: dict[str, Any]) -> tuple:
@@ -220,11 +234,19 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
 
 @st.fragment
 def probe_panel(pair: ModelPair) -> None:
-    """Inputs, Score / Generate and the results. A fragment: clicking Score or an example reruns this panel only
-    (not the sidebar and the page around it), which keeps Score → coloured tokens close to the two forwards."""
+    """The examples and inputs, then the Score panel. A fragment: editing an input reruns this panel only (not the
+    sidebar and the page around it)."""
     example_pickers()
-    inputs = read_inputs()
-    settings = sampling_settings(inputs["max_new"])
+    draw_inputs()
+    score_panel(pair)
+
+
+@st.fragment
+def score_panel(pair: ModelPair) -> None:
+    """Score / Generate and the results. A fragment inside the panel: clicking Score reruns only these few
+    elements, so the browser has almost nothing to redraw while the two forward passes share its CPU (Score →
+    coloured tokens stays close to the passes themselves)."""
+    inputs = current_inputs()
     cols = st.columns([1, 2, 4])
     score_clicked = cols[0].button("Score", type="primary", key="probe_score")
     generate_clicked = cols[1].button("Generate from both", key="probe_generate")
@@ -233,6 +255,7 @@ def probe_panel(pair: ModelPair) -> None:
         run_score(pair, inputs)
     if generate_clicked:
         with report_errors(), busy_note("Generating from both models…"):
+            settings = current_settings(inputs)
             generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
 

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, Page, expect
 from streamlit_ui import (
     ANSWER_DELTA,
     PLOT,
+    SCORED,
     choose,
     click_score,
     fill_probe,
@@ -20,10 +21,12 @@ from streamlit_ui import (
     page_shot,
     rendered_tokens,
     rgb,
+    wait_idle,
     wait_scored,
 )
 
 from core.probe import ProbeRequest, ProbeResult, score
+from dashboard.views.probe import short
 
 INJECTION = "<img src=x onerror=\"document.title='pwned'\"> What is the capital of France?"
 ANSWER_INJECTION = "<b>Paris</b><script>document.title='pwned'</script>"
@@ -137,3 +140,19 @@ def test_a_probe_link_restores_its_inputs_and_scores_them(page: Page, demo_app_u
     assert is_on(page, "Chat template")
     expect(page.locator(".ulens-legend")).to_contain_text("log-prob under the base model")
     assert_matches(page, solo(demo_pair, item.question, item.answer, chat=True, top_k=3))
+
+
+def test_score_clicked_right_after_an_example_pill_scores_that_example(
+    page: Page, demo_app_url: str, quick_demo, demo_pair
+):
+    """One click on a forget-set pill, the next on Score with no wait between them (the pill's rerun is still
+    running when Score is pressed): the score is the example's, not the empty prompt's."""
+    item = quick_demo.data.forget.items[1]
+    open_with_default_pair(page, demo_app_url)
+    chat = is_on(page, "Chat template")
+    page.get_by_role("radiogroup", name="Forget-set examples").get_by_role("radio", name=short(item.question)).click()
+    click_score(page)
+    expect(page.locator(SCORED).first.or_(page.get_by_text("the prompt is empty"))).to_be_visible()
+    wait_idle(page)
+    expect(page.get_by_role("textbox", name="Prompt")).to_have_value(item.question)
+    assert_matches(page, solo(demo_pair, item.question, item.answer, chat))
