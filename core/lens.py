@@ -492,21 +492,86 @@ def weight_change(pair: ModelPair) -> WeightChangeResult:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+DRIFT_SETS = ("forget", "retain")
+VIEWS = ("logit", "drift", "weights")
+
+
+def drift_sets(
+    files: Mapping[str, str | None], limit: int, demo: Sequence[Any] | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """The first `limit` (question, answer) items of the forget and retain sets: from the file named for a set, else
+    from `demo` (examples with .split, .question, .answer; the demo's own sets when None)."""
+    from core.data import load_qa_dataset
+
+    if limit < 1:
+        raise UserError("the number of items per set must be at least 1")
+    sets = {}
+    for name in DRIFT_SETS:
+        path = (files.get(name) or "").strip()
+        if path:
+            items = [(item.question, item.answer) for item in load_qa_dataset(path, split=name)]
+        else:
+            if demo is None:
+                from core.examples import demo_examples
+
+                try:
+                    demo = demo_examples()
+                except UserError:
+                    demo = []
+            items = [(e.question, e.answer) for e in demo if e.split == name]
+            if not items:
+                raise UserError(f"the demo {name} set is missing: name a {name} file")
+        sets[name] = items[:limit]
+    return sets
+
+
 def add_lens_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `lens` on the main CLI's subcommands."""
-    parser = commands.add_parser("lens", help="logit lens: the answer's probability and rank at every layer")
+    parser = commands.add_parser(
+        "lens",
+        help="the layer view: logit lens, hidden-state drift (forget vs retain) or the weight-change map",
+        description="--view logit (default): the answer's log-prob and rank at every layer for --prompt/--answer. "
+        "--view drift: per-layer cosine, norm change and distance between the two models' hidden states over the "
+        "forget and retain sets (files, or the demo's). --view weights: ‖ΔW‖/‖W‖ per parameter.",
+    )
     add_pair_arguments(parser)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--answer", required=True)
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (LensResult.from_json)")
+    parser.add_argument("--view", choices=VIEWS, default="logit", help="what to compute (default: logit)")
+    parser.add_argument("--prompt", help="the question (logit view)")
+    parser.add_argument("--answer", help="the answer whose tokens are read at every layer (logit view)")
+    parser.add_argument("--forget", help="forget set file, JSONL/JSON/CSV/parquet (drift view; default: the demo's)")
+    parser.add_argument("--retain", help="retain set file (drift view; default: the demo's)")
+    parser.add_argument("--items", type=int, default=16, help="items per set (drift view; default 16)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompts in the model's chat template")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (LensResult / DriftResult / WeightChangeResult)"
+    )
     parser.set_defaults(handler=run_lens)
     return parser
 
 
 def run_lens(args: argparse.Namespace) -> int:
-    """Run the logit lens, then print the per-layer mean log-prob and rank (or JSON)."""
-    result = logit_lens(pair_from_args(args), args.prompt, args.answer, args.chat)
+    """Compute the chosen view, then print a table (or its JSON)."""
+    if args.view == "logit" and not (args.prompt and args.answer):
+        raise UserError("the logit view needs --prompt and --answer")
+    sets = drift_sets({"forget": args.forget, "retain": args.retain}, args.items) if args.view == "drift" else None
+    pair = pair_from_args(args)
+    if args.view == "drift":
+        drift = hidden_state_drift(pair, sets, chat=args.chat)
+        if args.json:
+            sys.stdout.write(drift.to_json() + "\n")
+            return 0
+        frame = drift.to_frame().pivot(index="layer", columns="set", values=["cosine", "norm_change", "distance"])
+        sys.stdout.write(frame.to_string(float_format="{:.4f}".format) + "\n")
+        return 0
+    if args.view == "weights":
+        weights = weight_change(pair)
+        if args.json:
+            sys.stdout.write(weights.to_json() + "\n")
+            return 0
+        frame = weights.to_frame().sort_values("relative_change", ascending=False)
+        sys.stdout.write(frame.head(40).to_string(index=False, float_format="{:.4g}".format) + "\n")
+        return 0
+    result = logit_lens(pair, args.prompt, args.answer, args.chat)
     if args.json:
         sys.stdout.write(result.to_json() + "\n")
         return 0

@@ -19,6 +19,7 @@ from core.lens import (
     WeightChangeResult,
     add_lens_parser,
     decoder_layers,
+    drift_sets,
     final_norm,
     hidden_knowledge_score,
     hidden_state_drift,
@@ -282,6 +283,55 @@ def test_cli_json(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["layers"] == [0, 1, 2] and payload["answer_tokens"] == ["paris"]
     assert len(payload["unlearned"]["rank"]) == 3 and {"base", "unlearned"} == set(payload["hidden_knowledge"])
+
+
+def run_cli(argv: list[str], capsys) -> dict:
+    parser = argparse.ArgumentParser()
+    add_lens_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lens", *argv, "--json"])
+    assert args.handler(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def write_jsonl(path: Path, items: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in items))
+    return path
+
+
+def test_cli_drift_and_weights_views_equal_the_library(tmp_path, capsys):
+    base, unlearned = save_tiny_model_dir(tmp_path / "a", seed=0), save_tiny_model_dir(tmp_path / "b", seed=1)
+    forget, retain = write_jsonl(tmp_path / "forget.jsonl", FORGET), write_jsonl(tmp_path / "retain.jsonl", RETAIN)
+    pair_args = ["--base", str(base), "--unlearned", str(unlearned)]
+    drift = run_cli(
+        [*pair_args, "--view", "drift", "--forget", str(forget), "--retain", str(retain), "--items", "2"], capsys
+    )
+    pair = ModelPair.load(ModelSpec(str(base)), ModelSpec(str(unlearned)))
+    direct = hidden_state_drift(pair, {"forget": FORGET[:2], "retain": RETAIN[:2]})
+    assert DriftResult.from_dict(drift).sets["forget"].n_items == 2
+    for name in ("forget", "retain"):
+        for key in ("cosine", "norm_change", "distance"):
+            assert getattr(DriftResult.from_dict(drift).sets[name], key) == pytest.approx(
+                getattr(direct.sets[name], key), abs=1e-6
+            )
+    weights = WeightChangeResult.from_dict(run_cli([*pair_args, "--view", "weights"], capsys))
+    expected = weight_change(pair)
+    assert [c.name for c in weights.changes] == [c.name for c in expected.changes]
+    assert [c.relative_change for c in weights.changes] == pytest.approx([c.relative_change for c in expected.changes])
+    assert max(c.relative_change for c in weights.changes) > 0.1  # two random models differ everywhere
+
+
+def test_cli_views_bad_input_is_a_user_error(tmp_path, capsys):
+    model = str(save_tiny_model_dir(tmp_path / "a", seed=0))
+    with pytest.raises(UserError, match="needs --prompt and --answer"):
+        run_cli(["--base", model, "--unlearned", model], capsys)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError):
+        run_cli(["--base", model, "--unlearned", model, "--view", "drift", "--forget", str(empty)], capsys)
+    with pytest.raises(UserError, match="at least 1"):
+        drift_sets({}, 0)
+    with pytest.raises(UserError, match="demo retain set is missing"):
+        drift_sets({"forget": str(write_jsonl(tmp_path / "f.jsonl", FORGET))}, 2, demo=[])
 
 
 @pytest.mark.integration

@@ -5,37 +5,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.data import load_qa_dataset
-from core.errors import UserError
 from core.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
-from core.lens import DriftResult, LensResult, WeightChangeResult, hidden_state_drift, logit_lens, weight_change
+from core.lens import (
+    DriftResult,
+    LensResult,
+    WeightChangeResult,
+    drift_sets,
+    hidden_state_drift,
+    logit_lens,
+    weight_change,
+)
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import available_examples, question_inputs
 from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
-
-DRIFT_SETS = ("forget", "retain")
 
 
 def stored(key: str) -> dict | None:
     """The result dict stored under `key` for the loaded pair, or None."""
     entry = st.session_state.get(key)
     return entry[1] if entry and entry[0] == pair_key() else None
-
-
-def drift_items(paths: dict[str, str], limit: int) -> dict[str, list[tuple[str, str]]]:
-    """The first `limit` (question, answer) items of each set: a file where one is named, else the demo's."""
-    demo = {name: [(e.question, e.answer) for e in available_examples() if e.split == name] for name in DRIFT_SETS}
-    sets = {}
-    for name in DRIFT_SETS:
-        path = paths[name].strip()
-        if path:
-            items = [(item.question, item.answer) for item in load_qa_dataset(path, split=name)]
-        elif demo[name]:
-            items = demo[name]
-        else:
-            raise UserError(f"the demo {name} set is missing: name a {name} file")
-        sets[name] = items[:limit]
-    return sets
 
 
 sidebar()
@@ -79,7 +67,7 @@ drift_chat = right.toggle("Chat template", key="drift_chat")
 if st.button("Compute drift", key="drift_compute"):
     st.session_state.pop("drift_result", None)
     with report_errors(), st.spinner("Running both models over the forget and retain items…"):
-        drift = hidden_state_drift(pair, drift_items(paths, int(limit)), chat=drift_chat)
+        drift = hidden_state_drift(pair, drift_sets(paths, int(limit), available_examples()), chat=drift_chat)
         st.session_state["drift_result"] = (pair_key(), drift.to_dict())
 if (data := stored("drift_result")) is not None:
     drift = DriftResult.from_dict(data)
