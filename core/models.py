@@ -448,19 +448,21 @@ def two_sided_lora(peft_model: Any, names: Sequence[str]) -> Iterator[bool]:
     the two adapters' A and B stacked), instead of PEFT's mixed-batch routing (per layer: split the batch by
     adapter name, index, run A, B, scale, scatter back; plus forward hooks on every module to carry the names).
     The shared base matmul still sees the whole batch. Same arithmetic per row as PEFT (x·Aᵀ·Bᵀ·s added to the
-    base output); on SmolLM2 with the demo's r=16 all-linear adapters it removes most of the mixed pass's cost
+    base output); on SmolLM2 with the demo's r=16 all-linear adapters it about halves what the mixed pass costs
     over the bare backbone (docs/PERFORMANCE.md).
 
     While inside, call the model *without* `adapter_names`; the batch must have an even number of rows. Yields
     False and changes nothing where a layer is not plain LoRA on a linear layer (DoRA and other variants, LoRA
-    bias, embedding / conv LoRA): the caller then uses PEFT's mixed batch."""
+    bias, embedding / conv LoRA), an adapter is merged, or the model is in training mode (dropout): the caller
+    then uses PEFT's mixed batch."""
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
     used = [[name for name in names if name in m.lora_A] for m in layers]
 
     def plain(layer: Any, adapters: list[str]) -> bool:
-        return isinstance(layer.get_base_layer(), torch.nn.Linear) and all(
+        usable = isinstance(layer.get_base_layer(), torch.nn.Linear) and not layer.merged and not layer.training
+        return usable and all(
             name not in getattr(layer, "lora_variant", {})
             and not getattr(layer, "lora_bias", {}).get(name, False)
             and not getattr(layer, "fan_in_fan_out", False)

@@ -240,11 +240,14 @@ def test_two_sided_lora_equals_peft_mixed_batch(tiny_model_dir, names):
         assert (got[:2] - got[2:]).abs().max() > 1e-3  # the halves really differ
 
 
-def test_two_sided_lora_leaves_lora_variants_to_peft(tiny_model_dir):
-    peft_model = two_adapter_model(tiny_model_dir, use_dora=True)
-    with two_sided_lora(peft_model, ["a", "b"]) as stacked:
-        assert not any("forward" in vars(m) for m in peft_model.modules())
-    assert not stacked
+def test_two_sided_lora_leaves_variants_merged_and_training_models_to_peft(tiny_model_dir):
+    cases = [two_adapter_model(tiny_model_dir, use_dora=True), two_adapter_model(tiny_model_dir).train()]
+    merged = two_adapter_model(tiny_model_dir)
+    merged.base_model.model.model.layers[0].self_attn.q_proj.merge(adapter_names=["a"])
+    for peft_model in [*cases, merged]:
+        with two_sided_lora(peft_model, ["a", "b"]) as stacked:
+            assert not any("forward" in vars(m) for m in peft_model.modules())
+        assert not stacked
 
 
 @pytest.mark.parametrize("base_has_adapter", [False, True])
