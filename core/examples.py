@@ -19,6 +19,11 @@ class Example:
     answer: str
 
     @property
+    def pill(self) -> str:
+        """The question cut to 48 characters, as a one-click example pill shows it."""
+        return self.question if len(self.question) <= 48 else self.question[:47] + "…"
+
+    @property
     def label(self) -> str:
         return f"{self.split} · {self.question}"
 

@@ -44,10 +44,6 @@ def use_example(choices: list[Example], key: str) -> None:
         st.session_state["probe_answer"] = choices[picked].answer
 
 
-def short(text: str, limit: int = 48) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def url_params() -> dict[str, str]:
     """This page's parameters in the URL now (the last value of a repeated one)."""
     return {key: st.query_params[key] for key in URL_KEYS if key in st.query_params}
@@ -108,7 +104,7 @@ def example_pickers() -> None:
         st.pills(
             f"{split.capitalize()}-set examples",
             indices,
-            format_func=lambda i: short(choices[i].question),
+            format_func=lambda i: choices[i].pill,
             key=f"probe_pill_{split}",
             on_change=use_example,
             args=(choices, f"probe_pill_{split}"),

@@ -25,8 +25,8 @@ from streamlit_ui import (
     wait_scored,
 )
 
+from core.examples import demo_examples
 from core.probe import ProbeRequest, ProbeResult, score
-from dashboard.views.probe import short
 
 INJECTION = "<img src=x onerror=\"document.title='pwned'\"> What is the capital of France?"
 ANSWER_INJECTION = "<b>Paris</b><script>document.title='pwned'</script>"
@@ -142,17 +142,22 @@ def test_a_probe_link_restores_its_inputs_and_scores_them(page: Page, demo_app_u
     assert_matches(page, solo(demo_pair, item.question, item.answer, chat=True, top_k=3))
 
 
-def test_score_clicked_right_after_an_example_pill_scores_that_example(
-    page: Page, demo_app_url: str, quick_demo, demo_pair
-):
-    """One click on a forget-set pill, the next on Score with no wait between them (the pill's rerun is still
-    running when Score is pressed): the score is the example's, not the empty prompt's."""
+def test_score_clicked_right_after_an_example_pill_loses_nothing(page: Page, demo_app_url: str, quick_demo, demo_pair):
+    """One click on a forget-set pill, the next on Score with no wait between them. If Score's run still gets the
+    prompt the browser held before the pill's run came back (empty), the page says so; either way the app stays up,
+    the box holds the example, and Score then gives the example's scores."""
     item = quick_demo.data.forget.items[1]
+    example = next(e for e in demo_examples() if e.question == item.question)
     open_with_default_pair(page, demo_app_url)
     chat = is_on(page, "Chat template")
-    page.get_by_role("radiogroup", name="Forget-set examples").get_by_role("radio", name=short(item.question)).click()
+    page.get_by_role("radiogroup", name="Forget-set examples").get_by_role("radio", name=example.pill).click()
     click_score(page)
-    expect(page.locator(SCORED).first.or_(page.get_by_text("the prompt is empty"))).to_be_visible()
+    empty = page.get_by_text("the prompt is empty")
+    expect(page.locator(SCORED).first.or_(empty)).to_be_visible()
     wait_idle(page)
     expect(page.get_by_role("textbox", name="Prompt")).to_have_value(item.question)
+    expect(page.get_by_role("textbox", name="Reference answer (optional)")).to_have_value(item.answer)
+    if empty.count():
+        click_score(page)
+        wait_scored(page)
     assert_matches(page, solo(demo_pair, item.question, item.answer, chat))
