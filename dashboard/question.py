@@ -23,11 +23,27 @@ def available_examples() -> list[Example]:
         return []
 
 
-def _use_example(prefix: str, choices: list[Example]) -> None:
-    picked = st.session_state.get(f"{prefix}_example")
+def use_example(prefix: str, choices: list[Example], key: str) -> None:
+    """Fill `{prefix}_prompt` and `{prefix}_answer` with the example picked in widget `key` (a widget callback: it
+    runs before those inputs are drawn)."""
+    picked = st.session_state.get(key)
     if picked is not None:
         st.session_state[f"{prefix}_prompt"] = choices[picked].question
         st.session_state[f"{prefix}_answer"] = choices[picked].answer
+
+
+def example_picker(prefix: str, choices: list[Example]) -> None:
+    """A picker with every demo example; picking one fills the page's prompt and answer."""
+    st.selectbox(
+        "Example from the demo forget / retain sets",
+        range(len(choices)),
+        index=None,
+        format_func=lambda i: choices[i].label,
+        placeholder="Pick a question to fill in the prompt and answer…",
+        key=f"{prefix}_example",
+        on_change=use_example,
+        args=(prefix, choices, f"{prefix}_example"),
+    )
 
 
 def question_inputs(prefix: str) -> tuple[str, str, bool]:
@@ -44,16 +60,7 @@ def question_inputs(prefix: str) -> tuple[str, str, bool]:
     st.session_state.setdefault(f"{prefix}_chat", st.session_state.get("probe_chat", chat_default()))
     choices = available_examples()
     if choices:
-        st.selectbox(
-            "Example from the demo forget / retain sets",
-            range(len(choices)),
-            index=None,
-            format_func=lambda i: choices[i].label,
-            placeholder="Pick a question to fill in the prompt and answer…",
-            key=f"{prefix}_example",
-            on_change=_use_example,
-            args=(prefix, choices),
-        )
+        example_picker(prefix, choices)
     prompt = st.text_area("Prompt", key=f"{prefix}_prompt", height=90, placeholder="Ask something from the forget set…")
     answer = st.text_input("Answer", key=f"{prefix}_answer", help="The answer whose log-probability is explained.")
     chat = st.toggle("Chat template", key=f"{prefix}_chat")

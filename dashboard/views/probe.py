@@ -10,13 +10,12 @@ from typing import Any
 
 import streamlit as st
 
-from core.errors import UserError
-from core.examples import Example, demo_examples
 from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from dashboard.exports import chart_downloads
+from dashboard.question import available_examples, example_picker, use_example
 from dashboard.state import busy_note, chat_default, pair_key, report_errors, require_pair, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
@@ -28,20 +27,6 @@ DEFAULTS = {
 URL_KEYS = ("prompt", "answer", "chat", "topk", "view", "score")  # query parameters, in the order written
 VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-@st.cache_data(show_spinner=False)
-def examples() -> list[Example]:
-    """The demo forget and retain questions (a UserError, not cached, when the demo data is missing)."""
-    return demo_examples()
-
-
-def use_example(choices: list[Example], key: str) -> None:
-    """Fill the prompt and answer widgets with the picked example (runs before they are drawn)."""
-    picked = st.session_state.get(key)
-    if picked is not None:
-        st.session_state["probe_prompt"] = choices[picked].question
-        st.session_state["probe_answer"] = choices[picked].answer
 
 
 def url_params() -> dict[str, str]:
@@ -95,9 +80,8 @@ def write_url(inputs: dict[str, Any], scored: bool) -> None:
 
 def example_pickers() -> None:
     """The demo questions: a few one-click pills per split, and a picker with all of them."""
-    try:
-        choices = examples()
-    except UserError:
+    choices = available_examples()
+    if not choices:
         return
     for split in ("forget", "retain"):
         indices = [i for i, example in enumerate(choices) if example.split == split][:EXAMPLE_PILLS]
@@ -107,18 +91,9 @@ def example_pickers() -> None:
             format_func=lambda i: choices[i].pill,
             key=f"probe_pill_{split}",
             on_change=use_example,
-            args=(choices, f"probe_pill_{split}"),
+            args=("probe", choices, f"probe_pill_{split}"),
         )
-    st.selectbox(
-        "Example from the demo forget / retain sets",
-        range(len(choices)),
-        index=None,
-        format_func=lambda i: choices[i].label,
-        placeholder="Pick a question to fill in the prompt and answer…",
-        key="probe_example",
-        on_change=use_example,
-        args=(choices, "probe_example"),
-    )
+    example_picker("probe", choices)
 
 
 def draw_inputs() -> None:
