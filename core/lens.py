@@ -24,7 +24,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from core.data import load_qa_dataset
 from core.errors import UserError
+from core.examples import Example, demo_examples
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 from core.probe import collate, encode
 
@@ -497,28 +499,24 @@ VIEWS = ("logit", "drift", "weights")
 
 
 def drift_sets(
-    files: Mapping[str, str | None], limit: int, demo: Sequence[Any] | None = None
+    files: Mapping[str, str | None], limit: int, demo: Sequence[Example] | None = None
 ) -> dict[str, list[tuple[str, str]]]:
     """The first `limit` (question, answer) items of the forget and retain sets: from the file named for a set, else
-    from `demo` (examples with .split, .question, .answer; the demo's own sets when None)."""
-    from core.data import load_qa_dataset
-
+    from `demo` (the demo's own examples when None)."""
     if limit < 1:
         raise UserError("the number of items per set must be at least 1")
+    paths = {name: (files.get(name) or "").strip() for name in DRIFT_SETS}
+    if demo is None and not all(paths.values()):
+        try:
+            demo = demo_examples()
+        except UserError:
+            demo = []
     sets = {}
-    for name in DRIFT_SETS:
-        path = (files.get(name) or "").strip()
+    for name, path in paths.items():
         if path:
             items = [(item.question, item.answer) for item in load_qa_dataset(path, split=name)]
         else:
-            if demo is None:
-                from core.examples import demo_examples
-
-                try:
-                    demo = demo_examples()
-                except UserError:
-                    demo = []
-            items = [(e.question, e.answer) for e in demo if e.split == name]
+            items = [(e.question, e.answer) for e in demo or [] if e.split == name]
             if not items:
                 raise UserError(f"the demo {name} set is missing: name a {name} file")
         sets[name] = items[:limit]
