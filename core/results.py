@@ -21,7 +21,7 @@ from core.errors import UserError
 from core.ingest import IngestResult, forget_truth_ratios
 from core.uploads import store_files
 
-EXAMPLE_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "open-unlearning-eval"
+EXAMPLE_RESULTS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "open-unlearning-eval"
 OUR_RESULT_HOMES = ("demo", "evals")  # folders of the cache home holding our runs and our evaluation outputs
 RESULT_UPLOAD = re.compile(r"^\w+_(EVAL|SUMMARY)\.json$")
 _FINGERPRINT_SUFFIXES = {".json", ".csv"}

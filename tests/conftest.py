@@ -12,7 +12,6 @@ import torch
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -33,12 +33,12 @@ from core.highlight import default_scale, legend_html, token_html
 from core.ingest import ingest
 from core.models import ModelPair
 from core.probe import GenerationSettings, ProbeRequest, generate, score
-from core.results import Point, split_bar_metrics, store_result_uploads
+from core.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
 from dashboard import state
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
-REAL = ROOT.parent / "shared" / "data" / "real" / "open-unlearning-eval"
+REAL = EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 FULL, RETAIN90 = "tofu_Llama-3.2-1B-Instruct_full", "tofu_Llama-3.2-1B-Instruct_retain90"
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 GRADDIFF = "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"

@@ -23,7 +23,7 @@ from core.data import (
 from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TOFU = REPO.parent / "shared" / "data" / "real" / "tofu-dataset"
+TOFU = REPO / "tests" / "fixtures" / "real" / "tofu-dataset"  # real TOFU files (README there)
 GENERATOR = REPO / "assets" / "make_demo_data.py"
 PEOPLE_SPLITS = ("forget", "retain", "holdout")
 DEMO_FILES = ("forget.jsonl", "retain.jsonl", "holdout.jsonl", "world_facts.jsonl", "idk.jsonl")
@@ -325,10 +325,7 @@ def test_split_folder_reports_the_bad_file(tmp_path):
 
 # --- the real TOFU files ----------------------------------------------------------------------------------------
 
-needs_tofu = pytest.mark.skipif(not TOFU.is_dir(), reason=f"the shared TOFU copy is not at {TOFU}")
 
-
-@needs_tofu
 @pytest.mark.parametrize(
     ("file", "count", "n_perturbed", "paraphrased"),
     [
@@ -353,7 +350,6 @@ def test_real_tofu_files_load(file, count, n_perturbed, paraphrased):
     assert (dataset.items[0].question, dataset.items[0].answer) == (reference["question"], reference["answer"])
 
 
-@needs_tofu
 def test_real_tofu_json_lines_named_json_and_plain_text_jsonl():
     assert (TOFU / "world_facts_perturbed.json").read_text(encoding="utf-8").count("\n") >= 116  # JSON Lines
     refusals = load_lines(TOFU / "idontknow.jsonl")

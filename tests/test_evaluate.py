@@ -39,6 +39,7 @@ from core.evaluate import (
 from core.ingest import ingest
 from core.models import ModelSpec, load_tokenizer
 from core.probe import encode
+from core.results import EXAMPLE_RESULTS
 
 EPS = 1e-10
 TOL = 1e-5
@@ -579,7 +580,7 @@ def test_demo_specs_are_named_after_the_demo_model_not_its_cache_folder(run_dir,
     assert agg(result, "forget_quality", "target") == 1.0
 
 
-REAL_OU = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "open-unlearning-eval"
+REAL_OU = EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 
 
 def test_derived_metrics_reproduce_open_unlearning_stored_values() -> None:

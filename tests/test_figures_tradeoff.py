@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,8 @@ from sklearn.metrics import roc_curve
 from core import figures
 from core.errors import UserError
 from core.ingest import SUMMARY_COLUMNS, IngestResult, ingest
+from core.results import EXAMPLE_RESULTS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 FULL = "tofu_Llama-3.2-1B-Instruct_full"
 RETAIN90 = "tofu_Llama-3.2-1B-Instruct_retain90"
 X, Y = "forget_Q_A_Prob", "model_utility"  # lower is better on x, higher on y
@@ -23,14 +22,11 @@ X, Y = "forget_Q_A_Prob", "model_utility"  # lower is better on x, higher on y
 
 @pytest.fixture(scope="module")
 def real_tofu() -> IngestResult:
-    if not REAL.is_dir():
-        pytest.fail(f"real data folder {REAL} is missing: the repository's parent folder must hold shared/data/real")
-    folder = REAL / "open-unlearning-eval"
-    return ingest([folder / FULL, folder / RETAIN90])
+    return ingest([EXAMPLE_RESULTS / FULL, EXAMPLE_RESULTS / RETAIN90])
 
 
 def stored_eval(run: str) -> dict:
-    path = REAL / "open-unlearning-eval" / run
+    path = EXAMPLE_RESULTS / run
     return json.loads(next(path.rglob("TOFU_EVAL.json")).read_text())
 
 

@@ -31,8 +31,10 @@ from core.ingest import (
     run_ingest,
     write_open_unlearning,
 )
+from core.results import EXAMPLE_RESULTS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # TOFU data and legacy logs (README there)
+EXAMPLES = EXAMPLE_RESULTS.parent  # open-unlearning outputs, the app's example results (assets/examples/README.md)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ingest"
 OU = "open-unlearning-eval"
 FULL = f"{OU}/tofu_Llama-3.2-1B-Instruct_full"
@@ -45,7 +47,7 @@ OU_EVALS = [
 ]
 LEGACY_FULL = "tofu-legacy-eval/eval_llama2-7b_full_wd0.01"
 LEGACY_RETAIN90 = "tofu-legacy-eval/eval_llama2-7b_retain90_wd0.01"
-DATASET_SIZES = {  # from shared/data/real/README.md
+DATASET_SIZES = {  # from tests/fixtures/real/README.md
     "forget01_perturbed.json": 40,
     "forget10_perturbed.json": 400,
     "retain_perturbed.json": 400,
@@ -61,14 +63,12 @@ LEGACY = FIXTURES / "legacy/grad_ascent_1e-05_forget10_5/checkpoint-25/eval_resu
 
 @pytest.fixture(scope="module")
 def real() -> Path:
-    if not REAL.is_dir():
-        pytest.fail(f"real data folder {REAL} is missing: the repository's parent folder must hold shared/data/real")
     return REAL
 
 
 @pytest.fixture(scope="module")
 def real_result(real: Path) -> IngestResult:
-    return ingest([real])
+    return ingest([real, EXAMPLE_RESULTS])
 
 
 def load(path: Path) -> Any:
@@ -120,9 +120,10 @@ def same(value: float, stored: Any) -> bool:
 
 
 def test_every_real_file_is_read(real: Path, real_result: IngestResult) -> None:
-    every_file = {path for path in real.rglob("*") if path.is_file()}
+    every_file = {path for root in (real, EXAMPLE_RESULTS) for path in root.rglob("*") if path.is_file()}
     datasets = set((real / "tofu-dataset").iterdir())
-    assert {Path(name) for name in real_result.files} | datasets | {real / "README.md"} == every_file
+    provenance = {real / "README.md", real / "LICENSE"}
+    assert {Path(name) for name in real_result.files} | datasets | provenance == every_file
     assert not real_result.warnings
     for path in datasets:
         records = read_records(path)
@@ -133,7 +134,7 @@ def test_every_real_file_is_read(real: Path, real_result: IngestResult) -> None:
 
 @pytest.mark.parametrize("relative", OU_EVALS)
 def test_open_unlearning_eval_numbers_equal_stored(real: Path, relative: str) -> None:
-    path = real / relative
+    path = EXAMPLES / relative
     result = ingest([path])
     data = load(path)
     expected = [pair for name, entry in data.items() for pair in stored_numbers(entry, name)]
@@ -154,9 +155,9 @@ def test_open_unlearning_eval_numbers_equal_stored(real: Path, relative: str) ->
 
 @pytest.mark.parametrize("relative", [path.replace("EVAL", "SUMMARY") for path in OU_EVALS])
 def test_summary_files_equal_stored_alone_and_beside_their_eval(real: Path, relative: str) -> None:
-    stored = load(real / relative)
-    alone = ingest([real / relative]).summary
-    together = ingest([(real / relative).parent]).summary
+    stored = load(EXAMPLES / relative)
+    alone = ingest([EXAMPLES / relative]).summary
+    together = ingest([(EXAMPLES / relative).parent]).summary
     assert len(alone) == len(stored)
     for metric, value in stored.items():
         assert single_value(alone, metric=metric) == value
@@ -232,13 +233,13 @@ def test_legacy_logs_items_equal_stored_and_aggregates_follow_tofu(real: Path, r
 
 
 def test_forget_quality_recomputed_from_full_vs_retain90_equals_stored(real: Path, tmp_path: Path) -> None:
-    stored = load(real / FULL / "evals_forget10/TOFU_EVAL.json")
+    stored = load(EXAMPLES / FULL / "evals_forget10/TOFU_EVAL.json")
     expected = stored["forget_quality"]["agg_value"]
     stored["forget_quality"]["agg_value"] = None  # as a run evaluated without retain logs would have it
     run = tmp_path / "tofu_Llama-3.2-1B-Instruct_full" / "evals"
     run.mkdir(parents=True)
     (run / "TOFU_EVAL.json").write_text(json.dumps(stored))
-    result = ingest([run], oracle=real / RETAIN90)
+    result = ingest([run], oracle=EXAMPLES / RETAIN90)
     assert single_value(result.summary, model="tofu_Llama-3.2-1B-Instruct_full", metric="forget_quality") == (
         pytest.approx(expected, rel=1e-9)
     )
@@ -247,9 +248,9 @@ def test_forget_quality_recomputed_from_full_vs_retain90_equals_stored(real: Pat
 
 
 def test_stored_forget_quality_is_kept_when_an_oracle_is_given(real: Path) -> None:
-    result = ingest([real / FULL], oracle=real / RETAIN90)
+    result = ingest([EXAMPLES / FULL], oracle=EXAMPLES / RETAIN90)
     row = lookup(result.summary, model="tofu_Llama-3.2-1B-Instruct_full", metric="forget_quality")
-    assert row["value"].tolist() == [load(real / FULL / "evals_forget10/TOFU_SUMMARY.json")["forget_quality"]]
+    assert row["value"].tolist() == [load(EXAMPLES / FULL / "evals_forget10/TOFU_SUMMARY.json")["forget_quality"]]
     assert row["source"].iloc[0].endswith("TOFU_EVAL.json")
 
 
@@ -280,14 +281,14 @@ def test_oracle_fills_forget_quality_for_each_checkpoint() -> None:
 
 
 def test_forget_quality_refuses_forget_sets_of_different_size(real: Path) -> None:
-    result = ingest([RUN / "evals"], oracle=real / RETAIN90)
+    result = ingest([RUN / "evals"], oracle=EXAMPLES / RETAIN90)
     assert lookup(result.summary, model=RUN.name, metric="forget_quality")["value"].isna().all()
     assert any("4 forget items vs the oracle's 400" in w.message for w in result.warnings)
 
 
 def test_oracle_without_truth_ratios_is_a_user_error(real: Path) -> None:
     with pytest.raises(UserError, match="no per-item forget truth ratios"):
-        ingest([RUN], oracle=real / f"{OU}/muse_Llama-2-7b-hf_News_retrain")
+        ingest([RUN], oracle=EXAMPLES / f"{OU}/muse_Llama-2-7b-hf_News_retrain")
 
 
 # ------------------------------------------------------------------------------------------ layout fixtures
@@ -436,7 +437,7 @@ def test_ingest_result_json_round_trip(real_result: IngestResult, tmp_path: Path
 
 @pytest.mark.parametrize("relative", OU_EVALS)
 def test_writer_reproduces_real_files_from_their_ingested_rows(real: Path, relative: str, tmp_path: Path) -> None:
-    original = real / relative
+    original = EXAMPLES / relative
     benchmark = original.name.split("_")[0]
     stored_summary = load(original.with_name(f"{benchmark}_SUMMARY.json"))
     eval_path, summary_path = write_open_unlearning(ingest([original]), tmp_path, benchmark, stored_summary)

@@ -13,8 +13,10 @@ from scipy import stats
 
 from core import metrics
 from core.errors import UserError
+from core.results import EXAMPLE_RESULTS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # real TOFU data (README there)
+EXAMPLES = EXAMPLE_RESULTS.parent  # real open-unlearning outputs (assets/examples/README.md)
 OU = "open-unlearning-eval"
 TOFU_RUNS = {
     "full": f"{OU}/tofu_Llama-3.2-1B-Instruct_full/evals_forget10/TOFU_EVAL.json",
@@ -34,19 +36,17 @@ TR_SETS = {  # truth-ratio metric -> (true-answer metric, wrong-answers metric)
 
 @pytest.fixture(scope="module")
 def real() -> Path:
-    if not REAL.is_dir():
-        pytest.fail(f"real data folder {REAL} is missing: the repository's parent folder must hold shared/data/real")
     return REAL
 
 
 @pytest.fixture(scope="module")
 def tofu(real: Path) -> dict[str, dict]:
-    return {name: json.loads((real / path).read_text()) for name, path in TOFU_RUNS.items()}
+    return {name: json.loads((EXAMPLES / path).read_text()) for name, path in TOFU_RUNS.items()}
 
 
 @pytest.fixture(scope="module")
 def muse(real: Path) -> dict[str, dict]:
-    return {name: json.loads((real / path).read_text()) for name, path in MUSE_RUNS.items()}
+    return {name: json.loads((EXAMPLES / path).read_text()) for name, path in MUSE_RUNS.items()}
 
 
 def field(log: dict, metric: str, name: str) -> np.ndarray:

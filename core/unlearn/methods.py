@@ -1,6 +1,6 @@
 """Unlearning methods, each a loss over a forget batch (and a retain batch), in one registry keyed by name.
 
-The formulas are those of shared/reference/unlearning-metrics.md. Plain NLL terms (GradAscent, GradDiff, retain
+The formulas are those of docs/METRICS.md. Plain NLL terms (GradAscent, GradDiff, retain
 terms, fine-tuning) are the token mean over the batch's answer tokens, as open-unlearning's HF loss is; NPO and IdK
 use the summed log-probability of each answer, SimNPO its per-token average, each then averaged over the items.
 Adding a method is adding one class with `@register`.
