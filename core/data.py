@@ -4,6 +4,7 @@ plain-text line files (refusals) and split folders (forget.jsonl, retain.jsonl, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.limits import MAX_QA_FILE_BYTES, MAX_TEXT_CHARS, check_file_size, loads, nesting_error
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,13 @@ class QADataset:
     @classmethod
     def from_json(cls, text: str, source: str = "<dataset JSON>") -> QADataset:
         try:
-            data = json.loads(text)
+            data = loads(text, source)
         except json.JSONDecodeError as exc:
             raise UserError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-        return cls.from_dict(data, source=source)
+        try:
+            return cls.from_dict(data, source=source)
+        except RecursionError:
+            raise nesting_error(source) from None
 
 
 @dataclass
@@ -121,6 +126,13 @@ def load_qa_dataset(path: str | Path, *, split: str | None = None, name: str | N
     `split` labels the set (default: the file name's stem) and picks the split of a saved DatasetDict.
     """
     path = _existing(path)
+    try:
+        return _load_qa(path, split, name)
+    except RecursionError:  # nesting that json read but validation (a recursive walk) cannot
+        raise nesting_error(str(path)) from None
+
+
+def _load_qa(path: Path, split: str | None, name: str | None) -> QADataset:
     if path.is_dir():
         if not _is_hf_folder(path):
             raise UserError(
@@ -211,8 +223,9 @@ def _split_source(folder: Path, split: str) -> Path | None:
 
 
 def _read_text(path: Path) -> str:
-    """The file as UTF-8 text (a leading BOM dropped); an error names the first offending byte."""
-    data = path.read_bytes()
+    """The file as UTF-8 text (a leading BOM dropped); an error names the first offending byte. A file over
+    MAX_QA_FILE_BYTES is refused unread."""
+    data = _read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -222,6 +235,14 @@ def _read_text(path: Path) -> str:
             "re-save the file as UTF-8"
         ) from None
     return text.removeprefix("\ufeff")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        check_file_size(path, MAX_QA_FILE_BYTES, "QA set file")
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def _file_records(path: Path, split: str) -> Records:
@@ -243,7 +264,7 @@ def _jsonl_records(path: Path, text: str) -> Records:
         if not line.strip():
             continue
         try:
-            records.append((f"{path}:{number}", json.loads(line)))
+            records.append((f"{path}:{number}", loads(line, f"{path}:{number}")))
         except json.JSONDecodeError as exc:
             hint = "" if records else "; a file of one plain string per line (like refusals) is not a QA set"
             raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}){hint}") from None
@@ -255,7 +276,7 @@ def _json_records(path: Path, text: str, split: str) -> Records:
     if not text.strip():
         return []
     try:
-        data = json.loads(text)
+        data = loads(text, str(path))
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return _jsonl_records(path, text)
@@ -274,20 +295,24 @@ def _json_records(path: Path, text: str, split: str) -> Records:
 
 
 def _csv_records(path: Path, text: str) -> Records:
-    """Rows of a CSV with a header; empty cells count as absent and perturbed_answer is a JSON list in its cell."""
+    """Rows of a CSV with a header; empty cells count as absent and perturbed_answer is a JSON list in its cell.
+    A row with more or fewer cells than the header is an error naming its line (pandas would silently take an
+    extra first cell as the row's index and shift every field)."""
     if not text.strip():
         return []
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable CSV file ({exc})") from None
+    header, rows = _csv_rows(path, text)
     records = []
-    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
+    for number, (line, cells) in enumerate(rows, start=1):
         where = f"{path}, row {number}"
-        record = {key: value for key, value in row.items() if value != ""}
+        if len(cells) != len(header):
+            raise UserError(
+                f"{path}, line {line} (row {number}): {len(cells)} cells, but the header has {len(header)} columns "
+                f"({_names(header)}); quote cells that hold commas"
+            )
+        record = {key: value for key, value in zip(header, cells, strict=True) if value != ""}
         if isinstance(record.get("perturbed_answer"), str):
             try:
-                record["perturbed_answer"] = json.loads(record["perturbed_answer"])
+                record["perturbed_answer"] = loads(record["perturbed_answer"], where)
             except json.JSONDecodeError:
                 raise UserError(
                     f'{where}: field \'perturbed_answer\' must be a JSON list of strings in its cell, e.g. ["a", "b"]'
@@ -296,12 +321,37 @@ def _csv_records(path: Path, text: str) -> Records:
     return records
 
 
+def _csv_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (unnamed columns named as pandas names them) and the non-blank rows with their end lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:  # csv's own cell bound (131,072 characters) stops a huge cell or an unclosed quote from being read whole
+        rows = [(reader.line_num, cells) for cells in reader if cells]
+    except csv.Error as exc:
+        raise UserError(f"{path}, line {reader.line_num}: not a readable CSV file ({exc})") from None
+    if not rows:
+        return [], []
+    header = [name or f"Unnamed: {column}" for column, name in enumerate(rows[0][1])]
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise UserError(f"{path}, line {rows[0][0]}: the header names {', '.join(duplicates)} more than once")
+    return header, rows[1:]
+
+
+def _names(header: list[str], shown: int = 8) -> str:
+    return ", ".join(header[:shown]) + (f", … ({len(header) - shown} more)" if len(header) > shown else "")
+
+
 def _parquet_records(path: Path) -> Records:
-    try:
-        frame = pd.read_parquet(path)
+    try:  # pyarrow's ArrowInvalid and a string column's UnicodeDecodeError are ValueErrors, ArrowIOError an OSError
+        check_file_size(path, MAX_QA_FILE_BYTES, "QA set file")
+        rows = pd.read_parquet(path).to_dict(orient="records")
     except (ValueError, OSError) as exc:
-        raise UserError(f"{path}: not a readable parquet file ({exc})") from None
-    return [(f"{path}, row {number}", row) for number, row in enumerate(frame.to_dict(orient="records"), start=1)]
+        raise UserError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
+    return [(f"{path}, row {number}", row) for number, row in enumerate(rows, start=1)]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _hf_records(path: Path, split: str | None) -> tuple[str, Records]:
@@ -360,8 +410,20 @@ def _parse_item(record: Any, position: int, where: str) -> QAItem:
 def _text(values: dict[str, Any], name: str, where: str) -> str | None:
     value = values.get(name)
     if value is not None and not isinstance(value, str):
-        raise UserError(f"{where}: field '{name}' must be a string, found {type(value).__name__} {value!r}")
+        raise UserError(f"{where}: field '{name}' must be a string, found {type(value).__name__} {_short(value)}")
+    _check_length(value, f"field '{name}'", where)
     return value
+
+
+def _check_length(value: str | None, what: str, where: str) -> None:
+    """Every text is scored as a prompt or an answer: refuse one the scorers would refuse, here, with its place."""
+    if value is not None and len(value) > MAX_TEXT_CHARS:
+        raise UserError(f"{where}: {what} has {len(value):,} characters, more than the {MAX_TEXT_CHARS:,} allowed")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _index(value: Any, where: str) -> int:
@@ -370,7 +432,7 @@ def _index(value: Any, where: str) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{where}: field 'index' must be an integer, found {value!r}")
+        raise UserError(f"{where}: field 'index' must be an integer, found {_short(value)}")
     return value
 
 
@@ -381,8 +443,9 @@ def _string_list(value: Any, where: str) -> list[str]:
         if not isinstance(entry, str):
             raise UserError(
                 f"{where}: field 'perturbed_answer' must be a list of strings; entry {position} is "
-                f"{type(entry).__name__} {entry!r}"
+                f"{type(entry).__name__} {_short(entry)}"
             )
+        _check_length(entry, f"perturbed_answer entry {position}", where)
     return list(value)
 
 

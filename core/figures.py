@@ -76,6 +76,11 @@ def pareto_front(x_better: np.ndarray, y_better: np.ndarray) -> np.ndarray:
 
 def tradeoff_points(summary: pd.DataFrame, x_metric: str, y_metric: str) -> pd.DataFrame:
     """One row per (model, method, step) holding both metrics, runs in step order (final evaluation last)."""
+    if x_metric == y_metric:  # one column would become both "x" and "y": refuse rather than fail on the rename
+        names = summary.loc[summary["value"].notna(), "metric"].unique()
+        usable = [name for name in names if _direction_hint(name)]  # an axis needs a known better direction
+        hint = "pick a different metric for one axis" if len(usable) > 1 else "these results hold only one such metric"
+        raise UserError(f"both axes show {x_metric}: a tradeoff needs two different metrics ({hint})")
     _require_metrics(summary, [x_metric, y_metric])
     rows = summary[summary["metric"].isin([x_metric, y_metric])]
     wide = rows.groupby(["model", "method", "step", "metric"], dropna=False)["value"].first().unstack("metric")

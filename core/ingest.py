@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import pandas as pd
 from core import metrics
 from core.cache import atomic_write_text
 from core.errors import UserError
+from core.limits import MAX_RESULT_FILE_BYTES, check_file_size, loads, nesting_message
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +152,14 @@ class IngestResult:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> IngestResult:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "<ingest result>") -> IngestResult:
+        data = loads(text, source)
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: not an ingest result (expected an object, found {type(data).__name__})")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: not an ingest result ({type(exc).__name__}: {exc})") from None
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), self.to_json())
@@ -159,12 +167,24 @@ class IngestResult:
     @classmethod
     def load(cls, path: Path) -> IngestResult:
         try:
-            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+            return cls.from_json(read_result_text(Path(path)), str(path))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: not an ingest result ({exc.msg})") from None
+            raise UserError(f"{path}:{exc.lineno}: not an ingest result: invalid JSON ({exc.msg})") from None
 
 
 # ---------------------------------------------------------------------------------------------- plain readers
+
+
+def read_result_text(path: Path) -> str:
+    """A result file as UTF-8 text; too big, unreadable or not UTF-8 is a UserError naming the file (a file over
+    MAX_RESULT_FILE_BYTES is refused unread)."""
+    try:
+        check_file_size(path, MAX_RESULT_FILE_BYTES, "result file")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {exc.start}); re-save the file as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def read_jsonl_or_lines(path: Path) -> list[Any]:
@@ -173,14 +193,14 @@ def read_jsonl_or_lines(path: Path) -> list[Any]:
     TOFU's idontknow.jsonl is plain text despite its name; a malformed line in a real JSON Lines file is a
     UserError naming the file and line.
     """
-    lines = [(number, line) for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1)]
+    lines = [(number, line) for number, line in enumerate(read_result_text(Path(path)).splitlines(), 1)]
     lines = [(number, line.strip()) for number, line in lines if line.strip()]
     if not lines or not lines[0][1].startswith(("{", "[")):
         return [line for _, line in lines]
     records = []
     for number, line in lines:
         try:
-            records.append(json.loads(line))
+            records.append(loads(line, f"{path}:{number}"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{number}: invalid JSON Lines record ({exc.msg})") from None
     return records
@@ -188,21 +208,22 @@ def read_jsonl_or_lines(path: Path) -> list[Any]:
 
 def read_records(path: Path) -> list[Any]:
     """A JSON array (or one object) file, else JSON Lines / plain lines (TOFU ships JSON Lines named .json)."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_result_text(Path(path))
     try:
-        data = json.loads(text)
+        data = loads(text, str(path))
     except json.JSONDecodeError:
         return read_jsonl_or_lines(path)
     return data if isinstance(data, list) else [data]
 
 
 def _read_json(path: Path, warnings: list[IngestWarning]) -> Any | None:
+    """The file's JSON, or None with a warning naming the file (and line) when it cannot be read."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads(read_result_text(path), str(path))
     except json.JSONDecodeError as exc:
         warnings.append(IngestWarning(str(path), exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-    except (OSError, UnicodeDecodeError) as exc:
-        warnings.append(IngestWarning(str(path), None, f"cannot read: {exc}"))
+    except UserError as exc:
+        warnings.append(IngestWarning(str(path), None, str(exc).removeprefix(f"{path}: ")))
     return None
 
 
@@ -415,13 +436,29 @@ def _legacy_csv_metric(column: str) -> str:
 
 
 def _read_csv_rows(path: Path, warnings: list[IngestWarning]) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            return list(reader)
-        except csv.Error as exc:
-            warnings.append(IngestWarning(str(path), reader.line_num, f"invalid CSV: {exc}"))
-            return []
+    """The rows of a legacy aggregate CSV; a file that cannot be read, or a row with more cells than the header
+    (DictReader would put them in a list under None) or fewer (a truncated file), becomes a warning naming the
+    line and no rows."""
+    try:
+        text = read_result_text(path)
+    except UserError as exc:
+        warnings.append(IngestWarning(str(path), None, str(exc).removeprefix(f"{path}: ")))
+        return []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            columns = len(row) - (None in row)
+            cells = columns + len(row.get(None, [])) - sum(value is None for value in row.values())
+            if cells != columns:
+                message = f"invalid CSV: {cells} cells, but the header has {columns}"
+                warnings.append(IngestWarning(str(path), reader.line_num, message))
+                return []
+            rows.append(row)
+    except csv.Error as exc:
+        warnings.append(IngestWarning(str(path), reader.line_num, f"invalid CSV: {exc}"))
+        return []
+    return rows
 
 
 def _read_legacy_csv_row(sink: _Sink, row: Mapping[str, str], source: str) -> None:
@@ -502,15 +539,24 @@ def _read_folder(folder: Path, files: list[Path], run: RunContext, method_overri
         data = _read_json(path, sink.warnings)
         if data is None:
             continue
-        if kind == "EVAL":
-            _read_ou_eval(sink, bench, data, str(path))
-        elif kind == "SUMMARY":
-            _read_ou_summary(sink, bench, data, str(path))
-        else:
-            _merge_legacy(legacy, path, data, sink.warnings)
+        try:
+            _read_result_data(sink, legacy, path, kind, bench, data)
+        except RecursionError:  # json read it, but the nested metric walk is deeper than the stack allows
+            sink.warnings.append(IngestWarning(str(path), None, f"{nesting_message()}; rows before it are kept"))
     if legacy:
         _read_legacy(sink, legacy)
     return [sink, *extra]
+
+
+def _read_result_data(
+    sink: _Sink, legacy: dict[str, tuple[Mapping[str, Any], str]], path: Path, kind: str, bench: str, data: Any
+) -> None:
+    if kind == "EVAL":
+        _read_ou_eval(sink, bench, data, str(path))
+    elif kind == "SUMMARY":
+        _read_ou_summary(sink, bench, data, str(path))
+    else:
+        _merge_legacy(legacy, path, data, sink.warnings)
 
 
 def _merge_legacy(

@@ -152,3 +152,11 @@ def test_st_rerun_in_a_page_passes_through(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(calls) >= 2  # the rerun happened: the page ran again
     assert not at.exception and not errors(at)
     assert [title.value for title in at.title] == ["Tradeoffs"]
+
+
+def test_results_with_one_metric_are_a_message_on_the_tradeoffs_page() -> None:
+    at = tradeoffs(open_app())
+    at.file_uploader[0].set_value(("TOFU_SUMMARY.json", b'{"forget_Q_A_Prob": 0.3}', "application/json"))
+    next(b for b in at.button if b.label == "Load results").click().run()
+    assert not at.exception
+    assert any("a tradeoff needs two different metrics" in text for text in errors(at)), errors(at)
