@@ -7,9 +7,11 @@ that backbone once: each side is the backbone with its adapter switched on, or w
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -36,6 +38,29 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+# Operator opt-ins, read from the environment of whoever starts the server (never from a browser).
+TRUST_REMOTE_CODE_ENV = "ULENS_TRUST_REMOTE_CODE"
+ALLOW_PICKLE_ENV = "ULENS_ALLOW_PICKLE"
+SKIP_MEMORY_CHECK_ENV = "ULENS_SKIP_MEMORY_CHECK"
+_TRUE = {"1", "true", "yes", "on"}
+MEMORY_MARGIN = 1.2  # weights × this, for the loader's temporary copies and the first passes' activations
+MEMORY_HEADROOM = 256 * 2**20  # plus this much for the tokenizer, the app and the allocator's slack
+WAIT_POLL_S = 1.0  # how often a waiting caller is called back (a Streamlit rerun can stop the wait in between)
+WaitCallback = Callable[[str | None, bool], None]
+_JOB: contextvars.ContextVar[tuple[str | None, WaitCallback | None]] = contextvars.ContextVar(
+    "ulens_model_job", default=(None, None)
+)
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is set to 1 / true / yes / on."""
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def operator_opt_ins() -> dict[str, bool]:
+    """ModelSpec's opt-ins for remote code and pickle weights as the environment sets them: a server takes them
+    from whoever started it, so nobody who merely reaches its page can switch them on."""
+    return {"trust_remote_code": env_flag(TRUST_REMOTE_CODE_ENV), "allow_unsafe_weights": env_flag(ALLOW_PICKLE_ENV)}
 
 
 @dataclass(frozen=True)
@@ -128,6 +153,8 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     path = Path(spec.source).expanduser()
     if spec.adapter and not (Path(spec.adapter).expanduser() / "adapter_config.json").is_file():
         raise UserError(f"adapter folder not found or has no adapter_config.json: {spec.adapter}")
+    if spec.adapter:
+        check_adapter_weights(Path(spec.adapter).expanduser(), spec.allow_unsafe_weights)
     if path.is_file() and path.suffix == ".gguf":
         return replace(spec, source=str(path.parent), gguf_file=path.name)
     if path.is_dir():
@@ -154,6 +181,19 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def check_adapter_weights(folder: Path, allow_unsafe_weights: bool) -> None:
+    """Refuse an adapter whose only weights are pickle (adapter_model.bin) unless pickle weights are opted in:
+    PEFT would unpickle it, and unpickling can run code, the same rule as for a model's .bin weights."""
+    if allow_unsafe_weights or (folder / "adapter_model.safetensors").is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise UserError(
+            f"adapter {folder} has only pickle weights (adapter_model.bin, no adapter_model.safetensors). Loading "
+            "pickle weights can run code; whoever starts the server opts in with ULENS_ALLOW_PICKLE=1 (CLI: "
+            "--allow-unsafe-weights), only for an adapter they trust."
+        )
+
+
 @functools.lru_cache(maxsize=1)
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick connect to the hub endpoint, so an offline machine gets an answer in seconds, not after retries."""
@@ -173,8 +213,8 @@ def _hub_error(spec: ModelSpec, exc: Exception) -> UserError:
     text = str(exc)
     if "safetensors" in text.lower() and not spec.allow_unsafe_weights:
         return UserError(
-            f"{spec.source} has no safetensors weights. Loading pickle (.bin) weights can run code; "
-            "opt in with allow_unsafe_weights (CLI: --allow-unsafe-weights) only for a source you trust."
+            f"{spec.source} has no safetensors weights. Loading pickle (.bin) weights can run code; whoever starts "
+            "the server opts in with ULENS_ALLOW_PICKLE=1 (CLI: --allow-unsafe-weights), only for a source they trust."
         )
     if Path(spec.source).exists():
         return UserError(f"could not load the model in {spec.source}: {text.splitlines()[0] if text else exc}")
@@ -222,6 +262,117 @@ def load_backbone(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     return model
 
 
+_SAFETENSORS_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # cast to the load dtype
+_SAFETENSORS_OTHER = {"I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a header
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The weight files a folder's model loads: those of the shard index, else model.safetensors."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _safetensors_bytes(folder: Path, dtype: torch.dtype) -> int | None:
+    """Bytes of a folder's safetensors weights once loaded in `dtype`, from the files' headers alone (no weights
+    are read): floating tensors are cast to `dtype`, others keep their size. None without safetensors files."""
+    files = _safetensors_files(folder)
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= _MAX_HEADER:
+                raise ValueError(f"{path} has no readable safetensors header")
+            header = json.loads(handle.read(length))
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            count = functools.reduce(lambda a, b: a * b, tensor["shape"], 1)
+            code = tensor["dtype"]
+            total += count * (dtype.itemsize if code in _SAFETENSORS_FLOATING else _SAFETENSORS_OTHER.get(code, 4))
+    return total
+
+
+def _config_bytes(spec: ModelSpec, dtype: torch.dtype) -> int:
+    """Parameter count × dtype size of the model the spec's config describes, built on the meta device (no
+    memory); for GGUF files (quantised on disk, dense once loaded), pickle-only folders and hub ids."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(
+        spec.source, revision=spec.revision, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+    return sum(p.numel() for p in model.parameters()) * dtype.itemsize
+
+
+def estimate_weight_bytes(spec: ModelSpec, dtype: torch.dtype) -> int | None:
+    """Bytes a resolved spec's backbone takes once loaded in `dtype`; None when it cannot be told."""
+    folder = Path(spec.source)
+    try:
+        if folder.is_dir() and not spec.gguf_file:
+            found = _safetensors_bytes(folder, dtype)
+            if found is not None:
+                return found
+        return _config_bytes(spec, dtype)
+    except Exception:  # an estimate only: a folder the loader cannot read either is reported by the loader
+        log.warning("could not estimate the size of %s; loading it without a memory check", spec.label())
+        return None
+
+
+def estimate_pair_bytes(specs: dict[str, ModelSpec], dtype: torch.dtype) -> int | None:
+    """Bytes a pair's weights take once loaded: each backbone once (two sides on one backbone share it), plus
+    each adapter's weight file. None when a backbone's size cannot be told."""
+    total = 0
+    for spec in {spec.backbone_key(): spec for spec in specs.values()}.values():
+        size = estimate_weight_bytes(spec, dtype)
+        if size is None:
+            return None
+        total += size
+    for adapter in {spec.adapter for spec in specs.values() if spec.adapter}:
+        total += sum(path.stat().st_size for path in Path(adapter).expanduser().glob("adapter_model.*"))
+    return total
+
+
+def available_memory(device: torch.device, spread: bool = False) -> int:
+    """Bytes free for weights on `device`: free GPU memory on CUDA (all GPUs plus RAM when `spread` over them by
+    a device map), available RAM otherwise (CPU, and MPS, whose memory is the system's)."""
+    import psutil
+
+    ram = psutil.virtual_memory().available
+    if device.type != "cuda":
+        return ram
+    if spread:
+        return ram + sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def _size(count: float) -> str:
+    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
+
+
+def check_memory(specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a pair whose weights will not fit, before loading any: on a CPU the allocator raises RuntimeError
+    (not MemoryError) or the kernel's OOM killer ends the whole server, so running out must not be tried."""
+    need = estimate_pair_bytes(specs, dtype)
+    if need is None:
+        return
+    free = available_memory(device, spread=bool(specs["base"].device_map))
+    if need * MEMORY_MARGIN + MEMORY_HEADROOM > free:
+        where = "GPU memory" if device.type == "cuda" else "memory"
+        raise UserError(
+            f"the pair needs about {_size(need)} for its weights in {str(dtype).replace('torch.', '')} (plus "
+            f"{_size(need * (MEMORY_MARGIN - 1) + MEMORY_HEADROOM)} to run), but only {_size(free)} of {where} "
+            f"is available on {device}. Choose bfloat16, a smaller model, or two adapters on one base (loaded "
+            f"once); an operator who knows it fits sets {SKIP_MEMORY_CHECK_ENV}=1 (CLI: --skip-memory-check)."
+        )
+
+
 def describe_tokenizer_difference(a: Any, b: Any) -> str | None:
     """None when two tokenizers agree on vocabulary and special tokens, else a sentence saying what differs."""
     problems = []
@@ -240,18 +391,89 @@ def describe_tokenizer_difference(a: Any, b: Any) -> str | None:
     return "; ".join(problems) or None
 
 
+@contextlib.contextmanager
+def model_job(label: str, on_wait: WaitCallback | None = None) -> Iterator[None]:
+    """Name the work this thread does on pairs inside the block (e.g. "attribution"), so that another caller
+    blocked on the same side can say what it waits for; and, while a side is busy with someone else's job,
+    call `on_wait(holder, True)` right away and every WAIT_POLL_S (holder: the other job's label, or None), then
+    `on_wait(holder, False)` once the side is free. Every `pair.use` / `pair.joint` inside takes these."""
+    token = _JOB.set((label, on_wait))
+    try:
+        yield
+    finally:
+        _JOB.reset(token)
+
+
+class JobLock:
+    """A re-entrant lock that remembers the label of the job holding it, so a waiting caller can say what it waits
+    for instead of hanging silently. `with lock:` works as with an RLock (an unnamed job)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # re-entries by the owning thread; only the owner writes it
+        self.holder: str | None = None  # the outermost job's label while held (a str write is atomic)
+
+    def acquire(self, job: str | None = None, on_wait: WaitCallback | None = None) -> None:
+        """Take the lock; while another thread holds it, call `on_wait` (see `model_job`). An exception from
+        `on_wait` (a Streamlit rerun, say) ends the wait without the lock."""
+        if not self._lock.acquire(blocking=False):
+            if on_wait is None:
+                self._lock.acquire()
+            else:
+                while True:
+                    holder = self.holder  # read before the wait: the note names the job that made us wait
+                    on_wait(holder, True)
+                    if self._lock.acquire(timeout=WAIT_POLL_S):
+                        break
+                try:
+                    on_wait(holder, False)
+                except BaseException:
+                    self._lock.release()
+                    raise
+        self._depth += 1
+        if self._depth == 1:
+            self.holder = job
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.holder = None
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def hold(self, job: str | None = None, on_wait: WaitCallback | None = None) -> Iterator[None]:
+        self.acquire(job, on_wait)
+        try:
+            yield
+        finally:
+            self.release()
+
+    def __enter__(self) -> JobLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _job(job: str | None, on_wait: WaitCallback | None) -> tuple[str | None, WaitCallback | None]:
+    """Explicit arguments, else what the enclosing `model_job` set."""
+    current_job, current_on_wait = _JOB.get()
+    return job or current_job, on_wait or current_on_wait
+
+
 class _Side:
     """One side of a pair: a model, the lock that guards it, and how to switch its adapter on."""
 
-    def __init__(self, model: torch.nn.Module, lock: threading.RLock, adapter: str | None, peft: bool) -> None:
+    def __init__(self, model: torch.nn.Module, lock: JobLock, adapter: str | None, peft: bool) -> None:
         self.model = model
         self.lock = lock
         self.adapter = adapter
         self.peft = peft
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[torch.nn.Module]:
-        with self.lock:
+    def active(self, job: str | None = None, on_wait: WaitCallback | None = None) -> Iterator[torch.nn.Module]:
+        with self.lock.hold(job, on_wait):
             if not self.peft:
                 yield self.model
             elif self.adapter is None:
@@ -283,8 +505,8 @@ class ModelPair:
     @classmethod
     def from_models(cls, base: torch.nn.Module, unlearned: torch.nn.Module, tokenizer: Any) -> ModelPair:
         """Wrap already loaded models (tests, notebooks). The same object twice shares one lock."""
-        base_lock = threading.RLock()
-        unlearned_lock = base_lock if unlearned is base else threading.RLock()
+        base_lock = JobLock()
+        unlearned_lock = base_lock if unlearned is base else JobLock()
         for model in (base, unlearned):
             model.eval()
             model.requires_grad_(False)
@@ -297,12 +519,22 @@ class ModelPair:
         )
 
     @classmethod
-    def load(cls, base: ModelSpec, unlearned: ModelSpec, progress: Callable[[str], None] | None = None) -> ModelPair:
-        """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow."""
+    def load(
+        cls,
+        base: ModelSpec,
+        unlearned: ModelSpec,
+        progress: Callable[[str], None] | None = None,
+        memory_check: bool | None = None,
+    ) -> ModelPair:
+        """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow.
+        First refuse a pair that will not fit in memory (`memory_check`; default: unless the environment sets
+        ULENS_SKIP_MEMORY_CHECK)."""
         say = progress or (lambda message: log.info(message))
         specs = {"base": resolve_spec(base), "unlearned": resolve_spec(unlearned)}
         device = resolve_device(specs["base"].device)
         dtype = resolve_dtype(specs["base"].dtype, device)
+        if memory_check if memory_check is not None else not env_flag(SKIP_MEMORY_CHECK_ENV):
+            check_memory(specs, device, dtype)
         say(f"loading tokenizer of {specs['base'].label()}")
         tokenizer = load_tokenizer(specs["base"])
         if specs["unlearned"].backbone_key() != specs["base"].backbone_key():
@@ -311,13 +543,13 @@ class ModelPair:
             if difference:
                 raise UserError(f"the two models do not share a tokenizer, so tokens cannot be compared: {difference}")
         sides: dict[str, _Side] = {}
-        backbones: dict[tuple[Any, ...], tuple[torch.nn.Module, threading.RLock]] = {}
+        backbones: dict[tuple[Any, ...], tuple[torch.nn.Module, JobLock]] = {}
         for name in SIDES:
             spec = specs[name]
             key = spec.backbone_key()
             if key not in backbones:
                 say(f"loading {name} model {spec.label()}")
-                backbones[key] = (load_backbone(spec, device, dtype), threading.RLock())
+                backbones[key] = (load_backbone(spec, device, dtype), JobLock())
         for key, (model, lock) in backbones.items():
             users = [name for name in SIDES if specs[name].backbone_key() == key]
             adapters = {name: specs[name].adapter for name in users}
@@ -332,23 +564,32 @@ class ModelPair:
         return cls(sides, tokenizer, device, dtype, specs)
 
     @contextlib.contextmanager
-    def use(self, side: str) -> Iterator[torch.nn.Module]:
-        """Hold the side's lock and yield its causal LM with the right adapter active."""
+    def use(self, side: str, job: str | None = None, on_wait: WaitCallback | None = None) -> Iterator[torch.nn.Module]:
+        """Hold the side's lock and yield its causal LM with the right adapter active. `job` labels the work for
+        other callers' waiting notes and `on_wait` is called while another job holds the side (see `model_job`,
+        which sets both for a whole block)."""
         if side not in self._sides:
             raise UserError(f"unknown side {side!r}; choose one of {SIDES}")
-        with self._sides[side].active() as model:
+        with self._sides[side].active(*_job(job, on_wait)) as model:
             yield model
 
+    def holder(self, side: str) -> str | None:
+        """The label of the job holding the side now (None: free, or an unnamed job)."""
+        return self._sides[side].lock.holder
+
     @contextlib.contextmanager
-    def joint(self) -> Iterator[tuple[torch.nn.Module, list[str]] | None]:
+    def joint(
+        self, job: str | None = None, on_wait: WaitCallback | None = None
+    ) -> Iterator[tuple[torch.nn.Module, list[str]] | None]:
         """Where both sides are adapters (or no adapter) on one PEFT backbone, yield that model and each side's
         adapter name for PEFT's mixed batches (`model(..., adapter_names=[...])`, "__base__" = adapters off), so
-        one forward pass serves both sides: the shared layers see both rows in one matmul. Yields None otherwise."""
+        one forward pass serves both sides: the shared layers see both rows in one matmul. Yields None otherwise.
+        `job` and `on_wait` as for `use`."""
         base, unlearned = self._sides["base"], self._sides["unlearned"]
         if not (base.peft and unlearned.peft and base.model is unlearned.model):
             yield None
             return
-        with base.lock:
+        with base.lock.hold(*_job(job, on_wait)):
             yield base.model, [side.adapter or "__base__" for side in (base, unlearned)]
 
     @property
@@ -527,6 +768,9 @@ def add_pair_arguments(parser: Any) -> None:
     parser.add_argument("--device-map-auto", action="store_true", help="spread a large model over several GPUs")
     parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the model folder")
     parser.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle .bin weights")
+    parser.add_argument(
+        "--skip-memory-check", action="store_true", help="load even when the weights look larger than free memory"
+    )
 
 
 DEFAULT_BASE, DEFAULT_UNLEARNED = "demo:target", "demo:unlearned"
@@ -545,4 +789,5 @@ def pair_from_args(args: Any, progress: Callable[[str], None] | None = None) -> 
     }
     base = ModelSpec.parse(args.base or DEFAULT_BASE, **options)
     unlearned = ModelSpec.parse(args.unlearned or DEFAULT_UNLEARNED, **options)
-    return ModelPair.load(base, unlearned, progress)
+    skip = getattr(args, "skip_memory_check", False)
+    return ModelPair.load(base, unlearned, progress, memory_check=False if skip else None)
