@@ -4,15 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
-STREAMLIT_FLAGS := --server.headless true --server.address 127.0.0.1 --server.port $(PORT) \
-	--browser.gatherUsageStats false --server.fileWatcherType none
+# Address, allowed hosts, headless, no file watcher, no usage stats: .streamlit/config.toml (plain `streamlit run` too).
+STREAMLIT_FLAGS := --server.port $(PORT)
+# Remote code and pickle weights are the operator's choice, never the browser's: `make run TRUST_REMOTE_CODE=1
+# ALLOW_PICKLE=1`, or ULENS_TRUST_REMOTE_CODE=1 / ULENS_ALLOW_PICKLE=1 in the environment (kept when not given here).
+OPT_INS := ULENS_TRUST_REMOTE_CODE="$(or $(TRUST_REMOTE_CODE),$(ULENS_TRUST_REMOTE_CODE))" \
+	ULENS_ALLOW_PICKLE="$(or $(ALLOW_PICKLE),$(ULENS_ALLOW_PICKLE))"
 
 .PHONY: run test lint format setup setup-dev chromium model bench clean
 
 # The demo experiment builds in a detached process (nothing happens when it is built); the sidebar shows its progress.
 run: setup model
 	$(BIN)/python -m core demo --background
-	$(BIN)/python -m streamlit run dashboard/app.py $(STREAMLIT_FLAGS)
+	$(OPT_INS) $(BIN)/python -m streamlit run dashboard/app.py $(STREAMLIT_FLAGS)
 
 test: setup-dev chromium model
 	$(BIN)/ruff check .

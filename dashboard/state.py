@@ -18,7 +18,18 @@ from core.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
 from core.demo import UNLEARNED as DEMO_UNLEARNED
 from core.demo import DemoExperiment, default_recipe, demo_status
 from core.errors import UserError
-from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelPair, ModelSpec
+from core.models import (
+    ALLOW_PICKLE_ENV,
+    DEFAULT_BASE,
+    DEFAULT_UNLEARNED,
+    DEMO_PREFIX,
+    TRUST_REMOTE_CODE_ENV,
+    ModelPair,
+    ModelSpec,
+    model_job,
+    operator_opt_ins,
+)
+from dashboard.plain import plain
 
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()  # two cold loads at once can exhaust memory: load in order
@@ -28,13 +39,17 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEMO_REFRESH_S = 2.0  # how often the sidebar re-reads status.json while the demo experiment builds
 MB = 2**20
 INTERIM_PAIR = ("demo:base", "demo:target")  # what a first start opens while the default unlearned model builds
+OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
+# How PyTorch's allocators say they ran out: a RuntimeError, not a MemoryError (as dashboard/app.py's boundary).
+ALLOCATOR_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def load_pair(
     base: str, unlearned: str, dtype: str, device: str, trust_remote_code: bool, allow_unsafe_weights: bool
 ) -> ModelPair:
-    """One pair per (specs, dtype, device), shared by every browser session."""
+    """One pair per (specs, dtype, device), shared by every browser session. The two opt-ins are the operator's
+    (`operator_opt_ins()`, from the environment); the sidebar never takes them from the browser."""
     options = {
         "dtype": dtype,
         "device": device,
@@ -51,9 +66,39 @@ def report_errors() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
     except (MemoryError, torch.OutOfMemoryError):
-        st.error("Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model.")
+        st.error(OUT_OF_MEMORY)
+    except RuntimeError as exc:
+        if not is_allocator_failure(exc):
+            raise
+        st.error(OUT_OF_MEMORY)
+
+
+def is_allocator_failure(exc: BaseException) -> bool:
+    """Whether `exc` is PyTorch's RuntimeError for a failed allocation."""
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in ALLOCATOR_FAILURES)
+
+
+@contextlib.contextmanager
+def shared_model_job(job: str) -> Iterator[None]:
+    """Run a block of work on the shared pair under the name `job` ("attribution", "probe", …). While another
+    session's job holds a side the block needs, a line where the result will appear says "waiting for another
+    session's <job>…" instead of the page hanging silently; the line goes when the side is free. Other sessions
+    that wait for this block see `job` in their line."""
+    slot = st.empty()
+
+    def waiting(holder: str | None, blocked: bool) -> None:
+        if blocked:
+            slot.caption(f"⏳ waiting for another session's {plain(holder or 'work on the model')}…")
+        else:
+            slot.empty()
+
+    try:
+        with model_job(job, on_wait=waiting):
+            yield
+    finally:
+        slot.empty()
 
 
 @contextlib.contextmanager
@@ -185,14 +230,14 @@ def draw_demo_status(status: dict[str, Any]) -> None:
     models = ", ".join(status.get("models") or []) or "none"
     state = status["state"]
     if state == "building":
-        st.progress(float(status["fraction"]), text=f"Building the demo experiment: {status['message']}")
-        st.caption(f"stage {status['stage']} · {status['fraction']:.0%} · ready: {models}")
+        st.progress(float(status["fraction"]), text=f"Building the demo experiment: {plain(status['message'])}")
+        st.caption(plain(f"stage {status['stage']} · {status['fraction']:.0%} · ready: {models}"))
     elif status.get("complete"):
-        st.caption(f"Demo experiment built ({status.get('recipe', '')}): {models}")
+        st.caption(plain(f"Demo experiment built ({status.get('recipe', '')}): {models}"))
     elif state in ("failed", "interrupted"):
-        st.warning(f"Demo build {state}: {status['message']}")
+        st.warning(plain(f"Demo build {state}: {status['message']}"))
     else:
-        st.caption(f"Demo experiment {state}; ready: {models}. `python -m core demo` builds the rest.")
+        st.caption(f"{plain(f'Demo experiment {state}; ready: {models}.')} `python -m core demo` builds the rest.")
 
 
 @st.fragment(run_every=DEMO_REFRESH_S)
@@ -227,20 +272,23 @@ def load_chosen(key: tuple) -> None:
             if needed:
                 status.update(label=f"Building demo model(s) {', '.join(needed)}…", expanded=True)
                 bar = st.progress(0.0, text="starting the demo build")
-                build_demo(needed, lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+                build_demo(needed, lambda fraction, message: bar.progress(min(1.0, fraction), text=plain(message)))
             load_pair(*key)
             st.session_state["pair_key"] = key
             status.update(label="Pair loaded", state="complete", expanded=False)
         except UserError as exc:
             status.update(label="Could not load the pair", state="error")
-            st.error(str(exc))
+            st.error(plain(exc))
         except (MemoryError, torch.OutOfMemoryError):
             status.update(label="Out of memory", state="error")
             st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
         except Exception as exc:  # a broken model folder must not take the app down
             log.exception("loading the pair failed")
             status.update(label="Could not load the pair", state="error")
-            st.error(f"Could not load the pair: {type(exc).__name__}: {exc}")
+            if is_allocator_failure(exc):
+                st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
+            else:
+                st.error(plain(f"Could not load the pair: {type(exc).__name__}: {exc}"))
 
 
 def interim_pair_notice() -> None:
@@ -273,6 +321,17 @@ def keep_inputs() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+def opt_ins_text(opt_ins: dict[str, bool]) -> str:
+    """The read-only sidebar line: whether model code and pickle weights may run, and who changes that (whoever
+    starts the server; a checkbox here would let anyone who reaches the page switch them on)."""
+    state = {True: "allowed", False: "off"}
+    return (
+        f"Remote model code: **{state[opt_ins['trust_remote_code']]}** · "
+        f"pickle weights: **{state[opt_ins['allow_unsafe_weights']]}**. Set when the server starts "
+        f"(`{TRUST_REMOTE_CODE_ENV}=1`, `{ALLOW_PICKLE_ENV}=1`; `make run TRUST_REMOTE_CODE=1 ALLOW_PICKLE=1`)."
+    )
+
+
 def sidebar() -> None:
     """Pick the pair (demo by default, or folders / hub ids / adapters), load it, show what is loaded and how
     much memory it takes, and the demo experiment's build progress."""
@@ -293,11 +352,18 @@ def sidebar() -> None:
             left, right = st.columns(2)
             dtype = left.selectbox("dtype", DTYPES, index=DTYPES.index(_chosen(2, "auto")))
             device = right.selectbox("device", DEVICES, index=DEVICES.index(_chosen(3, "auto")))
-            trust = st.checkbox("Trust remote code", help="Runs Python code shipped with the model. Off by default.")
-            unsafe = st.checkbox("Allow pickle weights", help="Loads .bin weights, which can run code.")
+            opt_ins = operator_opt_ins()
+            st.caption(opt_ins_text(opt_ins))
             submitted = st.form_submit_button("Load pair", type="primary")
         autoload = st.session_state.get("autoload", os.environ.get(AUTOLOAD_ENV, "1") != "0")
-        chosen = (base.strip(), unlearned.strip(), dtype, device, trust, unsafe)
+        chosen = (
+            base.strip(),
+            unlearned.strip(),
+            dtype,
+            device,
+            opt_ins["trust_remote_code"],
+            opt_ins["allow_unsafe_weights"],
+        )
         if submitted:
             st.session_state["autoload"] = False
             st.session_state.pop("interim_pair", None)
@@ -310,7 +376,7 @@ def sidebar() -> None:
         if pair is not None:
             info = pair.describe()
             st.caption(
-                f"**base** {info['base']}  \n**unlearned** {info['unlearned']}  \n"
+                f"**base** {plain(info['base'])}  \n**unlearned** {plain(info['unlearned'])}  \n"
                 f"{info['device']} · {info['dtype']}{' · one shared backbone' if info['shares_backbone'] else ''}"
             )
             st.caption(f"Memory: {memory_text(memory_usage(pair))}")
