@@ -6,7 +6,11 @@ Everything here takes and returns plain frames, paths and small dataclasses, so 
 from __future__ import annotations
 
 import html
+import logging
+import os
 import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,9 @@ from core import metrics
 from core.cache import cache_home
 from core.errors import UserError
 from core.ingest import IngestResult, forget_truth_ratios
-from core.uploads import store_files
+from core.uploads import store_files, upload_root
+
+log = logging.getLogger(__name__)
 
 EXAMPLE_RESULTS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "open-unlearning-eval"
 OUR_RESULT_HOMES = ("demo", "evals")  # folders of the cache home holding our runs and our evaluation outputs
@@ -34,22 +40,149 @@ Y_PREFERRED = ("model_utility", "retain_Q_A_Prob", "retain_knowmem_ROUGE", "reta
 FQ_MU = ("model_utility", "forget_quality")
 _MIA_ITEM = re.compile(r"^(?P<attack>mia_\w+)/(?P<split>forget|holdout)$")
 
+EXAMPLE_DATA = EXAMPLE_RESULTS.parent  # assets/examples: the project's own example data, always a data root
+DATA_ROOTS_ENV = "ULENS_DATA_ROOTS"  # more data roots, os.pathsep-separated (the operator's result folders)
+MAX_WALK_DEPTH = 8  # folders below the named one; open-unlearning's deepest layout is run/checkpoint-N/evals
+MAX_WALK_ENTRIES = 20_000  # files and folders seen; the example data has a few dozen
+MAX_WALK_SECONDS = 2.0  # a walk of a network share or a whole disk stops here instead of holding the page
+WALK_CACHE_SECONDS = 10.0  # reruns (every widget change) within this reuse the walk; results written later show up
+WALK_CACHE_ENTRIES = 64
+
+
+# ---------------------------------------------------------------------------------------------- data roots
+
+
+def data_roots() -> list[Path]:
+    """Folders a link may make the server read: the cache home, the uploads folder, the project's example data,
+    and those listed in $ULENS_DATA_ROOTS; resolved (symlinks and `..`), so a comparison with them is exact."""
+    listed = [part.strip() for part in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if part.strip()]
+    roots = [cache_home(), EXAMPLE_DATA, *(Path(part).expanduser() for part in listed)]
+    try:
+        roots.append(upload_root())
+    except UserError as exc:  # another user's folder: not one of ours to read from a link
+        log.warning("uploads are not a data root: %s", exc)
+    return [root.resolve() for root in roots]
+
+
+def inside_roots(path: str | Path) -> bool:
+    """Whether `path`, with symlinks and `..` resolved, is one of the data roots or inside one."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not a path we read from a link
+        return False
+    return any(resolved.is_relative_to(root) for root in data_roots())
+
+
+def outside_roots(paths: Sequence[str]) -> list[str]:
+    """The paths of `paths` that are outside every data root (in order)."""
+    return [path for path in paths if not inside_roots(path)]
+
+
+# ---------------------------------------------------------------------------------------------- bounded walks
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The files found under a folder, and why the walk stopped early (None: it saw every entry)."""
+
+    files: tuple[Path, ...]
+    entries: int
+    stopped: str | None = None
+
+    def check(self, root: str | Path) -> None:
+        """Refuse a walk that stopped early: what it missed would be read unbounded, or silently left out."""
+        if self.stopped is not None:
+            raise UserError(
+                f"{root}: stopped after {self.entries:,} files and folders ({self.stopped}); name a narrower folder"
+            )
+
+
+_walks: dict[tuple, tuple[float, Walk]] = {}
+_walks_lock = threading.Lock()  # sessions run in threads of one server process
+
+
+def walk(root: Path, suffixes: frozenset[str] | None = None) -> Walk:
+    """Files under folder `root` (with one of `suffixes`, if given), at most MAX_WALK_DEPTH folders down,
+    MAX_WALK_ENTRIES entries and MAX_WALK_SECONDS. Kept WALK_CACHE_SECONDS per (folder, its modification time):
+    a page reruns on every widget change and must not walk again each time."""
+    try:
+        stamp = root.stat().st_mtime_ns
+    except OSError:
+        return Walk((), 0)
+    key = (str(root), suffixes, stamp, MAX_WALK_DEPTH, MAX_WALK_ENTRIES, MAX_WALK_SECONDS)
+    now = time.monotonic()
+    with _walks_lock:
+        hit = _walks.get(key)
+        if hit is not None and now - hit[0] < WALK_CACHE_SECONDS:
+            return hit[1]
+    found = _scan(root, suffixes)
+    with _walks_lock:
+        for old in [k for k, (at, _) in _walks.items() if now - at >= WALK_CACHE_SECONDS]:
+            del _walks[old]
+        while len(_walks) >= WALK_CACHE_ENTRIES:
+            del _walks[next(iter(_walks))]
+        _walks[key] = (now, found)
+    return found
+
+
+def clear_walks() -> None:
+    """Forget every cached walk (tests; a page never needs to)."""
+    with _walks_lock:
+        _walks.clear()
+
+
+def _scan(root: Path, suffixes: frozenset[str] | None) -> Walk:
+    """The walk itself: depth first, symlinked folders not followed (as Path.rglob), unreadable folders skipped."""
+    deadline = time.monotonic() + MAX_WALK_SECONDS
+    files: list[Path] = []
+    entries, stack = 0, [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    entries += 1
+                    stopped = _over_bounds(entries, deadline)
+                    if stopped:
+                        return Walk(tuple(sorted(files)), entries, stopped)
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth >= MAX_WALK_DEPTH:
+                            return Walk(tuple(sorted(files)), entries, f"folders more than {MAX_WALK_DEPTH} deep")
+                        stack.append((Path(entry.path), depth + 1))
+                    elif (suffixes is None or Path(entry.name).suffix in suffixes) and entry.is_file():
+                        files.append(Path(entry.path))
+        except OSError:
+            log.debug("cannot list %s; skipped", folder)
+    return Walk(tuple(sorted(files)), entries)
+
+
+def _over_bounds(entries: int, deadline: float) -> str | None:
+    if entries > MAX_WALK_ENTRIES:
+        return f"more than {MAX_WALK_ENTRIES:,}"
+    if time.monotonic() > deadline:
+        return f"more than {MAX_WALK_SECONDS:g} s"
+    return None
+
 
 # ---------------------------------------------------------------------------------------------- sources
 
 
 def our_result_folders(home: Path | None = None) -> list[Path]:
-    """Runs under the cache home's demo/ and evals/ folders that hold open-unlearning result files."""
+    """Runs under the cache home's demo/ and evals/ folders that hold open-unlearning result files. Each folder is
+    looked through with one bounded, cached walk: two pages draw this list on every rerun."""
     home = home or cache_home()
-    found = []
+    found: set[Path] = set()
     for name in OUR_RESULT_HOMES:
         root = home / name
-        if not root.is_dir():
-            continue
-        for folder in sorted(child for child in root.iterdir() if child.is_dir()):
-            if any(RESULT_UPLOAD.match(path.name) for path in folder.rglob("*.json")):
-                found.append(folder)
-    return found
+        results = walk(root, frozenset({".json"}))
+        if results.stopped:
+            log.warning("%s: stopped after %d entries (%s); runs beyond are not listed", root, results.entries,
+                        results.stopped)  # fmt: skip
+        for path in results.files:
+            parts = path.relative_to(root).parts
+            if len(parts) > 1 and RESULT_UPLOAD.match(path.name):
+                found.add(root / parts[0])
+    return sorted(found)
 
 
 def parse_paths(text: str) -> list[str]:
@@ -58,15 +191,26 @@ def parse_paths(text: str) -> list[str]:
 
 
 def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
-    """(file, mtime_ns, size) of every JSON/CSV file under `paths`: a cache key that changes when results do."""
+    """(file, mtime_ns, size) of every JSON/CSV file under `paths`: a cache key that changes when results do.
+
+    Folders are walked within the bounds of `walk`; one that goes beyond them is a UserError, so ingest (which
+    walks the same folders itself) is never asked to read it. The files are stat'ed on every call: an edited
+    result changes the key at once, a new one within WALK_CACHE_SECONDS."""
     entries = []
     for raw in paths:
         path = Path(raw)
-        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        if path.is_dir():
+            found = walk(path, frozenset(_FINGERPRINT_SUFFIXES))
+            found.check(path)
+            files = list(found.files)
+        else:
+            files = [path] if path.suffix in _FINGERPRINT_SUFFIXES and path.is_file() else []
         for file in files:
-            if file.suffix in _FINGERPRINT_SUFFIXES and file.is_file():
+            try:
                 stat = file.stat()
-                entries.append((str(file), stat.st_mtime_ns, stat.st_size))
+            except OSError:  # removed since the (cached) walk
+                continue
+            entries.append((str(file), stat.st_mtime_ns, stat.st_size))
     return tuple(entries)
 
 
