@@ -35,6 +35,7 @@ from core.models import ModelPair
 from core.probe import GenerationSettings, ProbeRequest, generate, score
 from core.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
 from dashboard import state
+from dashboard.plain import plain, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -64,6 +65,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     st.cache_resource.clear()
     monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
     monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ULENS_DATA_ROOTS", str(FIXTURES))  # links name the fixture folders: they are data roots
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", RecordingStorage)
     RecordingStorage.files.clear()
 
@@ -117,7 +119,8 @@ def same_data(spec: dict, figure) -> bool:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [error.value for error in at.error]
+    """The error messages as the page shows them (they are escaped markdown: dashboard/plain.py)."""
+    return [shown(error.value) for error in at.error]
 
 
 def downloaded_csv(at: AppTest, label: str) -> pd.DataFrame:
@@ -491,10 +494,11 @@ def test_probe_link_with_bad_values_says_what_it_ignored(tiny_pair_dirs: tuple[P
     at.query_params.update(prompt="w1 w2", topk="99", view="rainbow", chat="maybe")
     at.run()
     assert not at.exception
-    assert [warning.value for warning in at.warning] == [
-        "Ignored from the link: chat='maybe' (use 1 or 0); topk='99' (a whole number from 1 to 20); "
-        "view='rainbow' (one of delta, base, unlearned)."
-    ]
+    ignored = (
+        "chat='maybe' (use 1 or 0); topk='99' (a whole number from 1 to 20); view='rainbow' (one of delta, base, "
+        "unlearned)"
+    )
+    assert [warning.value for warning in at.warning] == [f"Ignored from the link: {plain(ignored)}."]
     load_pair(at, *tiny_pair_dirs)
     assert at.text_area(key="probe_prompt").value == "w1 w2"  # the good values are kept, the others default
     assert (at.number_input(key="probe_topk").value, at.toggle(key="probe_chat").value) == (5, True)
@@ -595,9 +599,8 @@ def test_tradeoffs_link_with_oracle_and_an_unknown_axis() -> None:
     folders = [str(FIXTURES / GRADDIFF), str(REAL / FULL)]
     at = tradeoffs_from_link(folder=folders, oracle=str(FIXTURES / RETAIN90), x="no_such_metric")
     result = ingest(folders, oracle=FIXTURES / RETAIN90)
-    assert "The link's x axis 'no_such_metric' is not a metric of these results; showing forget_Q_A_Prob." in [
-        warning.value for warning in at.warning
-    ]
+    message = f"The link's x axis {plain(repr('no_such_metric'))} is not a metric of these results; showing "
+    assert message + f"{plain('forget_Q_A_Prob')}." in [warning.value for warning in at.warning]
     drawn = charts(at)["tradeoff_chart"]
     assert same_data(drawn, figures.tradeoff_figure(result.summary, "forget_Q_A_Prob", "model_utility"))
     assert at.query_params == {

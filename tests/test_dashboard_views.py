@@ -18,6 +18,7 @@ from core.figures_views import hidden_knowledge_reading
 from core.lens import hidden_state_drift, logit_lens, weight_change
 from core.models import ModelPair
 from dashboard import state
+from dashboard.plain import shown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -87,7 +88,8 @@ def charts(at: AppTest) -> dict[str, dict]:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [error.value for error in at.error]
+    """The error messages as the page shows them (they are escaped markdown: dashboard/plain.py)."""
+    return [shown(error.value) for error in at.error]
 
 
 def ask(at: AppTest, prefix: str, prompt: str, answer: str) -> None:

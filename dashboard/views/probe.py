@@ -12,11 +12,13 @@ import streamlit as st
 
 from core.figures import token_shift_figure
 from core.highlight import VIEWS, default_scale, legend_html, token_html
+from core.limits import MAX_TEXT_CHARS
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from dashboard.exports import chart_downloads
+from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
-from dashboard.state import busy_note, chat_default, pair_key, report_errors, require_pair, sidebar
+from dashboard.state import busy_note, chat_default, pair_key, report_errors, require_pair, shared_model_job, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
@@ -42,7 +44,9 @@ def restore_from_url() -> list[str]:
         return []
     state, ignored = st.session_state, []
     for key in ("prompt", "answer"):
-        if key in wanted:
+        if key in wanted and len(wanted[key]) > MAX_TEXT_CHARS:
+            ignored.append(f"{key} ({len(wanted[key]):,} characters, more than the {MAX_TEXT_CHARS:,} allowed)")
+        elif key in wanted:
             state[f"probe_{key}"] = wanted[key]
     if "chat" in wanted:
         if wanted["chat"].lower() in TRUE + FALSE:
@@ -101,10 +105,17 @@ def draw_inputs() -> None:
     st.session_state.setdefault("probe_chat", chat_default())  # demo models were taught without the template
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    st.text_area("Prompt", key="probe_prompt", height=100, placeholder="Ask something from the forget set…")
+    st.text_area(
+        "Prompt",
+        key="probe_prompt",
+        height=100,
+        max_chars=MAX_TEXT_CHARS,
+        placeholder="Ask something from the forget set…",
+    )
     st.text_input(
         "Reference answer (optional)",
         key="probe_answer",
+        max_chars=MAX_TEXT_CHARS,
         help="Scored token by token; leave empty to score the prompt itself.",
     )
     cols = st.columns([1.4, 1, 1, 4])
@@ -156,7 +167,7 @@ def scored_inputs(inputs: dict[str, Any]) -> tuple:
 
 
 def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
-    with report_errors(), busy_note("Scoring under both models…"):
+    with report_errors(), busy_note("Scoring under both models…"), shared_model_job("probe"):
         request = ProbeRequest(inputs["prompt"], inputs["answer"] or None)
         result = score(pair, [request], chat=inputs["chat"], top_k=inputs["top_k"])[0]
         st.session_state["probe_result"] = (pair_key(), result.to_dict())  # the Report page reads this pair too
@@ -225,7 +236,7 @@ def score_panel(pair: ModelPair) -> None:
     if score_clicked or st.session_state.pop("probe_autoscore", False):
         run_score(pair, inputs)
     if generate_clicked:
-        with report_errors(), busy_note("Generating from both models…"):
+        with report_errors(), busy_note("Generating from both models…"), shared_model_job("generation"):
             settings = current_settings(inputs)
             generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
@@ -252,5 +263,5 @@ if handover:
     st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
     st.session_state["probe_autoscore"] = True
 if ignored:
-    st.warning(f"Ignored from the link: {'; '.join(ignored)}.")
+    st.warning(f"Ignored from the link: {plain('; '.join(ignored))}.")  # the link's values, shown as typed
 probe_panel(require_pair())

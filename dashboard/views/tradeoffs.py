@@ -1,7 +1,8 @@
 """Tradeoffs: where runs sit between forgetting and keeping utility; click a checkpoint for its metrics and items.
 
 The chosen result folders, oracle and axes live in the URL (folder=…&folder=…&oracle=…&x=…&y=…), so a link
-reloads the same results with the same axes.
+reloads the same results with the same axes. A link reads only folders inside the data roots by itself (core.results:
+the cache home, the example data, $ULENS_DATA_ROOTS); for any other folder it names, the page asks first.
 """
 
 from __future__ import annotations
@@ -31,17 +32,23 @@ from core.results import (
     metric_options,
     mia_attacks,
     our_result_folders,
+    outside_roots,
     point_from_selection,
     result_paths,
     split_bar_metrics,
     truth_ratio_oracles,
 )
 from dashboard.exports import chart_downloads
+from dashboard.plain import plain
 from dashboard.state import report_errors, sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
 URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
 METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
+MAX_PATHS_CHARS = 20_000  # the folder box: a few hundred paths
+MAX_PATH_CHARS = 4_096  # one path (Linux's PATH_MAX)
+MAX_RUN_NAME_CHARS = 200  # core.uploads.safe_name allows no more
+PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -75,8 +82,40 @@ def restore_from_url(ours: list[str]) -> None:
         st.session_state["tradeoff_ours"] = [folder for folder in folders if folder in ours]
         st.session_state["tradeoff_paths"] = "\n".join(folder for folder in folders if folder not in ours)
         st.session_state["tradeoff_oracle"] = str(wanted.get("oracle", ""))
-        st.session_state["tradeoff_sources"] = (tuple(folders), st.session_state["tradeoff_oracle"].strip() or None)
+        sources = (tuple(folders), st.session_state["tradeoff_oracle"].strip() or None)
+        if outside_roots([*sources[0], *([sources[1]] if sources[1] else [])]):
+            st.session_state.pop("tradeoff_sources", None)  # not the earlier results under someone else's link
+            st.session_state[PENDING] = sources
+        else:
+            st.session_state.pop(PENDING, None)
+            st.session_state["tradeoff_sources"] = sources
     st.session_state["tradeoff_url_axes"] = {key: wanted[key] for key in ("x", "y") if key in wanted}
+
+
+def read_pending() -> None:
+    """The person at the browser chose to read the folders a link named outside the data roots."""
+    pending = st.session_state.pop(PENDING, None)
+    if pending is not None:  # None: a second click in the same moment; the first one already read them
+        st.session_state["tradeoff_sources"] = pending
+
+
+def ask_pending() -> bool:
+    """For a link naming folders outside the data roots: say so (paths as plain text) and offer to read them.
+
+    Opening a link is not a choice to read a folder: anyone can send one, and without this the server would walk
+    and show whatever `*_SUMMARY.json` a named folder (or `/`) holds. Returns whether the question is shown."""
+    pending = st.session_state.get(PENDING)
+    if pending is None:
+        return False
+    folders, oracle = pending
+    outside = outside_roots([*folders, *([oracle] if oracle else [])])
+    st.warning(
+        "This link names folders outside the data roots (the cache home, the example data and the folders in "
+        "ULENS_DATA_ROOTS). Nothing was read from them; read them only if you trust the link:"
+    )
+    st.text("\n".join(outside))
+    st.button("Read these folders", type="primary", key="tradeoff_read_pending", on_click=read_pending)
+    return True
 
 
 def write_url() -> None:
@@ -113,23 +152,28 @@ def pick_sources() -> None:
         text = st.text_area(
             "Result folders or files, one per line",
             key="tradeoff_paths",
+            max_chars=MAX_PATHS_CHARS,
             placeholder=str(EXAMPLE_RESULTS),
             help="open-unlearning output folders (EVAL/SUMMARY JSON, checkpoint-*/evals) or legacy TOFU eval logs",
         )
         oracle = st.text_input(
             "Oracle folder (optional)",
             key="tradeoff_oracle",
+            max_chars=MAX_PATH_CHARS,
             help="Results of the model retrained without the forget set: forget quality is computed where missing",
         )
         uploads = st.file_uploader(
             "Or upload the EVAL/SUMMARY JSON files of one run", type="json", accept_multiple_files=True
         )
-        run_name = st.text_input("Run name for the uploaded files", value="uploaded", key="tradeoff_run_name")
+        run_name = st.text_input(
+            "Run name for the uploaded files", value="uploaded", key="tradeoff_run_name", max_chars=MAX_RUN_NAME_CHARS
+        )
         if st.button("Load results", type="primary"):
             with report_errors():
                 files = [(upload.name, upload.getvalue()) for upload in uploads or []]
                 paths = result_paths(picked, text, files, run_name)
                 st.session_state["tradeoff_sources"] = (tuple(paths), oracle.strip() or None)
+                st.session_state.pop(PENDING, None)  # typed and clicked: a choice of its own
 
 
 def draw_warnings(result: IngestResult) -> None:
@@ -184,7 +228,10 @@ def choose_axes(options: list[str]) -> None:
     for axis, default in defaults.items():
         key, wanted = f"tradeoff_{axis}", from_url.get(axis)
         if wanted is not None and wanted not in options:
-            st.warning(f"The link's {axis} axis {wanted!r} is not a metric of these results; showing {default}.")
+            st.warning(
+                f"The link's {axis} axis {plain(repr(wanted))} is not a metric of these results; showing "
+                f"{plain(default)}."
+            )
         if wanted in options:
             st.session_state[key] = wanted
         elif st.session_state.get(key) not in options:
@@ -239,9 +286,11 @@ def draw_mia(result: IngestResult, point: Point) -> None:
 sidebar()
 st.title("Tradeoffs")
 pick_sources()
+asked = ask_pending()
 sources = st.session_state.get("tradeoff_sources")
 if sources is None:
-    st.info("Choose result folders above and press Load results.")
+    if not asked:
+        st.info("Choose result folders above and press Load results.")
     st.stop()
 paths, oracle = sources
 write_url()
