@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.errors import UserError
 from core.examples import Example, demo_examples
+from core.limits import MAX_TEXT_CHARS
 from dashboard.state import chat_default
 
 
@@ -61,7 +62,18 @@ def question_inputs(prefix: str) -> tuple[str, str, bool]:
     choices = available_examples()
     if choices:
         example_picker(prefix, choices)
-    prompt = st.text_area("Prompt", key=f"{prefix}_prompt", height=90, placeholder="Ask something from the forget set…")
-    answer = st.text_input("Answer", key=f"{prefix}_answer", help="The answer whose log-probability is explained.")
+    prompt = st.text_area(
+        "Prompt",
+        key=f"{prefix}_prompt",
+        height=90,
+        max_chars=MAX_TEXT_CHARS,
+        placeholder="Ask something from the forget set…",
+    )
+    answer = st.text_input(
+        "Answer",
+        key=f"{prefix}_answer",
+        max_chars=MAX_TEXT_CHARS,
+        help="The answer whose log-probability is explained.",
+    )
     chat = st.toggle("Chat template", key=f"{prefix}_chat")
     return prompt, answer, chat

@@ -6,9 +6,10 @@ import streamlit as st
 
 from core.attribution import BASELINES, GRANULARITIES, METHODS, AttributionResult, AttributionSettings, attribute
 from core.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
+from core.limits import MAX_IG_STEPS
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import question_inputs
-from dashboard.state import pair_key, report_errors, require_pair, sidebar
+from dashboard.state import pair_key, report_errors, require_pair, shared_model_job, sidebar
 
 STEP_METHODS = {"integrated_gradients"}  # the methods that integrate along a path (n_steps)
 NO_BASELINE = {"input_x_gradient"}  # the methods that never replace a token
@@ -36,7 +37,7 @@ baseline = cols[1].selectbox(
     help="What replaces a prompt token: the start of the integration path, or the ablated value.",
 )
 n_steps = cols[2].number_input(
-    "IG steps", min_value=1, max_value=512, value=AttributionSettings.n_steps, key="attribution_steps",
+    "IG steps", min_value=1, max_value=MAX_IG_STEPS, value=AttributionSettings.n_steps, key="attribution_steps",
     disabled=method not in STEP_METHODS, help="Quadrature points; more steps, smaller convergence delta.",
 )  # fmt: skip
 granularity = cols[3].radio(
@@ -49,7 +50,8 @@ per_token = cols[4].checkbox(
 if st.button("Compute", type="primary", key="attribution_compute"):
     st.session_state.pop(RESULT_KEY, None)
     settings = AttributionSettings(per_token=per_token, baseline=baseline, granularity=granularity, n_steps=n_steps)
-    with report_errors(), st.spinner(f"Attributing with {method.replace('_', ' ')} under both models…"):
+    spinner = st.spinner(f"Attributing with {method.replace('_', ' ')} under both models…")
+    with report_errors(), spinner, shared_model_job("attribution"):
         result = attribute(pair, prompt, answer, method, chat, settings)
         st.session_state[RESULT_KEY] = (pair_key(), result.to_dict())
 

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
+from core.errors import UserError
 from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
-from dashboard.state import chat_default, current_pair, pair_key, report_errors, sidebar
+from dashboard.state import chat_default, current_pair, pair_key, report_errors, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
+UPLOAD_KEY = "dataset_upload_parsed"  # session key: (upload id, name, size) and its QADataset or UserError
+MAX_PATH_CHARS = 4_096  # the file path box (Linux's PATH_MAX)
+MAX_FILTER_CHARS = 1_000  # the table filter box
 NUMBER = st.column_config.NumberColumn(format="%.4f")
 COLUMN_CONFIG = {
     "question": st.column_config.TextColumn(width="medium"),
@@ -38,6 +43,22 @@ def dataset_from_path(path: str, mtime_ns: int) -> QADataset:
     return load_qa_dataset(path)
 
 
+def parsed_upload(upload: UploadedFile) -> QADataset:
+    """The uploaded set, parsed once per upload (each has its own id): a rerun (any widget change) neither
+    re-reads, re-hashes nor re-stores its bytes, and a file that failed is not parsed again either."""
+    key = (upload.file_id, upload.name, upload.size)
+    cached = st.session_state.get(UPLOAD_KEY)
+    if cached is None or cached[0] != key:
+        try:
+            parsed: QADataset | UserError = load_uploaded_dataset(upload.name, upload.getvalue())
+        except UserError as exc:
+            parsed = exc
+        cached = st.session_state[UPLOAD_KEY] = (key, parsed)
+    if isinstance(cached[1], UserError):
+        raise cached[1]
+    return cached[1]
+
+
 def choose_dataset() -> QADataset | None:
     """The set picked by the source widgets, or None (with a message on the page) when there is none."""
     source = st.radio("Source", SOURCES, horizontal=True, key="dataset_source")
@@ -45,7 +66,9 @@ def choose_dataset() -> QADataset | None:
         if source == "Demo set":
             return demo_split(st.selectbox("Demo split", SPLIT_NAMES, key="dataset_demo_split"))
         if source == "File path":
-            text = st.text_input("File path", key="dataset_path", placeholder="…/forget10_perturbed.json")
+            text = st.text_input(
+                "File path", key="dataset_path", max_chars=MAX_PATH_CHARS, placeholder="…/forget10_perturbed.json"
+            )
             if not text.strip():
                 st.info("Type the path of a JSONL, JSON, CSV or parquet file, or a saved `datasets` folder.")
                 return None
@@ -55,7 +78,7 @@ def choose_dataset() -> QADataset | None:
         if upload is None:
             st.info("Upload a JSONL, JSON, CSV or parquet file with question and answer fields.")
             return None
-        return load_uploaded_dataset(upload.name, upload.getvalue())
+        return parsed_upload(upload)
     return None
 
 
@@ -76,7 +99,7 @@ def score_panel(dataset: QADataset) -> None:
     with st.status(f"Scoring {int(limit)} items under both models…", expanded=True) as status:
         bar = st.progress(0.0)
         frame = None
-        with report_errors():
+        with report_errors(), shared_model_job("dataset scoring"):
             frame = score_items(
                 pair, dataset, chat=chat, batch_size=int(batch_size), limit=int(limit), truth_ratio=truth,
                 progress=lambda done: bar.progress(done, text=f"{done:.0%} of the requests"),
@@ -97,7 +120,7 @@ def results_panel(frame: pd.DataFrame) -> None:
     cols[1].metric("Mean answer prob, unlearned", f"{unlearned:.3f}", delta=f"{unlearned - base:+.3f} vs base")
     cols[2].metric("Mean Δ log-prob", f"{frame['delta'].mean():+.3f}", help="unlearned − base, summed over tokens")
     left, right = st.columns([3, 1])
-    text = left.text_input("Filter: question or answer contains", key="dataset_filter")
+    text = left.text_input("Filter: question or answer contains", key="dataset_filter", max_chars=MAX_FILTER_CHARS)
     min_delta = right.number_input("|Δ| at least", min_value=0.0, value=0.0, step=0.5, key="dataset_min_delta")
     shown = filter_items(frame, text, min_delta)
     event = st.dataframe(

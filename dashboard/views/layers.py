@@ -15,9 +15,12 @@ from core.lens import (
     logit_lens,
     weight_change,
 )
+from core.limits import MAX_DRIFT_ITEMS
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import available_examples, question_inputs
-from dashboard.state import chat_default, pair_key, report_errors, require_pair, sidebar
+from dashboard.state import chat_default, pair_key, report_errors, require_pair, shared_model_job, sidebar
+
+MAX_PATH_CHARS = 4_096  # the forget / retain set file boxes (Linux's PATH_MAX)
 
 
 def stored(key: str) -> dict | None:
@@ -36,7 +39,7 @@ st.caption("The residual stream after every layer, read through the final norm a
 prompt, answer, chat = question_inputs("lens")
 if st.button("Run the logit lens", type="primary", key="lens_compute"):
     st.session_state.pop("lens_result", None)
-    with report_errors(), st.spinner("Reading every layer of both models…"):
+    with report_errors(), st.spinner("Reading every layer of both models…"), shared_model_job("logit lens"):
         st.session_state["lens_result"] = (pair_key(), logit_lens(pair, prompt, answer, chat).to_dict())
 if (data := stored("lens_result")) is not None:
     lens = LensResult.from_dict(data)
@@ -57,16 +60,21 @@ st.header("Hidden-state drift")
 st.caption("Per layer, base vs unlearned activations over every token of each item, averaged over the set.")
 left, right = st.columns(2)
 paths = {
-    "forget": left.text_input("Forget set file (empty: the demo forget set)", key="drift_forget"),
-    "retain": right.text_input("Retain set file (empty: the demo retain set)", key="drift_retain"),
+    "forget": left.text_input(
+        "Forget set file (empty: the demo forget set)", key="drift_forget", max_chars=MAX_PATH_CHARS
+    ),
+    "retain": right.text_input(
+        "Retain set file (empty: the demo retain set)", key="drift_retain", max_chars=MAX_PATH_CHARS
+    ),
 }
 left, right = st.columns(2)
-limit = left.number_input("Items per set", min_value=1, max_value=1000, value=16, key="drift_limit")
+limit = left.number_input("Items per set", min_value=1, max_value=MAX_DRIFT_ITEMS, value=16, key="drift_limit")
 st.session_state.setdefault("drift_chat", st.session_state.get("probe_chat", chat_default()))
 drift_chat = right.toggle("Chat template", key="drift_chat")
 if st.button("Compute drift", key="drift_compute"):
     st.session_state.pop("drift_result", None)
-    with report_errors(), st.spinner("Running both models over the forget and retain items…"):
+    spinner = st.spinner("Running both models over the forget and retain items…")
+    with report_errors(), spinner, shared_model_job("hidden-state drift"):
         drift = hidden_state_drift(pair, drift_sets(paths, int(limit), available_examples()), chat=drift_chat)
         st.session_state["drift_result"] = (pair_key(), drift.to_dict())
 if (data := stored("drift_result")) is not None:
@@ -83,7 +91,7 @@ st.header("Weight change")
 st.caption("‖W_unlearned − W_base‖ / ‖W_base‖ per parameter; LoRA adapters read as B·A·scaling, never merged.")
 if st.button("Compute weight change", key="weights_compute"):
     st.session_state.pop("weights_result", None)
-    with report_errors(), st.spinner("Comparing every parameter…"):
+    with report_errors(), st.spinner("Comparing every parameter…"), shared_model_job("weight comparison"):
         st.session_state["weights_result"] = (pair_key(), weight_change(pair).to_dict())
 if (data := stored("weights_result")) is not None:
     weights = WeightChangeResult.from_dict(data)

@@ -8,9 +8,15 @@ from core.ingest import IngestResult, ingest
 from core.report import Report, build_report, parse_probes, slug
 from core.results import EXAMPLE_RESULTS, default_axes, fingerprint, metric_options, our_result_folders, result_paths
 from dashboard.exports import chart_downloads, table_download
-from dashboard.state import current_pair, report_errors, sidebar
+from dashboard.plain import plain
+from dashboard.state import current_pair, report_errors, shared_model_job, sidebar
 
 BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
+MAX_PATHS_CHARS = 20_000  # the result folder box: a few hundred paths
+MAX_PATH_CHARS = 4_096  # one path (Linux's PATH_MAX)
+MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
+MAX_TITLE_CHARS = 200
+MAX_NOTES_CHARS = 20_000  # a few pages of notes
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -40,8 +46,10 @@ def pick_results() -> tuple[IngestResult | None, list[str]]:
     picked = st.multiselect("Our runs and evaluations (cache home)", ours, default=ours) if ours else []
     if EXAMPLE_RESULTS.is_dir():
         st.button("Use the example: real open-unlearning outputs", on_click=use_example)
-    typed = st.text_area("Result folders, one per line", key="report_paths", placeholder=str(EXAMPLE_RESULTS))
-    oracle = st.text_input("Oracle folder (optional)", key="report_oracle").strip() or None
+    typed = st.text_area(
+        "Result folders, one per line", key="report_paths", max_chars=MAX_PATHS_CHARS, placeholder=str(EXAMPLE_RESULTS)
+    )
+    oracle = st.text_input("Oracle folder (optional)", key="report_oracle", max_chars=MAX_PATH_CHARS).strip() or None
     if not picked and not typed.strip():
         return None, []
     paths = result_paths(picked, typed)
@@ -69,7 +77,7 @@ def build(results: IngestResult | None, sources: list[str], axes: tuple[str | No
                 probes=parse_probes(options.get("report_probes", "")), chat=options.get("report_chat", False),
                 with_attribution=options.get("report_attribute", False), with_lens=options.get("report_lens", False),
                 notes=options.get("report_notes", ""), title=options.get("report_title", ""),
-                progress=lambda message, fraction: bar.progress(min(1.0, fraction), text=message),
+                progress=lambda message, fraction: bar.progress(min(1.0, fraction), text=plain(message)),
             )  # fmt: skip
             bar.progress(1.0, text="writing the HTML")
             document = report.render_html().encode("utf-8")
@@ -124,20 +132,26 @@ st.session_state.setdefault("report_probes", probe_default())
 st.text_area(
     "Probes, one per line: prompt|answer",
     key="report_probes",
+    max_chars=MAX_PROBES_CHARS,
     help="The last | separates the prompt from its reference answer; a line without | scores the prompt itself.",
 )
 cols = st.columns(3)
 cols[0].toggle("Chat template", value=True, key="report_chat")
 cols[1].toggle("Attribution view", key="report_attribute", help="Integrated gradients per probe with an answer")
 cols[2].toggle("Layer view", key="report_lens", help="The logit lens per probe with an answer")
-st.text_input("Title", value="Unlearning report", key="report_title")
-st.text_area("Notes", key="report_notes", help="Shown at the top. Blank lines split paragraphs; - starts a list item.")
+st.text_input("Title", value="Unlearning report", key="report_title", max_chars=MAX_TITLE_CHARS)
+st.text_area(
+    "Notes",
+    key="report_notes",
+    max_chars=MAX_NOTES_CHARS,
+    help="Shown at the top. Blank lines split paragraphs; - starts a list item.",
+)
 
 if st.button("Build report", type="primary"):
     if not results_read:
         st.error("The result folders above could not be read; fix or clear them first.")
     else:
-        with report_errors():
+        with report_errors(), shared_model_job("report"):
             build(results, sources, axes)
 
 built = st.session_state.get(BUILT)

@@ -18,10 +18,13 @@ from core.robustness import (
     run_attacks,
 )
 from dashboard.exports import chart_downloads
-from dashboard.state import current_pair, pair_key, report_errors, sidebar
+from dashboard.plain import plain
+from dashboard.state import current_pair, pair_key, report_errors, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
+MAX_PATH_CHARS = 4_096  # the split folder box (Linux's PATH_MAX)
+MAX_STEPS_CHARS = 200  # the relearning steps box; core.robustness refuses steps beyond core.limits' bounds
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -35,7 +38,9 @@ def choose_data() -> tuple[str, SplitData] | None:
     with report_errors():
         if source == "Demo set":
             return "demo", robustness_data("demo", 0)
-        text = st.text_input("Split folder", key="robustness_folder", placeholder="…/folder with forget.jsonl")
+        text = st.text_input(
+            "Split folder", key="robustness_folder", max_chars=MAX_PATH_CHARS, placeholder="…/folder with forget.jsonl"
+        )
         if not text.strip():
             st.info("Type a folder holding forget.jsonl (and retain.jsonl for the in-context control).")
             return None
@@ -68,7 +73,7 @@ def choose_settings(data: SplitData) -> tuple[list[str], RobustnessSettings] | N
         relearn_items = cols[0].number_input(
             "Items trained on", 1, max(1, count - 1), min(2, max(1, count - 1)), key="robustness_k"
         )
-        steps = cols[1].text_input("Evaluate at steps", "1,2,4,8", key="robustness_steps")
+        steps = cols[1].text_input("Evaluate at steps", "1,2,4,8", key="robustness_steps", max_chars=MAX_STEPS_CHARS)
         lr = cols[2].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e", key="robustness_lr")
         rank = cols[3].number_input("LoRA rank", 1, 256, 8, key="robustness_rank")
     with report_errors():
@@ -89,9 +94,13 @@ def run_panel(source: str, data: SplitData, attacks: list[str], settings: Robust
     with st.status(f"Running {len(attacks)} attack(s) on {settings.max_items} forget items…", expanded=True) as status:
         bar = st.progress(0.0)
         result = None
-        with report_errors():
+        with report_errors(), shared_model_job("robustness attacks"):
             result = run_attacks(
-                pair, data, attacks, settings, progress=lambda done, message: bar.progress(min(1.0, done), text=message)
+                pair,
+                data,
+                attacks,
+                settings,
+                progress=lambda done, message: bar.progress(min(1.0, done), text=plain(message)),
             )
         if result is None:
             status.update(label="The attacks failed", state="error")
@@ -107,8 +116,8 @@ def results_panel(result: RobustnessResult) -> None:
     cols[2].metric("Forget probability, unlearned", f"{result.unlearned:.4f}")
     if result.note:
         st.info(
-            f"No recovery to measure: {result.note}. The table still shows what each attack does to both models' "
-            "forget probability."
+            f"No recovery to measure: {plain(result.note)}. The table still shows what each attack does to both "
+            "models' forget probability."
         )
     recovery = recovery_figure(result)
     st.plotly_chart(recovery, key="robustness_recovery")
