@@ -34,6 +34,16 @@ from core.data import SPLIT_NAMES, QAItem, SplitData, load_demo_splits, load_spl
 from core.demo import BASE, ORACLE, DemoExperiment, register_evaluation
 from core.errors import UserError
 from core.ingest import RunContext, forget_truth_ratios, infer_method, infer_run, ingest, write_open_unlearning
+from core.limits import (
+    FORWARD_ACTIVATION_FACTOR,
+    MAX_BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    activation_bytes,
+    bounded_int,
+    check_range,
+    ensure_fits,
+    model_shape,
+)
 from core.models import (
     DEMO_PREFIX,
     ModelSpec,
@@ -83,6 +93,9 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if min(self.batch_size, self.generation_batch_size, self.max_new_tokens) < 1:
             raise UserError("batch sizes and max_new_tokens must be at least 1")
+        check_range(self.batch_size, 1, MAX_BATCH_SIZE, "batch size")
+        check_range(self.generation_batch_size, 1, MAX_BATCH_SIZE, "generation batch size")
+        check_range(self.max_new_tokens, 1, MAX_NEW_TOKENS, "max_new_tokens")
 
     def cache_fields(self) -> dict[str, Any]:
         """The settings that change numbers (batch sizes do not)."""
@@ -704,12 +717,25 @@ def evaluate_model(
     device = next(model.parameters()).device
     scores = []
     for batch in plan_batches(units, settings.batch_size):
+        _ensure_batch_fits(model, batch, device)
         scores += score_batch(model, batch, _pad_id(tokenizer), device)
         tick()
     logs = teacher_forced_logs(sorted(scores, key=lambda s: (SPLIT_NAMES.index(s.split), s.item.index)))
     if settings.rouge:
         logs |= rouge_logs(model, tokenizer, units, settings, tick)
     return dict(sorted(logs.items()))
+
+
+def _ensure_batch_fits(model: torch.nn.Module, batch: list[_Unit], device: torch.device) -> None:
+    """Refuse a batch whose forward pass would not fit: one layer's working set over every row of every item
+    (answer, paraphrase, perturbed answers), plus the logits at every scored token."""
+    hidden, _, vocab = model_shape(model)
+    itemsize = next(model.parameters()).element_size()
+    rows = sum(len(unit.rows) for unit in batch)
+    width = max(unit.width for unit in batch)
+    scored = sum(len(row.input_ids) - row.score_from for unit in batch for row in unit.rows)
+    needed = activation_bytes(rows, width, hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR) + scored * vocab * itemsize
+    ensure_fits(needed, device, f"evaluating {len(batch)} items ({rows} rows of up to {width} tokens) in one batch")
 
 
 def _batch_count(dataset: SplitData, settings: EvalSettings) -> int:
@@ -1159,8 +1185,14 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--out", type=Path, help="results folder, one sub-folder per model (default: <cache>/evals)")
     parser.add_argument("--oracle", help="oracle: a model name or SPEC (evaluated too), or a results folder")
     parser.add_argument("--rouge", action="store_true", help="also generate greedily and score ROUGE (slow on CPU)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="generation length")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="items per forward pass")
+    parser.add_argument(
+        "--max-new-tokens", type=bounded_int(1, MAX_NEW_TOKENS), default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"generation length (1..{MAX_NEW_TOKENS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+        help=f"items per forward pass (1..{MAX_BATCH_SIZE})",
+    )  # fmt: skip
     parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
     parser.add_argument("--max-length", type=int, help="token limit per row (default: the model's context)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")

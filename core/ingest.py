@@ -808,6 +808,9 @@ def ingest_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(["ingest", *argv])
     try:
         return args.handler(args)
-    except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    except Exception as exc:
+        from core.__main__ import describe_failure  # here: core.__main__ imports this module
+
+        message, status = describe_failure(exc)
+        sys.stderr.write(f"error: {message}\n")
+        return status

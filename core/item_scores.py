@@ -19,6 +19,7 @@ from core import metrics
 from core.cache import content_hash
 from core.data import FILE_SUFFIXES, QADataset, QAItem, load_qa_dataset
 from core.errors import UserError
+from core.limits import MAX_QA_FILE_BYTES, MiB
 from core.models import SIDES, ModelPair
 from core.probe import ProbeRequest, ProbeResult, score
 from core.uploads import store_files
@@ -39,6 +40,11 @@ def load_uploaded_dataset(name: str, content: bytes) -> QADataset:
     suffix = Path(name).suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise UserError(f"{name}: unsupported format '{suffix}' (expected {', '.join(FILE_SUFFIXES)})")
+    if len(content) > MAX_QA_FILE_BYTES:  # refused before it is written to disk, as the reader would refuse it
+        raise UserError(
+            f"{name}: {len(content) / MiB:,.1f} MiB is more than the {MAX_QA_FILE_BYTES / MiB:,.0f} MiB allowed "
+            "for a QA set file"
+        )
     folder = store_files([(name, content)])
     return load_qa_dataset(folder / name, split=Path(name).stem)
 

@@ -27,6 +27,16 @@ import torch
 from core.data import load_qa_dataset
 from core.errors import UserError
 from core.examples import Example, demo_examples
+from core.limits import (
+    FORWARD_ACTIVATION_FACTOR,
+    MAX_BATCH_SIZE,
+    MAX_DRIFT_ITEMS,
+    activation_bytes,
+    bounded_int,
+    check_range,
+    ensure_fits,
+    model_shape,
+)
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 from core.probe import collate, encode
 
@@ -306,18 +316,32 @@ def hidden_state_drift(
     """Per-layer drift between the two models on each set of (prompt, answer) items: one forward per model per batch."""
     if not sets or any(not items for items in sets.values()):
         raise UserError("drift needs at least one non-empty set of (prompt, answer) items, e.g. forget and retain")
+    check_range(batch_size, 1, MAX_BATCH_SIZE, "batch size")
+    for name, items in sets.items():
+        check_range(len(items), 1, MAX_DRIFT_ITEMS, f"the number of {name} items")
     result = DriftResult(layers=[])
     for name, items in sets.items():
         rows = [encode(pair.tokenizer, prompt, answer or None, chat, pair.context_length) for prompt, answer in items]
         totals: torch.Tensor | None = None  # [3, layers + 1]: sums over items of per-item means
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size], pair.tokenizer.pad_token_id, pair.device)
+            _ensure_drift_fits(pair, *batch.input_ids.shape)
             stats = _batch_drift(pair, batch.input_ids, batch.attention_mask)
             totals = stats if totals is None else totals + stats
         means = (totals / len(rows)).tolist()
         result.sets[name] = DriftSet(len(rows), *means)
         result.layers = list(range(len(means[0])))
     return result
+
+
+def _ensure_drift_fits(pair: ModelPair, batch: int, width: int) -> None:
+    """Refuse a batch whose hidden states would not fit: every layer's float32 stream of both sides is kept, with
+    a stacked copy and the difference beside them (4 streams), plus one forward pass's working set."""
+    with pair.use("base") as model:
+        hidden, layers, _ = model_shape(model)
+    streams = 4 * activation_bytes(batch, width, hidden, layers + 1, 4, 1)
+    working = activation_bytes(batch, width, hidden, 1, 4, FORWARD_ACTIVATION_FACTOR)
+    ensure_fits(streams + working, pair.device, f"hidden-state drift of {batch} items of up to {width} tokens")
 
 
 def _batch_drift(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -505,6 +529,7 @@ def drift_sets(
     from `demo` (the demo's own examples when None)."""
     if limit < 1:
         raise UserError("the number of items per set must be at least 1")
+    check_range(limit, 1, MAX_DRIFT_ITEMS, "the number of items per set")
     paths = {name: (files.get(name) or "").strip() for name in DRIFT_SETS}
     if demo is None and not all(paths.values()):
         try:
@@ -538,7 +563,12 @@ def add_lens_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPa
     parser.add_argument("--answer", help="the answer whose tokens are read at every layer (logit view)")
     parser.add_argument("--forget", help="forget set file, JSONL/JSON/CSV/parquet (drift view; default: the demo's)")
     parser.add_argument("--retain", help="retain set file (drift view; default: the demo's)")
-    parser.add_argument("--items", type=int, default=16, help="items per set (drift view; default 16)")
+    parser.add_argument(
+        "--items",
+        type=bounded_int(1, MAX_DRIFT_ITEMS),
+        default=16,
+        help=f"items per set (drift view; 1..{MAX_DRIFT_ITEMS})",
+    )
     parser.add_argument("--chat", action="store_true", help="wrap the prompts in the model's chat template")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (LensResult / DriftResult / WeightChangeResult)"

@@ -42,8 +42,8 @@ MAX_NEW_TOKENS = 2_048  # tokens generated per side
 MAX_DRIFT_ITEMS = 1_000  # items per set in the hidden-state drift view
 
 MEMORY_HEADROOM = 0.9  # use at most this share of the free memory: the OS, the browser and other sessions need some
-TRAIN_ACTIVATION_FACTOR = 16  # saved tensors per hidden value and layer with gradients (attention, MLP, norms)
-FORWARD_ACTIVATION_FACTOR = 12  # live tensors per hidden value without gradients (one layer's MLP, attention, residual)
+TRAIN_ACTIVATION_FACTOR = 24  # saved tensors per hidden value and layer with gradients (attention, MLP, norms)
+FORWARD_ACTIVATION_FACTOR = 16  # live tensors per hidden value without gradients (one layer's MLP, attention, residual)
 
 
 def check_text(text: str | None, what: str) -> None:
@@ -55,7 +55,7 @@ def check_text(text: str | None, what: str) -> None:
 def check_range(value: int, low: int, high: int, what: str) -> None:
     """Refuse an integer setting outside [low, high], naming the setting and its bounds."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UserError(f"{what} must be a whole number from {low:,} to {high:,}, not {value!r}")
+        raise UserError(f"{what} must be a whole number, at least {low:,} and at most {high:,}, not {value!r}")
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -134,6 +134,18 @@ def ensure_fits(bytes_needed: int, device: torch.device | str, what: str) -> Non
 
 def _size(count: int) -> str:
     return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / MiB:.0f} MiB"
+
+
+# What PyTorch's CPU and CUDA allocators say when they cannot allocate: a RuntimeError, not a MemoryError.
+_ALLOCATOR_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure: Python's MemoryError, torch.OutOfMemoryError, or the RuntimeError
+    PyTorch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _ALLOCATOR_FAILURES)
 
 
 def module_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) -> int:

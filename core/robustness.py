@@ -44,6 +44,19 @@ from core.cache import atomic_write_text
 from core.data import QAItem, SplitData, load_split_folder
 from core.errors import UserError
 from core.evaluate import next_token_statistics
+from core.limits import (
+    MAX_BATCH_SIZE,
+    MAX_RELEARN_POINTS,
+    MAX_RELEARN_STEP,
+    TRAIN_ACTIVATION_FACTOR,
+    activation_bytes,
+    bounded_int,
+    check_range,
+    ensure_fits,
+    loads,
+    model_shape,
+    module_bytes,
+)
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 from core.probe import Encoded, collate, encode, selected_logits
 
@@ -63,14 +76,23 @@ Progress = Callable[[float, str], None]  # (fraction of the whole run done, what
 
 
 def _parse_steps(text: str | Sequence[int]) -> tuple[int, ...]:
-    """`"1,2,4"` or a sequence → sorted distinct positive steps."""
+    """`"1,2,4"` or a sequence → sorted distinct steps from 1 to MAX_RELEARN_STEP, at most MAX_RELEARN_POINTS."""
+    if isinstance(text, str) and len(text) > 20 * MAX_RELEARN_POINTS:  # refused before it is split
+        raise UserError(f"relearning steps: at most {MAX_RELEARN_POINTS} numbers separated by commas")
     try:
         values = [int(part) for part in text.split(",") if part.strip()] if isinstance(text, str) else list(text)
     except ValueError:
         raise UserError(f"relearning steps must be whole numbers separated by commas, not {text!r}") from None
+    if any(isinstance(value, bool) or not isinstance(value, int) for value in values):
+        raise UserError(f"relearning steps must be whole numbers, not {values!r}")
     if not values or min(values) < 1:
         raise UserError("relearning steps must be at least 1 (e.g. 1,2,4,8)")
-    return tuple(sorted(set(values)))
+    if max(values) > MAX_RELEARN_STEP:
+        raise UserError(f"relearning steps go up to {MAX_RELEARN_STEP:,} (the curve trains to the last one)")
+    steps = tuple(sorted(set(values)))
+    if len(steps) > MAX_RELEARN_POINTS:
+        raise UserError(f"at most {MAX_RELEARN_POINTS} relearning steps to evaluate at, not {len(steps)}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ class RobustnessSettings:
         object.__setattr__(self, "relearn_steps", _parse_steps(self.relearn_steps))
         if self.batch_size < 1 or self.relearn_items < 1 or self.lora_rank < 1:
             raise UserError("batch size, relearning items and LoRA rank must be at least 1")
+        check_range(self.batch_size, 1, MAX_BATCH_SIZE, "batch size")
         if self.max_items is not None and self.max_items < 1:
             raise UserError("attack at least one forget item")
         if not self.epsilon > 0 or not self.relearn_lr > 0:
@@ -178,13 +201,16 @@ class RobustnessResult:
         if not isinstance(data, dict) or "outcomes" not in data:
             raise UserError("not a robustness result (expected an object with outcomes)")
         fields_ = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields_["outcomes"] = [AttackOutcome(**o) for o in data["outcomes"]]
-        return cls(**fields_)
+        try:
+            fields_["outcomes"] = [AttackOutcome(**o) for o in data["outcomes"]]
+            return cls(**fields_)
+        except TypeError as exc:  # a missing or unknown field, or an outcome that is not an object
+            raise UserError(f"not a robustness result ({exc})") from None
 
     @classmethod
     def from_json(cls, text: str) -> RobustnessResult:
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(loads(text, "robustness result"))
         except json.JSONDecodeError as exc:
             raise UserError(f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
@@ -491,14 +517,36 @@ def _unwrap_adapters(model: torch.nn.Module) -> torch.nn.Module:
 def merged_copy(
     pair: ModelPair, side: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> torch.nn.Module:
-    """An independent plain copy of one side (adapters merged into the copied weights): the pair is untouched."""
+    """An independent plain copy of one side (adapters merged into the copied weights): the pair is untouched.
+    Refused first when the copy would not fit the free memory (a failed copy on a CPU can end the server)."""
     with pair.use(side) as model:
+        ensure_copy_fits(model, pair.device, device or pair.device, dtype or pair.dtype, f"copying the {side} model")
         clone = copy.deepcopy(model)
     clone = _unwrap_adapters(clone)
     clone.to(device=device or pair.device, dtype=dtype or pair.dtype)
     clone.eval()
     clone.requires_grad_(False)
     return clone
+
+
+def ensure_copy_fits(
+    model: torch.nn.Module,
+    source: torch.device | str,
+    target: torch.device | str,
+    dtype: torch.dtype,
+    what: str,
+    extra: int = 0,
+) -> None:
+    """Refuse a copy of `model` (deep-copied where it is, then converted to `dtype` on `target`) that would not
+    fit, with `extra` bytes more needed on `target` (e.g. training activations)."""
+    copied, converted = module_bytes(model), module_bytes(model, dtype)
+    if torch.device(source).type == torch.device(target).type:
+        converts = any(p.is_floating_point() and p.dtype != dtype for p in model.parameters())
+        # converting makes a second copy while the first is alive; `.to` the same dtype and device makes none
+        ensure_fits(copied + (converted if converts else 0) + extra, target, what)
+        return
+    ensure_fits(copied, source, what)
+    ensure_fits(converted + extra, target, what)
 
 
 def quantized_int8_copy(pair: ModelPair, side: str) -> torch.nn.Module:
@@ -630,6 +678,7 @@ class Relearn(Attack):
             return [not_applicable(self.name, "relearning needs at least 2 forget items (train on some, score others)")]
         trained, evaluated = relearn_split(len(ctx.items), settings.relearn_items, settings.seed)
         ctx.progress(0.0, f"{self.name}: copying the unlearned model")
+        _ensure_relearning_fits(ctx, [ctx.items[p] for p in trained])
         copy_ = merged_copy(ctx.pair, "unlearned", dtype=torch.float32)
         with torch.inference_mode(False), torch.enable_grad(), _seeded(settings.seed, next(copy_.parameters()).device):
             curve = relearning_curve(ctx, copy_, trained, evaluated)
@@ -642,6 +691,19 @@ class Relearn(Attack):
             )
             for step, probability, loss in curve
         ]  # fmt: skip
+
+
+def _ensure_relearning_fits(ctx: AttackContext, trained: list[QAItem]) -> None:
+    """Refuse relearning when the fp32 copy plus one training batch's activations (every layer kept for the
+    backward pass) would not fit: LoRA's own weights and optimiser state are small beside them."""
+    rows = [ctx.encode(item.question, item.answer) for item in trained[:8]]  # TrainConfig's batch is at most 8
+    length = max(len(row.input_ids) for row in rows)
+    with ctx.pair.use("unlearned") as model:
+        hidden, layers, vocab = model_shape(model)
+        training = activation_bytes(len(rows), length, hidden, layers, 4, TRAIN_ACTIVATION_FACTOR)
+        training += len(rows) * length * vocab * 4 * 3  # logits, their gradient, log-softmax
+        what = f"relearning on a float32 copy of the unlearned model ({len(rows)} items of up to {length} tokens)"
+        ensure_copy_fits(model, ctx.pair.device, ctx.pair.device, torch.float32, what, training)
 
 
 def relearning_curve(
@@ -890,7 +952,7 @@ def add_robustness_parser(commands: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--attacks", nargs="+", help="attack names (default: all that can run here); see --list")
     parser.add_argument("--out", type=Path, help="folder for robustness.json and robustness.csv")
     parser.add_argument("--items", type=int, help="attack only the first N forget items")
-    parser.add_argument("--batch-size", type=int, default=RobustnessSettings.batch_size)
+    parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=RobustnessSettings.batch_size)
     parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
     parser.add_argument("--no-attack-base", action="store_true", help="do not also apply the attacks to the base")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="smallest base−unlearned gap measured")

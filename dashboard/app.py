@@ -18,25 +18,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 from streamlit.navigation.page import Page  # noqa: E402
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
+from core.limits import is_out_of_memory  # noqa: E402
 from dashboard.plain import plain  # noqa: E402
 
 log = logging.getLogger("dashboard.app")  # not __name__: Streamlit runs this file as __main__
 PAGES = Path(__file__).parent / "views"  # not "pages/": Streamlit would also serve those files as pages of their own
 OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
-# What PyTorch's CPU and CUDA allocators say when they cannot allocate: a RuntimeError, not a MemoryError.
-_ALLOCATOR_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is an allocation failure (Python's, or PyTorch's RuntimeError from its allocators)."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _ALLOCATOR_FAILURES)
 
 
 def run_page(page: Page) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,3 +269,292 @@ def test_results_with_a_single_usable_metric_are_a_message_not_a_key_error() -> 
     with pytest.raises(UserError, match="pick a different metric for one axis"):
         tradeoff_figure(two, "model_utility", "model_utility")
     assert len(tradeoff_figure(two, "forget_Q_A_Prob", "model_utility").data[0].x) == 1
+
+
+# ---------------------------------------------------------------------------------------------- bounds on requests
+
+
+class CountingTokenizer:
+    """TinyTokenizer that counts its calls: a refused text must never reach the tokenizer."""
+
+    def __init__(self) -> None:
+        from tiny_models import TinyTokenizer
+
+        self.inner, self.calls = TinyTokenizer(), 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from tiny_models import make_tiny_llama
+
+    from core.models import ModelPair
+
+    return ModelPair.from_models(make_tiny_llama(seed=0), make_tiny_llama(seed=1), CountingTokenizer())
+
+
+FORGET = [data.QAItem(i, f"Question number {i}?", f"Answer {i}.") for i in range(4)]
+HUGE = "y" * 4_000_000  # 4 MB: took 5 s and 1 GB just to tokenise
+
+
+def entry_points(pair):
+    """Every entry point that tokenises a prompt and an answer, as (name, call(prompt, answer))."""
+    from core.attribution import attribute
+    from core.item_scores import score_items
+    from core.lens import hidden_state_drift, logit_lens
+    from core.probe import ProbeRequest, generate, score
+
+    def items(prompt: str, answer: str) -> object:
+        dataset = data.QADataset("set", "forget", [data.QAItem(0, prompt, answer)])  # built directly: no validation
+        return score_items(pair, dataset, chat=False)
+
+    return {
+        "probe.score": lambda p, a: score(pair, [ProbeRequest(p, a)]),
+        "probe.generate": lambda p, a: generate(pair, p, chat=False),
+        "attribute": lambda p, a: attribute(pair, p, a),
+        "logit_lens": lambda p, a: logit_lens(pair, p, a),
+        "drift": lambda p, a: hidden_state_drift(pair, {"forget": [(p, a)]}),
+        "score_items": items,
+    }
+
+
+@pytest.mark.parametrize("field", ["prompt", "answer"])
+@pytest.mark.parametrize("entry", ["probe.score", "probe.generate", "attribute", "logit_lens", "drift", "score_items"])
+def test_a_text_over_the_bound_is_refused_before_tokenisation(pair, entry: str, field: str) -> None:
+    if entry == "probe.generate" and field == "answer":
+        pytest.skip("generation takes no answer")
+    prompt, answer = (HUGE, "An answer.") if field == "prompt" else ("A question?", HUGE)
+    pair.tokenizer.calls = 0
+    began = time.perf_counter()
+    with pytest.raises(UserError, match=rf"the {field} has 4,000,000 characters, more than the 20,000 allowed"):
+        entry_points(pair)[entry](prompt, answer)
+    assert pair.tokenizer.calls == 0
+    assert time.perf_counter() - began < 2.0
+
+
+def test_a_text_at_the_bound_is_scored(pair) -> None:
+    from core.probe import ProbeRequest, score
+
+    prompt = "a" * limits.MAX_TEXT_CHARS  # TinyTokenizer: a token per character, truncated to the context
+    [result] = score(pair, [ProbeRequest(prompt, "bc")])
+    assert result.truncated and len(result.tokens) == len(" bc")  # a space joins prompt and answer
+
+
+@pytest.mark.parametrize("top_k", [-1, limits.MAX_TOP_K + 1, 10**9])
+def test_top_k_is_bounded_in_the_library(pair, top_k: int) -> None:
+    from core.probe import ProbeRequest, score
+
+    with pytest.raises(UserError, match=rf"top_k must be a whole number, at least 0 and at most {limits.MAX_TOP_K}"):
+        score(pair, [ProbeRequest("A question?", "Yes.")], top_k=top_k)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"n_steps": limits.MAX_IG_STEPS + 1}, "n_steps"),
+        ({"n_steps": 10**9}, "n_steps"),
+        ({"n_samples": limits.MAX_SHAPLEY_SAMPLES + 1}, "n_samples"),
+    ],
+)
+def test_attribution_steps_and_samples_are_bounded_in_the_library(pair, settings: dict, message: str) -> None:
+    from core.attribution import AttributionSettings, attribute
+
+    with pytest.raises(UserError, match=rf"{message} .*at most"):
+        attribute(pair, "A question?", "Yes.", settings=AttributionSettings(**settings))
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ("1,1000000000", "go up to 1,000"),
+        (f"1,{limits.MAX_RELEARN_STEP + 1}", "go up to 1,000"),
+        (",".join(str(i) for i in range(1, limits.MAX_RELEARN_POINTS + 2)), f"at most {limits.MAX_RELEARN_POINTS}"),
+        ("1," * 500_000, f"at most {limits.MAX_RELEARN_POINTS} numbers"),
+        (tuple(range(1, 1_001)) * 1_000, f"at most {limits.MAX_RELEARN_POINTS} relearning steps"),
+    ],
+    ids=["billion", "just-over", "one-point-too-many", "megabyte-string", "million-list"],
+)
+def test_relearning_steps_are_bounded(steps, message: str) -> None:
+    from core.robustness import RobustnessSettings
+
+    began = time.perf_counter()
+    with pytest.raises(UserError, match=message):
+        RobustnessSettings(relearn_steps=steps)
+    assert time.perf_counter() - began < 2.0
+    last = ",".join(str(i) for i in range(limits.MAX_RELEARN_STEP - limits.MAX_RELEARN_POINTS + 1, 1_001))
+    assert len(RobustnessSettings(relearn_steps=last).relearn_steps) == limits.MAX_RELEARN_POINTS
+
+
+def test_batch_sizes_and_new_tokens_are_bounded() -> None:
+    from core.evaluate import EvalSettings
+    from core.robustness import RobustnessSettings
+
+    with pytest.raises(UserError, match="batch size"):
+        RobustnessSettings(batch_size=limits.MAX_BATCH_SIZE + 1)
+    with pytest.raises(UserError, match="batch size"):
+        EvalSettings(batch_size=limits.MAX_BATCH_SIZE + 1)
+    with pytest.raises(UserError, match="max_new_tokens"):
+        EvalSettings(max_new_tokens=limits.MAX_NEW_TOKENS + 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["attribute", "--n-steps", "100000"], f"argument --n-steps: 100000 is outside 1..{limits.MAX_IG_STEPS}"),
+        (["attribute", "--n-steps", "many"], "argument --n-steps: 'many' is not a whole number"),
+        (["attribute", "--n-samples", "0"], f"argument --n-samples: 0 is outside 1..{limits.MAX_SHAPLEY_SAMPLES}"),
+        (["probe", "--prompt", "p", "--top-k", "1000"], f"argument --top-k: 1000 is outside 0..{limits.MAX_TOP_K}"),
+        (["probe", "--prompt", "p", "--max-new-tokens", "99999"], "argument --max-new-tokens: 99999 is outside"),
+        (["lens", "--items", "5000"], f"argument --items: 5000 is outside 1..{limits.MAX_DRIFT_ITEMS}"),
+        (
+            ["robustness", "--batch-size", "100000"],
+            f"argument --batch-size: 100000 is outside 1..{limits.MAX_BATCH_SIZE}",
+        ),
+        (["evaluate", "--data", "demo", "--batch-size", "0"], "argument --batch-size: 0 is outside"),
+    ],
+)
+def test_cli_bounds_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    from core.__main__ import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+class FakeMemory:
+    def __init__(self, available: int) -> None:
+        self.available = available
+
+
+def with_free_memory(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
+    monkeypatch.setattr(limits.psutil, "virtual_memory", lambda: FakeMemory(available))
+
+
+def test_ensure_fits_refuses_beyond_the_headroom_of_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_free_memory(monkeypatch, 10 * limits.GiB)
+    limits.ensure_fits(9 * limits.GiB, "cpu", "a 9 GiB job")  # 90 % of free: allowed
+    with pytest.raises(UserError, match=r"a 9\.01 GiB job needs about 9\.01 GiB of memory but only 10\.00 GiB is free"):
+        limits.ensure_fits(int(9.01 * limits.GiB), "cpu", "a 9.01 GiB job")
+    limits.ensure_fits(10**15, "meta", "anything")  # no way to know: not refused
+
+
+def test_cuda_free_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = limits.torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "mem_get_info", lambda index: (3 * limits.GiB, 80 * limits.GiB))
+    monkeypatch.setattr(cuda, "memory_reserved", lambda index: 5 * limits.GiB)
+    monkeypatch.setattr(cuda, "memory_allocated", lambda index: 4 * limits.GiB)
+    assert limits.available_bytes("cuda:0") == 4 * limits.GiB
+    with pytest.raises(UserError, match=r"only 4\.00 GiB is free on cuda"):
+        limits.ensure_fits(4 * limits.GiB, "cuda:0", "a copy")
+
+
+def test_module_bytes_counts_shared_storage_once_and_converts_dtypes() -> None:
+    from tiny_models import make_tiny_llama
+
+    model = make_tiny_llama()
+    unique = {t.untyped_storage().data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
+    fp32 = sum(t.numel() * t.element_size() for t in unique.values())
+    floats = sum(t.numel() for t in unique.values() if t.is_floating_point())
+    assert limits.module_bytes(model) == fp32
+    assert limits.module_bytes(model, limits.torch.bfloat16) == fp32 - 2 * floats
+
+
+def test_a_copy_that_does_not_fit_is_refused_and_the_pair_is_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiny_models import TinyTokenizer, make_tiny_llama
+
+    from core.models import ModelPair
+    from core.robustness import ensure_copy_fits, run_attacks
+
+    model = make_tiny_llama()
+    fp32 = sum(p.numel() * 4 for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
+    pair = ModelPair.from_models(make_tiny_llama(seed=0), model, TinyTokenizer())
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    # a same-dtype copy needs the copy; converting to bf16 on the same device needs the copy and the converted one
+    with_free_memory(monkeypatch, int(fp32 / limits.MEMORY_HEADROOM) + 64)
+    ensure_copy_fits(model, "cpu", "cpu", limits.torch.float32, "a float32 copy")
+    with pytest.raises(UserError, match="a bfloat16 copy needs about"):
+        ensure_copy_fits(model, "cpu", "cpu", limits.torch.bfloat16, "a bfloat16 copy")
+    with_free_memory(monkeypatch, 1024)
+    for attack in ("quantize_int8", "relearn"):
+        with pytest.raises(UserError, match=r"needs about .* but only 1 MiB|needs about .* but only 0 MiB"):
+            run_attacks(pair, FORGET, [attack])
+    assert all(limits.torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("entry", ["probe.score", "attribute", "drift", "score_items"])  # the lens reads in chunks
+def test_work_that_does_not_fit_is_refused_before_it_runs(pair, monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    with_free_memory(monkeypatch, 1024)
+    with pytest.raises(UserError, match=r"needs about .* of memory but only 0 MiB is free on cpu"):
+        entry_points(pair)[entry]("A question?", "An answer.")
+
+
+def test_an_evaluation_batch_that_does_not_fit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiny_models import TinyTokenizer, make_tiny_llama
+
+    from core.evaluate import EvalSettings, evaluate_model
+
+    splits = data.SplitData(forget=data.QADataset("set", "forget", FORGET))
+    with_free_memory(monkeypatch, 1024)
+    with pytest.raises(UserError, match=r"evaluating 4 items .* needs about"):
+        evaluate_model(make_tiny_llama(), TinyTokenizer(), splits, EvalSettings(chat=False))
+
+
+# ---------------------------------------------------------------------------------------------- CLI top level
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "message"),
+    [
+        (RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply"),
+        (
+            UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"),
+            2,
+            "not UTF-8 text (byte 0xff at offset 2)",
+        ),
+        (struct.error("unpack requires a buffer of 8 bytes"), 2, "truncated or corrupt"),
+        (FileNotFoundError(2, "No such file or directory", "/x/model.gguf"), 2, "/x/model.gguf: No such file"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"), 3, "out of memory"),
+        (KeyError("surprise"), 1, "unexpected KeyError: 'surprise' (run with -v for the traceback)"),
+    ],
+    ids=["recursion", "unicode", "struct", "oserror", "allocator", "unexpected"],
+)
+def test_the_cli_turns_any_failure_into_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, exc: Exception, status: int, message: str
+) -> None:
+    from core.__main__ import main
+
+    monkeypatch.setattr(ingest, "ingest", raising(exc))
+    assert main(["ingest", "somewhere"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert "Traceback" not in err
+
+
+def raising(exc: Exception) -> Callable[..., object]:
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+def test_the_cli_reads_a_hostile_file_into_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from core.__main__ import main
+
+    deep = tmp_path / "forget.json"
+    deep.write_bytes(b"[" * 100_000)
+    assert main(["lens", "--view", "drift", "--forget", str(deep), "--retain", str(deep)]) == 2
+    err = capsys.readouterr().err
+    depth = sys.getrecursionlimit()
+    assert err == f"error: {deep}: JSON nested too deeply to read (more than about {depth} levels)\n"
