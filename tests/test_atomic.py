@@ -1,18 +1,26 @@
-"""core.cache's atomic folders and files under concurrent writers and readers (nothing lost, nothing half-trusted)."""
+"""Nothing lost, nothing half-written trusted: core.cache's atomic folders and files under concurrent writers and
+readers, its file lock, and training checkpoints checked against their manifests when a run resumes."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from tiny_models import TinyTokenizer, make_tiny_llama
 
 from core import cache
-from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_bytes, atomic_write_text, is_complete
+from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_bytes, atomic_write_text, file_hash, is_complete
+from core.unlearn import TrainConfig, TrainingData, build_trainee, get_method, lora_config, read_manifest, train
+from core.unlearn.checkpoints import verify_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [f"part-{i:02d}.bin" for i in range(24)]
@@ -162,3 +170,64 @@ def test_a_file_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
         waited = time.monotonic() - began
     holder.wait()
     assert waited > 0.3
+
+
+FORGET = [SimpleNamespace(question=f"Who is Zed{i}?", answer=f"Zed{i} paints blue cats.") for i in range(4)]
+ADAPTER = "adapter_model.safetensors"
+
+
+def tiny_run(out: Path):
+    """Four LoRA steps of gradient ascent on a tiny Llama, a checkpoint every two steps (same result every time)."""
+    method = get_method("gradascent").from_options({})
+    torch.manual_seed(0)
+    lora = lora_config(4, 8, "all-linear")
+    trainee = build_trainee(make_tiny_llama(seed=0), "tiny-base", None, TinyTokenizer(), lora, False)
+    config = TrainConfig(steps=4, lr=5e-3, batch_size=2, save_every=2, seed=1)
+    return train(trainee, TinyTokenizer(), method, TrainingData(FORGET), config, out=out, show_bar=False)
+
+
+def test_a_checkpoint_manifest_lists_its_files_with_size_and_sha256(tmp_path: Path) -> None:
+    final = tiny_run(tmp_path / "run").final
+    files = read_manifest(final)["files"]
+    assert sorted(files) == ["adapter_config.json", ADAPTER, "trainer_state.pt"]
+    for name, record in files.items():
+        assert record == {"size": (final / name).stat().st_size, "sha256": file_hash(final / name)}
+    assert verify_checkpoint(final) is None
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "damage", "why"),
+    [
+        ("checkpoint-2", lambda c: cut_in_half(c / ADAPTER), "bytes, its manifest says"),
+        ("checkpoint-2", lambda c: flip_a_byte(c / ADAPTER), "differs from the sha256"),
+        ("checkpoint-2", lambda c: (c / ADAPTER).unlink(), "is missing"),
+        ("checkpoint-2", lambda c: (c / COMPLETE_MARKER).unlink(), "missing or incomplete"),
+        ("checkpoint-4", lambda c: cut_in_half(c / "trainer_state.pt"), "bytes, its manifest says"),
+    ],
+    ids=["weights cut", "weights changed", "weights deleted", "marker deleted", "optimizer state cut"],
+)
+def test_a_resumed_run_redoes_a_damaged_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, checkpoint: str, damage, why: str
+) -> None:
+    out = tmp_path / "run"
+    tiny_run(out)
+    shutil.copytree(out, tmp_path / "whole")
+    damage(out / checkpoint)
+    with caplog.at_level(logging.WARNING, logger="core.unlearn.checkpoints"):
+        result = tiny_run(out)  # the same command again: a resume
+    assert f"checkpoint {checkpoint.split('-')[1]} of {out} is not trusted" in caplog.text and why in caplog.text
+    assert sorted(result.checkpoints) == [2, 4]
+    for step in (2, 4):
+        redone = out / f"checkpoint-{step}"
+        assert verify_checkpoint(redone) is None
+        assert (redone / ADAPTER).read_bytes() == (tmp_path / "whole" / f"checkpoint-{step}" / ADAPTER).read_bytes()

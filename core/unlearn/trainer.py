@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from core.cache import content_hash
 from core.errors import UserError
 from core.probe import Batch, Encoded, collate, encode
-from core.unlearn.checkpoints import Checkpointer, latest_resumable
+from core.unlearn.checkpoints import Checkpointer
 from core.unlearn.methods import Method, StepInputs
 from core.unlearn.trainee import Trainee
 
@@ -198,8 +198,8 @@ def train(
     result = TrainResult()
     start = 0
     if checkpointer:
+        resumable = checkpointer.resume_point()
         result.checkpoints = checkpointer.existing()
-        resumable = latest_resumable(out)
         if resumable is not None:
             start, result.history = checkpointer.restore(resumable, optimizer)
             log.info("resuming %s from step %d (%s)", method.name, start, resumable)
