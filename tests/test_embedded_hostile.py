@@ -52,7 +52,7 @@ print(embedded.ensure_embedded_model())
 """
 
 
-def test_two_processes_building_the_embedded_model_convert_once(tmp_path: Path) -> None:
+def test_two_processes_building_the_embedded_model_convert_once_and_clear_old_scratch(tmp_path: Path) -> None:
     wheel = tmp_path / "fake.whl"
     wheel.write_bytes(b"not used")
     env = {
@@ -62,6 +62,9 @@ def test_two_processes_building_the_embedded_model_convert_once(tmp_path: Path) 
         "ULENS_SMOLLM2_WHEEL": str(wheel),
     }
     log = tmp_path / "conversions.log"
+    stale = tmp_path / "home" / "models" / f".{MODEL_DIRNAME}.building.killed"  # left by a build killed earlier
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", BUILDER, str(log)],
@@ -81,6 +84,7 @@ def test_two_processes_building_the_embedded_model_convert_once(tmp_path: Path) 
         "Tokenizer.json",
     ]
     assert log.read_text().split() == ["Model", "Tokenizer"]  # one conversion, not one per process
+    assert sorted(p.name for p in folder.parent.iterdir()) == [f".{MODEL_DIRNAME}.lock", MODEL_DIRNAME]
 
 
 def write_tiny_gguf(path: Path) -> Path:
