@@ -182,20 +182,26 @@ def test_graddiff_kl_variant_equals_the_formula() -> None:
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
-def memorised_model() -> torch.nn.Module:
-    """The tiny model fine-tuned on forget + retain until their answers are likely (the unit tier's target)."""
-    model = tiny(hidden=48)
-    trainee = FullTrainee(model, "tiny", TinyTokenizer(), keep_reference=False)
-    learn = TrainingData(FORGET + RETAIN)
-    train(
-        trainee,
-        TinyTokenizer(),
-        get_method("finetune")(),
-        learn,
-        TrainConfig(steps=80, lr=1e-2, batch_size=8),
-        show_bar=False,
-    )
-    return model
+TARGET_FILE = Path(__file__).parent / "fixtures" / "unlearn" / "target.safetensors"
+TARGET_HIDDEN = 48
+TARGET_CONFIG_KEYS = (
+    *("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
+    *("num_key_value_heads", "max_position_embeddings", "tie_word_embeddings", "hidden_act", "rms_norm_eps"),
+)
+
+
+def target_skeleton() -> torch.nn.Module:
+    """The architecture of the memorised target (its random initial weights are the fixture script's start)."""
+    return tiny(hidden=TARGET_HIDDEN)
+
+
+def target_metadata(model: torch.nn.Module) -> dict[str, str]:
+    """What target.safetensors records about itself and `target_state` checks: the model's shape, the data learned."""
+    config = {key: getattr(model.config, key, None) for key in TARGET_CONFIG_KEYS}
+    return {
+        "config": json.dumps(config, sort_keys=True),
+        "data": json.dumps([[item.question, item.answer] for item in FORGET + RETAIN]),
+    }
 
 
 def mean_nll(model: torch.nn.Module, items) -> float:
@@ -208,8 +214,21 @@ def mean_nll(model: torch.nn.Module, items) -> float:
 
 @pytest.fixture(scope="module")
 def target_state() -> dict[str, torch.Tensor]:
-    model = memorised_model()
-    assert mean_nll(model, FORGET) < 1.0 and mean_nll(model, RETAIN) < 1.0
+    """The unit tier's target: the tiny model fine-tuned on forget + retain until their answers are likely, loaded
+    from a committed file (tests/fixtures/unlearn/: made by make_target.py, see its README). Trained here, its 80
+    AdamW steps at lr 1e-2 would give CPU-dependent weights (rounding-sized gradient differences once the loss is
+    flat become lr-sized steps), and the unlearning tests' margins with them; the 8 unlearning steps on a fixed target
+    are stable across machines to 4-5 decimals."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = target_skeleton()
+    with safe_open(TARGET_FILE, "pt") as handle:
+        recorded = handle.metadata()
+    want = target_metadata(model)
+    assert {key: recorded.get(key) for key in want} == want, "target.safetensors is for another model or data set"
+    model.load_state_dict(load_file(TARGET_FILE), strict=True)
+    assert mean_nll(model, FORGET) < 1.0 and mean_nll(model, RETAIN) < 1.0  # the fixture has memorised both
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -220,7 +239,7 @@ LRS = {"gradascent": 5e-4, "graddiff": 2e-3, "npo": 3e-3, "simnpo": 3e-3, "idk":
 def test_a_few_steps_forget_and_keep_retain(name: str, target_state) -> None:
     """Forget NLL rises by more than 0.5 nats; retain NLL moves by less than half as much (GradAscent, which has
     no retain term and is known to collapse the model, by less than as much)."""
-    model = tiny(hidden=48)
+    model = target_skeleton()
     model.load_state_dict(target_state)
     before = mean_nll(model, FORGET), mean_nll(model, RETAIN)
     method = method_for(name)
@@ -233,12 +252,12 @@ def test_a_few_steps_forget_and_keep_retain(name: str, target_state) -> None:
 
 
 def test_rmu_moves_forget_activations_toward_the_steering_vector(target_state) -> None:
-    model = tiny(hidden=48)
+    model = target_skeleton()
     model.load_state_dict(target_state)
     method = method_for("rmu")
     trainee = FullTrainee(model, "tiny", TinyTokenizer(), keep_reference=True)
     run = RunContext(trainee, TinyTokenizer(), DATA, TrainConfig())
-    goal = RMU_OPTIONS["steering"] * RMU.random_direction(48, seed=0)
+    goal = RMU_OPTIONS["steering"] * RMU.random_direction(TARGET_HIDDEN, seed=0)
     with torch.no_grad():
         before = (hidden_at(model, run.forget_rows, 1) - goal).norm(dim=-1).mean().item()
     train(trainee, TinyTokenizer(), method, DATA, TrainConfig(steps=8, lr=1e-2, batch_size=4), show_bar=False)
