@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from core.attribution import AttributionResult, attribute
-from core.cache import atomic_write_text
+from core.cache import atomic_write_bytes, atomic_write_text
 from core.errors import UserError
 from core.figures import forget_quality_utility_figure, token_shift_figure, tradeoff_figure
 from core.figures_views import (
@@ -683,25 +682,11 @@ def figure_bytes(
     return EXPORT_SERVER.render(json.loads(pio.to_json(spec, validate=False)), opts)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def export_figure(figure: go.Figure, path: Path | str, format: str | None = None) -> Path:
     """Write the chart to `path` as PNG / SVG / PDF (the format defaults to the file's suffix)."""
     path = Path(path)
     format = format or path.suffix.lstrip(".").lower()
-    _atomic_write_bytes(path, figure_bytes(figure, format))
+    atomic_write_bytes(path, figure_bytes(figure, format))
     return path
 
 
