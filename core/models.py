@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from core.errors import UserError
+from core.limits import available_bytes
 
 log = logging.getLogger(__name__)
 
@@ -340,16 +342,14 @@ def estimate_pair_bytes(specs: dict[str, ModelSpec], dtype: torch.dtype) -> int 
 
 
 def available_memory(device: torch.device, spread: bool = False) -> int:
-    """Bytes free for weights on `device`: free GPU memory on CUDA (all GPUs plus RAM when `spread` over them by
-    a device map), available RAM otherwise (CPU, and MPS, whose memory is the system's)."""
-    import psutil
-
+    """Bytes free for weights on `device` (core.limits.available_bytes: RAM on a CPU, free GPU memory on CUDA); all
+    GPUs plus RAM when a device map `spread`s the model over them; RAM where the device cannot tell (MPS, whose
+    memory is the system's)."""
     ram = psutil.virtual_memory().available
-    if device.type != "cuda":
-        return ram
-    if spread:
-        return ram + sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda" and spread:
+        return ram + sum(available_bytes(torch.device("cuda", i)) or 0 for i in range(torch.cuda.device_count()))
+    free = available_bytes(device)
+    return ram if free is None else free
 
 
 def _size(count: float) -> str:

@@ -18,6 +18,7 @@ from core.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
 from core.demo import UNLEARNED as DEMO_UNLEARNED
 from core.demo import DemoExperiment, default_recipe, demo_status
 from core.errors import UserError
+from core.limits import is_out_of_memory
 from core.models import (
     ALLOW_PICKLE_ENV,
     DEFAULT_BASE,
@@ -40,8 +41,6 @@ DEMO_REFRESH_S = 2.0  # how often the sidebar re-reads status.json while the dem
 MB = 2**20
 INTERIM_PAIR = ("demo:base", "demo:target")  # what a first start opens while the default unlearned model builds
 OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
-# How PyTorch's allocators say they ran out: a RuntimeError, not a MemoryError (as dashboard/app.py's boundary).
-ALLOCATOR_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -67,17 +66,10 @@ def report_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         st.error(plain(exc))
-    except (MemoryError, torch.OutOfMemoryError):
-        st.error(OUT_OF_MEMORY)
-    except RuntimeError as exc:
-        if not is_allocator_failure(exc):
+    except (MemoryError, RuntimeError) as exc:  # PyTorch's allocators raise RuntimeError (OutOfMemoryError is one)
+        if not is_out_of_memory(exc):
             raise
         st.error(OUT_OF_MEMORY)
-
-
-def is_allocator_failure(exc: BaseException) -> bool:
-    """Whether `exc` is PyTorch's RuntimeError for a failed allocation."""
-    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in ALLOCATOR_FAILURES)
 
 
 @contextlib.contextmanager
@@ -279,16 +271,14 @@ def load_chosen(key: tuple) -> None:
         except UserError as exc:
             status.update(label="Could not load the pair", state="error")
             st.error(plain(exc))
-        except (MemoryError, torch.OutOfMemoryError):
-            status.update(label="Out of memory", state="error")
-            st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
         except Exception as exc:  # a broken model folder must not take the app down
+            if is_out_of_memory(exc):
+                status.update(label="Out of memory", state="error")
+                st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
+                return
             log.exception("loading the pair failed")
             status.update(label="Could not load the pair", state="error")
-            if is_allocator_failure(exc):
-                st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
-            else:
-                st.error(plain(f"Could not load the pair: {type(exc).__name__}: {exc}"))
+            st.error(plain(f"Could not load the pair: {type(exc).__name__}: {exc}"))
 
 
 def interim_pair_notice() -> None:
