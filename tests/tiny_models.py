@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -86,3 +87,47 @@ def save_tiny_model_dir(path: Path, seed: int = 0, words: tuple[str, ...] = ()) 
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ float32 tolerances
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def logit_tolerance(model, logits) -> float:
+    """τ: how far the code's float32 logits may lie from a reference pass over the same weights (batched vs
+    unbatched, padded, KV-cached, another SIMD width, BLAS kernel or thread count). Each of the model's L layers ends
+    in sums over at most W = max(hidden, intermediate) products; reordering a float32 sum of W terms moves it by at most
+    ~W·eps32 of its scale, and the logits come out of L such stages, so each computation is within ~L·W·eps32·max|z|
+    of exact arithmetic, and the two compared within twice that. (Tiny models: L=2, W=64, max|z|≈0.44: τ≈1.3e-5;
+    measured batched-vs-unbatched differences are ~1e-7.)"""
+    config = model.config
+    width = max(config.hidden_size, getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+                or 4 * config.hidden_size)  # fmt: skip
+    return 2 * config.num_hidden_layers * width * EPS32 * float(torch.as_tensor(logits).abs().max())
+
+
+def rank_bounds(scores, target: int, tau: float) -> tuple[int, int]:
+    """The 1-based ranks of `target` that any computation of `scores` (logits or log-probs, one position) with every
+    entry within τ of these may give: a rival within 2τ of the target may land on either side of it."""
+    z = torch.as_tensor(scores, dtype=torch.float64)
+    gaps = torch.cat([z[:target], z[target + 1 :]]) - z[target]
+    return 1 + int((gaps > 2 * tau).sum()), 1 + int((gaps > -2 * tau).sum())
+
+
+def assert_topk_within(got_ids, scores, k: int, tau: float) -> None:
+    """`got_ids` is a top-k of `scores` in descending order, up to rivals within 2τ of each other (see rank_bounds):
+    k distinct ids, each no lower than the k-th best − 2τ, each no lower than the next − 2τ."""
+    z = torch.as_tensor(scores, dtype=torch.float64)
+    got = [int(i) for i in got_ids]
+    assert len(got) == len(set(got)) == k, got
+    kth = float(z.topk(k).values[-1])
+    assert all(float(z[i]) >= kth - 2 * tau for i in got), (got, kth)
+    assert all(float(z[a]) >= float(z[b]) - 2 * tau for a, b in itertools.pairwise(got)), got
+
+
+def top_margin(scores) -> float:
+    """Best minus second-best entry: a greedy or argmax decision is the same under any computation within τ of
+    these scores when this exceeds 2τ (the precondition that makes an exact comparison of discrete outcomes fair)."""
+    top = torch.as_tensor(scores, dtype=torch.float64).topk(2).values
+    return float(top[0] - top[1])
