@@ -22,6 +22,7 @@ CONFIG = ROOT / ".streamlit" / "config.toml"
 
 
 def test_config_has_the_safe_defaults():
+    assert (ROOT / "dashboard" / ".streamlit" / "config.toml").resolve() == CONFIG.resolve()
     config = tomllib.loads(CONFIG.read_text())
     server, client = config["server"], config["client"]
     assert server["address"] == "127.0.0.1"
@@ -34,12 +35,14 @@ def test_config_has_the_safe_defaults():
     assert config["browser"]["gatherUsageStats"] is False
 
 
-@pytest.fixture(scope="module")
-def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, int]]:
-    """`python -m streamlit run dashboard/app.py` from the project root with no flags at all (the port comes from
-    Streamlit's own environment variable, which is not a flag)."""
+@pytest.fixture(scope="module", params=["from the project root", "from another folder"])
+def bare_server(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`python -m streamlit run dashboard/app.py` with no flags at all (the port comes from Streamlit's own
+    environment variable, which is not a flag), from the project root (Streamlit reads ./.streamlit/config.toml)
+    and from an unrelated folder (it reads dashboard/.streamlit/config.toml, a link to the same file)."""
     port = free_port()
     home = tmp_path_factory.mktemp("home")
+    elsewhere = request.param == "from another folder"
     env = {
         **os.environ,
         "ULENS_AUTOLOAD": "0",
@@ -51,8 +54,8 @@ def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subp
         env.pop(name, None)  # the operator's way to expose the server; not this test's
     log = open(home / "server.log", "w")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py"],
-        cwd=ROOT,
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py")],
+        cwd=home if elsewhere else ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
