@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import torch
 
+from core.embedded import check_gguf
 from core.errors import UserError
 from core.limits import available_bytes
 
@@ -158,12 +159,13 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     if spec.adapter:
         check_adapter_weights(Path(spec.adapter).expanduser(), spec.allow_unsafe_weights)
     if path.is_file() and path.suffix == ".gguf":
+        check_gguf(path)
         return replace(spec, source=str(path.parent), gguf_file=path.name)
     if path.is_dir():
         if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
             if spec.adapter:
                 raise UserError(f"{path} is an adapter, and another adapter was given too ({spec.adapter})")
-            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            base = read_json_file(path / "adapter_config.json", "a PEFT adapter config").get("base_model_name_or_path")
             if not base:
                 raise UserError(f"adapter {path} does not name its base model; pass it as SOURCE::adapter={path}")
             return resolve_spec(replace(spec, source=base, adapter=str(path)))
@@ -171,6 +173,7 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
             raise UserError(f"GGUF file {spec.gguf_file} not found in {path}")
         if not spec.gguf_file and not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model folder (no config.json), a PEFT adapter or a .gguf file")
+        check_model_files(path, spec.gguf_file)
         return replace(spec, source=str(path))
     looks_local = spec.source.startswith(("/", ".", "~")) or spec.source.count("/") > 1
     if looks_local or not _HUB_ID.match(spec.source):
@@ -183,10 +186,26 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def check_model_files(folder: Path, gguf_file: str | None) -> None:
+    """Read what a local model folder's loader will trust (config, safetensors headers, GGUF tables) and raise a
+    UserError naming the file that is cut short or corrupt, before any weights are loaded."""
+    if gguf_file:
+        check_gguf(folder / gguf_file)
+        return
+    read_json_file(folder / "config.json", "a model config")
+    for file in _safetensors_files(folder):
+        check_safetensors(file)
+
+
 def check_adapter_weights(folder: Path, allow_unsafe_weights: bool) -> None:
     """Refuse an adapter whose only weights are pickle (adapter_model.bin) unless pickle weights are opted in:
-    PEFT would unpickle it, and unpickling can run code, the same rule as for a model's .bin weights."""
-    if allow_unsafe_weights or (folder / "adapter_model.safetensors").is_file():
+    PEFT would unpickle it, and unpickling can run code, the same rule as for a model's .bin weights. A cut or
+    corrupt adapter config or safetensors file is a UserError naming it."""
+    read_json_file(folder / "adapter_config.json", "a PEFT adapter config")
+    if (folder / "adapter_model.safetensors").is_file():
+        check_safetensors(folder / "adapter_model.safetensors")
+        return
+    if allow_unsafe_weights:
         return
     if (folder / "adapter_model.bin").is_file():
         raise UserError(
@@ -273,9 +292,46 @@ def _safetensors_files(folder: Path) -> list[Path]:
     """The weight files a folder's model loads: those of the shard index, else model.safetensors."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        names = read_json_file(index, "a safetensors shard index").get("weight_map")
+        if not isinstance(names, dict) or not all(isinstance(name, str) for name in names.values()):
+            raise UserError(f"{index} has no weight_map of tensor names to file names")
+        files = {folder / name for name in names.values()}
+        if any(file.parent != folder for file in files):
+            raise UserError(f"{index} names weight files outside its folder")
+        return sorted(files)
     single = folder / "model.safetensors"
     return [single] if single.is_file() else []
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A model folder's JSON file (config, adapter config, shard index) as a dict, or a UserError naming it."""
+    try:
+        if path.stat().st_size > _MAX_HEADER:
+            raise ValueError(f"larger than {_MAX_HEADER // 2**20} MB")
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path} is not readable as {what}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not readable as {what}: expected a JSON object")
+    return data
+
+
+def check_safetensors(path: Path) -> dict[str, Any]:
+    """The header of a safetensors file, or a UserError naming the file when it is cut short, corrupt or not one
+    (the loader would fail later with a bare SafetensorError). Reads the header only."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 0 < length <= min(_MAX_HEADER, size - 8):
+                raise ValueError("no safetensors header")
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        if 8 + length + max(ends, default=0) > size:
+            raise ValueError(f"cut short: its tensors need {8 + length + max(ends)} bytes, the file has {size}")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        raise UserError(f"{path} is not a whole safetensors file ({exc})") from None
+    return header
 
 
 def _safetensors_bytes(folder: Path, dtype: torch.dtype) -> int | None:
@@ -286,12 +342,7 @@ def _safetensors_bytes(folder: Path, dtype: torch.dtype) -> int | None:
         return None
     total = 0
     for path in files:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if not 0 < length <= _MAX_HEADER:
-                raise ValueError(f"{path} has no readable safetensors header")
-            header = json.loads(handle.read(length))
-        for name, tensor in header.items():
+        for name, tensor in check_safetensors(path).items():
             if name == "__metadata__":
                 continue
             count = functools.reduce(lambda a, b: a * b, tensor["shape"], 1)
