@@ -33,15 +33,17 @@ import torch
 
 from core.errors import UserError
 from core.limits import (
+    FORWARD_ACTIVATION_FACTOR,
     MAX_IG_STEPS,
     MAX_SHAPLEY_SAMPLES,
-    TRAIN_ACTIVATION_FACTOR,
     activation_bytes,
+    attention_bytes,
     bounded_int,
     check_range,
     check_text,
     ensure_fits,
     model_shape,
+    saved_for_backward,
 )
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 from core.probe import encode
@@ -553,18 +555,27 @@ class ShapleySampling(_PerturbationMethod):
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def _ensure_fits(pair: ModelPair, problem: _Problem, batch_tokens: int) -> None:
-    """Refuse a run whose batches would not fit: a gradient batch keeps every layer's activations of at least one
-    whole sequence per answer row (more when batch_tokens allows), and the answer logits of each sequence.
-    Measured on SmolLM2-135M, 310 tokens, 16 IG steps on a CPU: estimate 2.9 GiB, peak growth 2.7 GiB."""
+def _ensure_fits(pair: ModelPair, problem: _Problem, method: str, batch_tokens: int) -> None:
+    """Refuse a run whose batches would not fit. A gradient batch keeps every layer's activations of its points
+    (one forward serves every answer row), and the batched backward holds about one more copy per answer row; a
+    perturbation batch is a plain forward pass. Both hold the answer logits of each sequence. Measured on
+    SmolLM2-135M on a CPU, 110 tokens with 9 answer rows: estimate 0.49 GiB, peak growth 0.91 GiB, of which about
+    0.3 GiB is the run's fixed overhead (as in the runs of `saved_for_backward`)."""
     with pair.use("base") as model:
-        hidden, layers, vocab = model_shape(model)
+        shape = model_shape(model)
     length, rows = len(problem.ids), len(problem.row_groups)
-    sequences = max(1, batch_tokens // (length * rows)) * rows
     itemsize = torch.empty((), dtype=pair.dtype).element_size()
-    kept = activation_bytes(sequences, length, hidden, layers, itemsize, TRAIN_ACTIVATION_FACTOR)
-    logits = sequences * len(problem.answer_ids) * vocab * (itemsize + 2 * 4)  # logits, float copy, log-softmax
-    ensure_fits(kept + logits, pair.device, f"attributing {length} tokens ({sequences} sequences per batch)")
+    if isinstance(METHODS[method], _GradientMethod):
+        points = max(1, batch_tokens // (length * rows)) if method == IntegratedGradients.name else 1
+        kept = saved_for_backward(shape, points, length, itemsize)
+        if rows > 1:
+            kept += activation_bytes(points * rows, length, shape.hidden, shape.layers, itemsize, 1)
+            kept += attention_bytes(points * rows, length, shape.heads, shape.layers, itemsize, 1)
+    else:
+        points = max(1, batch_tokens // length)
+        kept = activation_bytes(points, length, shape.hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR)
+    logits = points * len(problem.answer_ids) * shape.vocab * (itemsize + 2 * 4)  # logits, float copy, log-softmax
+    ensure_fits(kept + logits, pair.device, f"attributing {length} tokens ({points} sequences per batch)")
 
 
 def attribute(
@@ -592,7 +603,7 @@ def attribute(
     with torch.inference_mode(False):
         problem = _build_problem(pair, prompt, answer, chat, settings)
         batch_tokens = settings.batch_tokens or BATCH_TOKENS.get(pair.device.type, DEFAULT_BATCH_TOKENS)
-        _ensure_fits(pair, problem, batch_tokens)
+        _ensure_fits(pair, problem, method, batch_tokens)
         run = _Run(pair, problem, {}, settings, batch_tokens)
         for side in SIDES:
             with pair.use(side) as model:

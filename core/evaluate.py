@@ -729,12 +729,13 @@ def evaluate_model(
 def _ensure_batch_fits(model: torch.nn.Module, batch: list[_Unit], device: torch.device) -> None:
     """Refuse a batch whose forward pass would not fit: one layer's working set over every row of every item
     (answer, paraphrase, perturbed answers), plus the logits at every scored token."""
-    hidden, _, vocab = model_shape(model)
+    shape = model_shape(model)
     itemsize = next(model.parameters()).element_size()
     rows = sum(len(unit.rows) for unit in batch)
     width = max(unit.width for unit in batch)
     scored = sum(len(row.input_ids) - row.score_from for unit in batch for row in unit.rows)
-    needed = activation_bytes(rows, width, hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR) + scored * vocab * itemsize
+    working = activation_bytes(rows, width, shape.hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR)
+    needed = working + scored * shape.vocab * itemsize
     ensure_fits(needed, device, f"evaluating {len(batch)} items ({rows} rows of up to {width} tokens) in one batch")
 
 

@@ -338,9 +338,9 @@ def _ensure_drift_fits(pair: ModelPair, batch: int, width: int) -> None:
     """Refuse a batch whose hidden states would not fit: every layer's float32 stream of both sides is kept, with
     a stacked copy and the difference beside them (4 streams), plus one forward pass's working set."""
     with pair.use("base") as model:
-        hidden, layers, _ = model_shape(model)
-    streams = 4 * activation_bytes(batch, width, hidden, layers + 1, 4, 1)
-    working = activation_bytes(batch, width, hidden, 1, 4, FORWARD_ACTIVATION_FACTOR)
+        shape = model_shape(model)
+    streams = 4 * activation_bytes(batch, width, shape.hidden, shape.layers + 1, 4, 1)
+    working = activation_bytes(batch, width, shape.hidden, 1, 4, FORWARD_ACTIVATION_FACTOR)
     ensure_fits(streams + working, pair.device, f"hidden-state drift of {batch} items of up to {width} tokens")
 
 

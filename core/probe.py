@@ -388,12 +388,12 @@ def _ensure_batch_fits(pair: ModelPair, rows: list[Encoded]) -> None:
     sides' logits at the scored positions (their float copies are taken in small chunks). Measured on SmolLM2-135M,
     16 rows of 303 tokens: estimate 2.1 GiB, peak growth 2.3 GiB."""
     with pair.use("base") as model:
-        hidden, _, vocab = model_shape(model)
+        shape = model_shape(model)
     itemsize = torch.empty((), dtype=pair.dtype).element_size()
     width = max(len(row.input_ids) for row in rows)
     scored = sum(len(row.input_ids) - row.score_from for row in rows)
-    working = activation_bytes(len(rows), width, hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR)
-    logits = 2 * scored * vocab * itemsize
+    working = activation_bytes(len(rows), width, shape.hidden, 1, itemsize, FORWARD_ACTIVATION_FACTOR)
+    logits = 2 * scored * shape.vocab * itemsize
     ensure_fits(working + logits, pair.device, f"scoring {len(rows)} texts of up to {width} tokens")
 
 

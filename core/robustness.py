@@ -48,14 +48,13 @@ from core.limits import (
     MAX_BATCH_SIZE,
     MAX_RELEARN_POINTS,
     MAX_RELEARN_STEP,
-    TRAIN_ACTIVATION_FACTOR,
-    activation_bytes,
     bounded_int,
     check_range,
     ensure_fits,
     loads,
     model_shape,
     module_bytes,
+    saved_for_backward,
 )
 from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
 from core.probe import Encoded, collate, encode, selected_logits
@@ -699,9 +698,9 @@ def _ensure_relearning_fits(ctx: AttackContext, trained: list[QAItem]) -> None:
     rows = [ctx.encode(item.question, item.answer) for item in trained[:8]]  # TrainConfig's batch is at most 8
     length = max(len(row.input_ids) for row in rows)
     with ctx.pair.use("unlearned") as model:
-        hidden, layers, vocab = model_shape(model)
-        training = activation_bytes(len(rows), length, hidden, layers, 4, TRAIN_ACTIVATION_FACTOR)
-        training += len(rows) * length * vocab * 4 * 3  # logits, their gradient, log-softmax
+        shape = model_shape(model)
+        training = saved_for_backward(shape, len(rows), length, 4)
+        training += len(rows) * length * shape.vocab * 4 * 3  # logits, their gradient, log-softmax
         what = f"relearning on a float32 copy of the unlearned model ({len(rows)} items of up to {length} tokens)"
         ensure_copy_fits(model, ctx.pair.device, ctx.pair.device, torch.float32, what, training)
 
