@@ -578,16 +578,8 @@ def _ensure_fits(pair: ModelPair, problem: _Problem, method: str, batch_tokens: 
     ensure_fits(kept + logits, pair.device, f"attributing {length} tokens ({points} sequences per batch)")
 
 
-def attribute(
-    pair: ModelPair,
-    prompt: str,
-    answer: str,
-    method: str = "integrated_gradients",
-    chat: bool = False,
-    settings: AttributionSettings | None = None,
-) -> AttributionResult:
-    """Attribute the answer's log-prob (whole or per token) to the prompt, for base, unlearned and Δ."""
-    settings = settings or AttributionSettings()
+def _check_request(method: str, settings: AttributionSettings, prompt: str, answer: str) -> None:
+    """Refuse an unknown method or baseline and anything beyond the bounds, before any model work."""
     if method not in METHODS:
         raise UserError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
     if settings.baseline not in BASELINES:
@@ -598,6 +590,19 @@ def attribute(
         raise UserError("the occlusion window must be at least 1")
     check_text(prompt, "prompt")
     check_text(answer, "answer")
+
+
+def attribute(
+    pair: ModelPair,
+    prompt: str,
+    answer: str,
+    method: str = "integrated_gradients",
+    chat: bool = False,
+    settings: AttributionSettings | None = None,
+) -> AttributionResult:
+    """Attribute the answer's log-prob (whole or per token) to the prompt, for base, unlearned and Δ."""
+    settings = settings or AttributionSettings()
+    _check_request(method, settings, prompt, answer)
     baseline_id = BASELINES[settings.baseline](pair.tokenizer)
     # Gradients need autograd even when a caller (e.g. a UI thread) sits inside inference_mode.
     with torch.inference_mode(False):
