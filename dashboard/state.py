@@ -30,6 +30,7 @@ from core.models import (
     model_job,
     operator_opt_ins,
 )
+from dashboard.boundary import fragment
 from dashboard.plain import plain
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEMO_REFRESH_S = 2.0  # how often the sidebar re-reads status.json while the demo experiment builds
 MB = 2**20
 INTERIM_PAIR = ("demo:base", "demo:target")  # what a first start opens while the default unlearned model builds
-OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -57,19 +57,6 @@ def load_pair(
     }
     with _LOAD_LOCK:
         return ModelPair.load(ModelSpec.parse(base, **options), ModelSpec.parse(unlearned, **options))
-
-
-@contextlib.contextmanager
-def report_errors() -> Iterator[None]:
-    """Show a user mistake or an out-of-memory as a message on the page; the app stays up."""
-    try:
-        yield
-    except UserError as exc:
-        st.error(plain(exc))
-    except (MemoryError, RuntimeError) as exc:  # PyTorch's allocators raise RuntimeError (OutOfMemoryError is one)
-        if not is_out_of_memory(exc):
-            raise
-        st.error(OUT_OF_MEMORY)
 
 
 @contextlib.contextmanager
@@ -232,7 +219,7 @@ def draw_demo_status(status: dict[str, Any]) -> None:
         st.caption(f"{plain(f'Demo experiment {state}; ready: {models}.')} `python -m core demo` builds the rest.")
 
 
-@st.fragment(run_every=DEMO_REFRESH_S)
+@fragment(run_every=DEMO_REFRESH_S)
 def demo_progress_live() -> None:
     """Re-read status.json every few seconds while a build (here, in another session or the CLI) runs."""
     status = read_demo_status()

@@ -1,6 +1,6 @@
-"""The page error boundary in dashboard/app.py: an unexpected exception in a page is a short message with an id (its
-traceback in the server log under the same id), a UserError its plain message, an allocation failure the
-out-of-memory hint; st.stop / st.rerun pass through; the sidebar and the other pages keep working.
+"""The error boundaries (dashboard/boundary.py, around each page and each fragment): an unexpected exception is a
+short message with an id (its traceback in the server log under the same id), a UserError its plain message, an
+allocation failure the out-of-memory hint; st.stop / st.rerun pass through; the sidebar and other pages keep working.
 
 A page's failure is provoked by patching `core.results.our_result_folders`, which only the Tradeoffs page calls
 (pages import it from core.results every run, so the patch is what they get).
@@ -68,7 +68,7 @@ def test_an_unexpected_exception_is_a_message_with_an_id_and_its_traceback_is_lo
 ) -> None:
     at = open_app()
     monkeypatch.setattr(results, "our_result_folders", raising(KeyError(SECRET)))
-    with caplog.at_level(logging.ERROR, logger="dashboard.app"):
+    with caplog.at_level(logging.ERROR, logger="dashboard.boundary"):
         tradeoffs(at)
     assert not at.exception  # Streamlit's own exception element (with its traceback) is not shown
     [message] = errors(at)
@@ -76,7 +76,7 @@ def test_an_unexpected_exception_is_a_message_with_an_id_and_its_traceback_is_lo
     assert match, message
     shown = " ".join(element.value for element in at.main if isinstance(getattr(element, "value", None), str))
     assert SECRET not in shown and "Traceback" not in shown
-    [record] = [r for r in caplog.records if r.name == "dashboard.app"]
+    [record] = [r for r in caplog.records if r.name == "dashboard.boundary"]
     assert match.group(1) in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is KeyError  # the traceback goes to the log
     assert {"Base model", "Unlearned model"} <= sidebar_labels(at)  # the sidebar was drawn before the failure
@@ -160,3 +160,33 @@ def test_results_with_one_metric_are_a_message_on_the_tradeoffs_page() -> None:
     next(b for b in at.button if b.label == "Load results").click().run()
     assert not at.exception
     assert any("a tradeoff needs two different metrics" in text for text in errors(at)), errors(at)
+
+
+def fragment_app() -> None:
+    """A page with a fragment that fails on its first line (AppTest runs this function as a script)."""
+    import streamlit as st
+
+    from dashboard.boundary import fragment
+
+    @fragment
+    def panel() -> None:
+        st.write("before")
+        raise ValueError("s3cret-detail-from-the-exception")
+
+    panel()
+    st.write("after the fragment")
+
+
+def test_a_fragment_has_its_own_boundary(caplog: pytest.LogCaptureFixture) -> None:
+    """A fragment's own rerun does not pass through the page's boundary, so the fragment carries one: its failure
+    is the message with an id, and the page around it goes on."""
+    at = AppTest.from_function(fragment_app, default_timeout=TIMEOUT)
+    with caplog.at_level(logging.ERROR, logger="dashboard.boundary"):
+        at.run()
+    assert not at.exception
+    [message] = errors(at)
+    error_id = GENERIC.match(message).group(1)
+    assert [m.value for m in at.markdown] == ["before", "after the fragment"]
+    [record] = [r for r in caplog.records if r.name == "dashboard.boundary"]
+    assert error_id in record.getMessage() and "fragment" in record.getMessage()
+    assert SECRET in record.exc_text and SECRET not in message

@@ -7,9 +7,10 @@ import streamlit as st
 from core.attribution import BASELINES, GRANULARITIES, METHODS, AttributionResult, AttributionSettings, attribute
 from core.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
 from core.limits import MAX_IG_STEPS
+from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import question_inputs
-from dashboard.state import pair_key, report_errors, require_pair, shared_model_job, sidebar
+from dashboard.state import pair_key, require_pair, shared_model_job, sidebar
 
 STEP_METHODS = {"integrated_gradients"}  # the methods that integrate along a path (n_steps)
 NO_BASELINE = {"input_x_gradient"}  # the methods that never replace a token

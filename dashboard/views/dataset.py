@@ -11,7 +11,8 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
 from core.errors import UserError
 from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
-from dashboard.state import chat_default, current_pair, pair_key, report_errors, shared_model_job, sidebar
+from dashboard.boundary import fragment, report_errors
+from dashboard.state import chat_default, current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
@@ -111,7 +112,7 @@ def score_panel(dataset: QADataset) -> None:
         status.update(label=f"Scored {len(frame)} items", state="complete", expanded=False)
 
 
-@st.fragment
+@fragment
 def results_panel(frame: pd.DataFrame) -> None:
     """Summary numbers, a filterable table (click a header to sort), and the selected item handed to Probe."""
     cols = st.columns(3)

@@ -15,10 +15,11 @@ from core.highlight import VIEWS, default_scale, legend_html, token_html
 from core.limits import MAX_TEXT_CHARS
 from core.models import ModelPair
 from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
+from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart_downloads
 from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
-from dashboard.state import busy_note, chat_default, pair_key, report_errors, require_pair, shared_model_job, sidebar
+from dashboard.state import busy_note, chat_default, pair_key, require_pair, shared_model_job, sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
@@ -214,7 +215,7 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
         )
 
 
-@st.fragment
+@fragment
 def probe_panel(pair: ModelPair) -> None:
     """The examples and inputs, then the Score panel. A fragment: editing an input reruns this panel only (not the
     sidebar and the page around it)."""
@@ -223,7 +224,7 @@ def probe_panel(pair: ModelPair) -> None:
     score_panel(pair)
 
 
-@st.fragment
+@fragment
 def score_panel(pair: ModelPair) -> None:
     """Score / Generate and the results. A fragment inside the panel: clicking Score reruns only these few
     elements, so the browser has almost nothing to redraw while the two forward passes share its CPU (Score →

@@ -7,9 +7,10 @@ import streamlit as st
 from core.ingest import IngestResult, ingest
 from core.report import Report, build_report, parse_probes, slug
 from core.results import EXAMPLE_RESULTS, default_axes, fingerprint, metric_options, our_result_folders, result_paths
+from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain
-from dashboard.state import current_pair, report_errors, shared_model_job, sidebar
+from dashboard.state import current_pair, shared_model_job, sidebar
 
 BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
 MAX_PATHS_CHARS = 20_000  # the result folder box: a few hundred paths

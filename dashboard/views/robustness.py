@@ -17,9 +17,10 @@ from core.robustness import (
     relearning_figure,
     run_attacks,
 )
+from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads
 from dashboard.plain import plain
-from dashboard.state import current_pair, pair_key, report_errors, shared_model_job, sidebar
+from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6

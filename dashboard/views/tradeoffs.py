@@ -38,9 +38,10 @@ from core.results import (
     split_bar_metrics,
     truth_ratio_oracles,
 )
+from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart_downloads
 from dashboard.plain import plain
-from dashboard.state import report_errors, sidebar
+from dashboard.state import sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
 URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
@@ -183,7 +184,7 @@ def draw_warnings(result: IngestResult) -> None:
         st.dataframe(pd.DataFrame([asdict(warning) for warning in result.warnings]), hide_index=True)
 
 
-@st.fragment
+@fragment
 def tradeoff_panel(result: IngestResult) -> None:
     """Axis pickers, the tradeoff chart (click a point), FQ vs MU, and the clicked checkpoint's details."""
     with report_errors():
