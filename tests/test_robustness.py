@@ -135,12 +135,16 @@ def test_paraphrase_numbers_equal_an_independent_computation(pair, trained) -> N
     assert row.reference_unlearned == pytest.approx(np.mean(clean[unlearned]), abs=1e-5)
     assert row.attacked_unlearned == pytest.approx(np.mean(para[unlearned]), abs=1e-5)
     assert row.attacked_base == pytest.approx(np.mean(para[base]), abs=1e-5)
-    by_hand = (
-        100
-        * (np.mean(para[unlearned]) - np.mean(clean[unlearned]))
-        / (np.mean(clean[base]) - np.mean(clean[unlearned]))
-    )
-    assert row.recovery_pct == pytest.approx(by_hand, abs=1e-3)
+    gap = np.mean(clean[base]) - np.mean(clean[unlearned])
+    by_hand = 100 * (np.mean(para[unlearned]) - np.mean(clean[unlearned])) / gap
+    # propagated from the probabilities' tolerance δ: numerator and denominator are each off by at most 2δ, so
+    # |Δ(100·N/D)| = 100·|a·D − N·b| / (D·(D + b)) ≤ 100·2δ·(1 + |pct|/100) / (D − 2δ)
+    delta = 1e-5  # as asserted above
+    tolerance = 100 * 2 * delta * (1 + abs(by_hand) / 100) / (gap - 2 * delta)
+    assert row.recovery_pct == pytest.approx(by_hand, abs=tolerance)
+    # and the formula itself, on the code's own probabilities
+    own = 100 * (row.attacked_unlearned - row.reference_unlearned) / (row.reference_base - row.reference_unlearned)
+    assert row.recovery_pct == pytest.approx(own, rel=1e-9, abs=1e-9)
     assert result.base == pytest.approx(np.mean(clean[base]), abs=1e-5)
 
 
