@@ -40,6 +40,8 @@ MAX_RELEARN_POINTS = 32  # evaluation points on the relearning curve
 MAX_BATCH_SIZE = 256  # items or rows per forward pass
 MAX_NEW_TOKENS = 2_048  # tokens generated per side
 MAX_DRIFT_ITEMS = 1_000  # items per set in the hidden-state drift view
+MAX_PATH_CHARS = 4_096  # one typed file or folder path (Linux's PATH_MAX)
+MAX_PATH_LIST_CHARS = 20_000  # a box of result folders, one per line: a few hundred paths
 
 MEMORY_HEADROOM = 0.9  # use at most this share of the free memory: the OS, the browser and other sessions need some
 FORWARD_ACTIVATION_FACTOR = 16  # live tensors per hidden value without gradients (one layer's MLP, attention, residual)
@@ -125,13 +127,14 @@ def ensure_fits(bytes_needed: int, device: torch.device | str, what: str) -> Non
     log.debug("%s needs about %.2f GiB; %.2f GiB free on %s", what, bytes_needed / GiB, free / GiB, device)
     if bytes_needed > MEMORY_HEADROOM * free:
         raise UserError(
-            f"{what} needs about {_size(bytes_needed)} of memory but only {_size(free)} is free on "
+            f"{what} needs about {format_bytes(bytes_needed)} of memory but only {format_bytes(free)} is free on "
             f"{torch.device(device).type}; try fewer items, a smaller batch, shorter inputs, a smaller dtype or a "
             "smaller model"
         )
 
 
-def _size(count: int) -> str:
+def format_bytes(count: float) -> str:
+    """A byte count as people read it in a message: "1.25 GiB" or "300 MiB"."""
     return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / MiB:.0f} MiB"
 
 

@@ -26,7 +26,7 @@ import torch
 
 from core.embedded import check_gguf
 from core.errors import UserError
-from core.limits import available_bytes
+from core.limits import available_bytes, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ TRUST_REMOTE_CODE_ENV = "ULENS_TRUST_REMOTE_CODE"
 ALLOW_PICKLE_ENV = "ULENS_ALLOW_PICKLE"
 SKIP_MEMORY_CHECK_ENV = "ULENS_SKIP_MEMORY_CHECK"
 _TRUE = {"1", "true", "yes", "on"}
-MEMORY_MARGIN = 1.2  # weights × this, for the loader's temporary copies and the first passes' activations
-MEMORY_HEADROOM = 256 * 2**20  # plus this much for the tokenizer, the app and the allocator's slack
+LOAD_MARGIN = 1.2  # weights × this, for the loader's temporary copies and the first passes' activations
+LOAD_OVERHEAD = 256 * 2**20  # plus this much for the tokenizer, the app and the allocator's slack
 WAIT_POLL_S = 1.0  # how often a waiting caller is called back (a Streamlit rerun can stop the wait in between)
 WaitCallback = Callable[[str | None, bool], None]
 _JOB: contextvars.ContextVar[tuple[str | None, WaitCallback | None]] = contextvars.ContextVar(
@@ -403,10 +403,6 @@ def available_memory(device: torch.device, spread: bool = False) -> int:
     return ram if free is None else free
 
 
-def _size(count: float) -> str:
-    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
-
-
 def check_memory(specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype) -> None:
     """Refuse a pair whose weights will not fit, before loading any: on a CPU the allocator raises RuntimeError
     (not MemoryError) or the kernel's OOM killer ends the whole server, so running out must not be tried."""
@@ -414,11 +410,12 @@ def check_memory(specs: dict[str, ModelSpec], device: torch.device, dtype: torch
     if need is None:
         return
     free = available_memory(device, spread=bool(specs["base"].device_map))
-    if need * MEMORY_MARGIN + MEMORY_HEADROOM > free:
+    running = need * (LOAD_MARGIN - 1) + LOAD_OVERHEAD
+    if need + running > free:
         where = "GPU memory" if device.type == "cuda" else "memory"
         raise UserError(
-            f"the pair needs about {_size(need)} for its weights in {str(dtype).replace('torch.', '')} (plus "
-            f"{_size(need * (MEMORY_MARGIN - 1) + MEMORY_HEADROOM)} to run), but only {_size(free)} of {where} "
+            f"the pair needs about {format_bytes(need)} for its weights in {str(dtype).replace('torch.', '')} (plus "
+            f"{format_bytes(running)} to run), but only {format_bytes(free)} of {where} "
             f"is available on {device}. Choose bfloat16, a smaller model, or two adapters on one base (loaded "
             f"once); an operator who knows it fits sets {SKIP_MEMORY_CHECK_ENV}=1 (CLI: --skip-memory-check)."
         )

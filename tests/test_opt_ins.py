@@ -173,7 +173,7 @@ def test_a_pair_larger_than_free_memory_is_refused_before_loading(tiny_model_dir
     monkeypatch.setattr(models, "available_memory", lambda device, spread=False: 10 * 2**20)
     monkeypatch.setattr(models, "load_backbone", lambda *args: loads.append(args))
     spec = ModelSpec(str(tiny_model_dir))
-    with pytest.raises(UserError, match=r"needs about \d+ MB .* only 10 MB of memory is available on cpu") as error:
+    with pytest.raises(UserError, match=r"needs about \d+ MiB .* only 10 MiB of memory is available on cpu") as error:
         ModelPair.load(spec, spec)
     assert "ULENS_SKIP_MEMORY_CHECK=1" in str(error.value) and "--skip-memory-check" in str(error.value)
     assert not loads  # refused before any weights were read

@@ -17,6 +17,8 @@ import psutil
 import pytest
 from e2e.appserver import free_port, stop_app, wait_healthy
 
+from core.limits import MAX_QA_FILE_BYTES, MAX_RESULT_FILE_BYTES
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / ".streamlit" / "config.toml"
 
@@ -28,7 +30,7 @@ def test_config_has_the_safe_defaults():
     assert server["address"] == "127.0.0.1"
     assert {"localhost", "127.0.0.1", "::1"} <= set(server["allowedHosts"]) and "*" not in server["allowedHosts"]
     assert server["headless"] is True and server["fileWatcherType"] == "none"
-    assert 0 < server["maxUploadSize"] <= 200
+    assert server["maxUploadSize"] * 2**20 == MAX_QA_FILE_BYTES == MAX_RESULT_FILE_BYTES  # no upload the readers refuse
     assert server["enableXsrfProtection"] is True and server["enableCORS"] is True
     assert client["showErrorDetails"] in {"type", "none"}  # neither shows a traceback nor a message with paths
     assert client["toolbarMode"] == "minimal"

@@ -11,13 +11,13 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
 from core.errors import UserError
 from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
+from core.limits import MAX_PATH_CHARS
 from dashboard.boundary import fragment, report_errors
 from dashboard.state import chat_default, current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
 UPLOAD_KEY = "dataset_upload_parsed"  # session key: (upload id, name, size) and its QADataset or UserError
-MAX_PATH_CHARS = 4_096  # the file path box (Linux's PATH_MAX)
 MAX_FILTER_CHARS = 1_000  # the table filter box
 NUMBER = st.column_config.NumberColumn(format="%.4f")
 COLUMN_CONFIG = {

@@ -15,13 +15,11 @@ from core.lens import (
     logit_lens,
     weight_change,
 )
-from core.limits import MAX_DRIFT_ITEMS
+from core.limits import MAX_DRIFT_ITEMS, MAX_PATH_CHARS
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import available_examples, question_inputs
 from dashboard.state import chat_default, pair_key, require_pair, shared_model_job, sidebar
-
-MAX_PATH_CHARS = 4_096  # the forget / retain set file boxes (Linux's PATH_MAX)
 
 
 def stored(key: str) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.ingest import IngestResult, ingest
+from core.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
 from core.report import Report, build_report, parse_probes, slug
 from core.results import EXAMPLE_RESULTS, default_axes, fingerprint, metric_options, our_result_folders, result_paths
 from dashboard.boundary import report_errors
@@ -13,8 +14,6 @@ from dashboard.plain import plain
 from dashboard.state import current_pair, shared_model_job, sidebar
 
 BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
-MAX_PATHS_CHARS = 20_000  # the result folder box: a few hundred paths
-MAX_PATH_CHARS = 4_096  # one path (Linux's PATH_MAX)
 MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
 MAX_TITLE_CHARS = 200
 MAX_NOTES_CHARS = 20_000  # a few pages of notes
@@ -48,7 +47,10 @@ def pick_results() -> tuple[IngestResult | None, list[str]]:
     if EXAMPLE_RESULTS.is_dir():
         st.button("Use the example: real open-unlearning outputs", on_click=use_example)
     typed = st.text_area(
-        "Result folders, one per line", key="report_paths", max_chars=MAX_PATHS_CHARS, placeholder=str(EXAMPLE_RESULTS)
+        "Result folders, one per line",
+        key="report_paths",
+        max_chars=MAX_PATH_LIST_CHARS,
+        placeholder=str(EXAMPLE_RESULTS),
     )
     oracle = st.text_input("Oracle folder (optional)", key="report_oracle", max_chars=MAX_PATH_CHARS).strip() or None
     if not picked and not typed.strip():

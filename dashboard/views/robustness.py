@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.data import SplitData
+from core.limits import MAX_PATH_CHARS
 from core.robustness import (
     ATTACKS,
     RobustnessResult,
@@ -24,7 +25,6 @@ from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
-MAX_PATH_CHARS = 4_096  # the split folder box (Linux's PATH_MAX)
 MAX_STEPS_CHARS = 200  # the relearning steps box; core.robustness refuses steps beyond core.limits' bounds
 
 

@@ -20,6 +20,7 @@ from core.figures import (
     truth_ratio_figure,
 )
 from core.ingest import IngestResult, ingest
+from core.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
 from core.results import (
     EXAMPLE_RESULTS,
     FQ_MU,
@@ -46,8 +47,6 @@ from dashboard.state import sidebar
 DEFAULT_ATTACK = "mia_min_k"
 URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
 METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
-MAX_PATHS_CHARS = 20_000  # the folder box: a few hundred paths
-MAX_PATH_CHARS = 4_096  # one path (Linux's PATH_MAX)
 MAX_RUN_NAME_CHARS = 200  # core.uploads.safe_name allows no more
 PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
 
@@ -153,7 +152,7 @@ def pick_sources() -> None:
         text = st.text_area(
             "Result folders or files, one per line",
             key="tradeoff_paths",
-            max_chars=MAX_PATHS_CHARS,
+            max_chars=MAX_PATH_LIST_CHARS,
             placeholder=str(EXAMPLE_RESULTS),
             help="open-unlearning output folders (EVAL/SUMMARY JSON, checkpoint-*/evals) or legacy TOFU eval logs",
         )
