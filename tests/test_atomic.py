@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -159,17 +158,17 @@ def test_a_file_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
     script = (
         "import sys, time\nfrom pathlib import Path\nfrom core.cache import file_lock\n"
         "with file_lock(Path(sys.argv[1])):\n"
-        "    print('in', flush=True)\n    time.sleep(1.0)\n"
+        "    print('in', flush=True)\n    time.sleep(0.5)\n    Path(sys.argv[2]).touch()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     lock = tmp_path / "locks" / ".x.lock"
-    holder = subprocess.Popen([sys.executable, "-c", script, str(lock)], env=env, stdout=subprocess.PIPE, text=True)
+    done = tmp_path / "holder-done"  # touched by the holder as the last thing it does while holding the lock
+    command = [sys.executable, "-c", script, str(lock), str(done)]
+    holder = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "in"
-    began = time.monotonic()
     with cache.file_lock(lock):
-        waited = time.monotonic() - began
+        assert done.exists()  # we got in only after the holder had finished (order, not timing)
     holder.wait()
-    assert waited > 0.3
 
 
 FORGET = [SimpleNamespace(question=f"Who is Zed{i}?", answer=f"Zed{i} paints blue cats.") for i in range(4)]

@@ -13,7 +13,6 @@ import json
 import re
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ QA = [
     {"index": 0, "question": f"Where is {MARK}, really?", "answer": "Off the coast.", "perturbed_answer": ["No"]},
     {"index": 1, "question": "Who?", "answer": "Bo"},
 ]
-SECONDS = 10.0  # far more than any of these takes when refused early; a parse of a huge input takes minutes
 
 
 def qa_csv() -> bytes:
@@ -156,7 +154,6 @@ def write(tmp_path: Path, reader: Reader, content: bytes) -> Path:
 
 def problem(reader: Reader, path: Path) -> str:
     """The one message the reader gives for `path`: the UserError's, or the warning naming the file."""
-    began = time.perf_counter()
     if reader.warns:
         warnings = reader.read(path)
         assert len(warnings) == 1, warnings
@@ -166,7 +163,6 @@ def problem(reader: Reader, path: Path) -> str:
         with pytest.raises(UserError) as caught:
             reader.read(path)
         message = str(caught.value)
-    assert time.perf_counter() - began < SECONDS
     assert "Traceback" not in message and "\n" not in message, message
     return message
 
@@ -331,11 +327,9 @@ def test_a_text_over_the_bound_is_refused_before_tokenisation(pair, entry: str, 
         pytest.skip("generation takes no answer")
     prompt, answer = (HUGE, "An answer.") if field == "prompt" else ("A question?", HUGE)
     pair.tokenizer.calls = 0
-    began = time.perf_counter()
     with pytest.raises(UserError, match=rf"the {field} has 4,000,000 characters, more than the 20,000 allowed"):
         entry_points(pair)[entry](prompt, answer)
     assert pair.tokenizer.calls == 0
-    assert time.perf_counter() - began < 2.0
 
 
 def test_a_text_at_the_bound_is_scored(pair) -> None:
@@ -383,10 +377,8 @@ def test_attribution_steps_and_samples_are_bounded_in_the_library(pair, settings
 def test_relearning_steps_are_bounded(steps, message: str) -> None:
     from core.robustness import RobustnessSettings
 
-    began = time.perf_counter()
     with pytest.raises(UserError, match=message):
         RobustnessSettings(relearn_steps=steps)
-    assert time.perf_counter() - began < 2.0
     last = ",".join(str(i) for i in range(limits.MAX_RELEARN_STEP - limits.MAX_RELEARN_POINTS + 1, 1_001))
     assert len(RobustnessSettings(relearn_steps=last).relearn_steps) == limits.MAX_RELEARN_POINTS
 
