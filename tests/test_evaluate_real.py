@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 import core.evaluate as evaluate_module
 from core.data import QADataset, SplitData, load_demo_splits
-from core.evaluate import EvalSettings, evaluate, evaluate_run, tofu
+from core.evaluate import MIA_SPLITS, EvalSettings, evaluate, evaluate_run, tofu
 from core.ingest import ingest
+from core.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
 from core.models import ModelPair, ModelSpec, load_backbone, load_tokenizer
 from core.probe import ProbeRequest, score
 
@@ -51,14 +53,44 @@ def test_smollm_answer_losses_equal_the_probe_engine(smollm) -> None:
             assert got["avg_loss"] == pytest.approx(want, abs=1e-4)
 
 
-def test_smollm_batching_invariance_and_round_trip(smollm, tmp_path: Path) -> None:
+LOGP_TOL = 1e-4  # fp32 on a real model: padding changes matmul shapes, so log-probs move (measured ~1e-6)
+
+
+def test_smollm_batching_invariance_and_round_trip(smollm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = smollm
     data = first_items(load_demo_splits(), 2)
+    scored: list = []
+    score_batch = evaluate_module.score_batch
+
+    def recording(*args, **kwargs):
+        scored.extend(out := score_batch(*args, **kwargs))
+        return out
+
+    monkeypatch.setattr(evaluate_module, "score_batch", recording)
     one = evaluate([("smollm", model, tokenizer)], data, settings=EvalSettings(batch_size=1), cache=False)
+    tokens_one = {(s.split, s.item.index): s.answer for s in scored if s.split in MIA_SPLITS}
+    scored.clear()
     many = evaluate([("smollm", model, tokenizer)], data, settings=EvalSettings(batch_size=8), out_dir=tmp_path,
                     cache=False)  # fmt: skip
-    # fp32 on a real model: padding changes matmul shapes, so logits move by ~1e-6 and z-scores (Min-K%++) by ~1e-5
-    np.testing.assert_allclose(one.items()["value"], many.items()["value"], rtol=1e-4, atol=1e-4)
+    tokens_many = {(s.split, s.item.index): s.answer for s in scored if s.split in MIA_SPLITS}
+    items_one, items_many = one.items(), many.items()
+    assert items_one["metric"].tolist() == items_many["metric"].tolist()
+    z_scored = items_one["metric"].str.startswith("mia_min_k_plus_plus/").to_numpy()
+    np.testing.assert_allclose(items_one["value"][~z_scored], items_many["value"][~z_scored], rtol=1e-4, atol=LOGP_TOL)
+    # Min-K%++ divides by σ (clamped at 1e-3), so its error is the log-prob error over σ: its inputs are checked at
+    # the log-prob tolerance t, and the score at the bound they propagate to. With |δ log p|, |δμ|, |δσ| ≤ t,
+    # z = (log p − μ)/s moves by |δ log p − δμ − z·δs| / (s + δs) ≤ (2t + |z|·t) / (s − t) (the clamp s = max(σ, 1e-3)
+    # moves no more than σ), and the mean of the lowest k% of the z's by no more than the largest move.
+    assert tokens_one.keys() == tokens_many.keys() and tokens_one
+    for (split, index), a in tokens_one.items():
+        b = tokens_many[split, index]
+        for name in ("logp", "mu", "sigma"):
+            np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=0, atol=LOGP_TOL, err_msg=name)
+        s = np.maximum(a.sigma, MIN_K_PLUS_PLUS_MIN_SIGMA)
+        bound = float(np.max((2 * LOGP_TOL + np.abs((a.logp - a.mu) / s) * LOGP_TOL) / (s - LOGP_TOL)))
+        got = [r.evaluation("smollm").logs["mia_min_k_plus_plus"][split]["value_by_index"][str(index)]["score"]
+               for r in (one, many)]  # fmt: skip
+        assert got[0] == pytest.approx(got[1], abs=bound), (split, index, bound)
     read = ingest([tmp_path])
     frame = read.summary.drop(columns="source").sort_values("metric").reset_index(drop=True)
     pd.testing.assert_frame_equal(frame, many.to_frame().sort_values("metric").reset_index(drop=True))
@@ -66,6 +98,13 @@ def test_smollm_batching_invariance_and_round_trip(smollm, tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------------ demo (quick recipe)
+
+
+def ks_statistic(sample: list[float], reference: list[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov D: the largest gap between the two empirical CDFs, over the pooled values."""
+    pooled = np.concatenate([sample, reference])
+    cdfs = [np.searchsorted(np.sort(x), pooled, side="right") / len(x) for x in (sample, reference)]
+    return float(np.max(np.abs(cdfs[0] - cdfs[1])))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +149,17 @@ def test_demo_oracle_has_forgotten_what_the_target_knows(demo_env) -> None:
     result = evaluate(models, data, oracle="oracle")
     target, oracle = (result.evaluation(name).logs for name in ("target", "oracle"))
     assert oracle["forget_Q_A_Prob"]["agg_value"] < target["forget_Q_A_Prob"]["agg_value"]
-    assert target["forget_quality"]["agg_value"] < 0.05
+    # Forget quality is the KS-test p-value between the two models' forget truth ratios. On the quick experiment's
+    # 6 forget items it takes a few values only (D = 1: 0.0022, 5/6: 0.026, 4/6: 0.143, ...), so a bound like
+    # p < 0.05 (D ≥ 5/6) fails as soon as one item's ratio crosses one of the other model's (D moves by 1/6), which
+    # training on another CPU may do. Asserted on the statistic instead: D ≥ 2/3 (p ≤ 0.143 on 6 + 6): the two
+    # empirical distributions stay two thirds apart, with room for one item to land on the other side; and the
+    # reported p is the KS p-value of these ratios.
+    ratios = {name: [r["score"] for r in logs["forget_truth_ratio"]["value_by_index"].values()]
+              for name, logs in (("target", target), ("oracle", oracle))}  # fmt: skip
+    assert ks_statistic(ratios["target"], ratios["oracle"]) >= 2 / 3 - 1e-12, ratios
+    reported = target["forget_quality"]["agg_value"]
+    assert reported == pytest.approx(stats.ks_2samp(ratios["target"], ratios["oracle"]).pvalue, rel=1e-12)
     assert oracle["forget_quality"]["agg_value"] == 1.0
     assert [e.method for e in result.evaluations] == ["target", "oracle"]
 
