@@ -47,3 +47,20 @@ def embedded_model_dir() -> Path:
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return save_tiny_model_dir(tmp_path / "tiny")
+
+
+@pytest.fixture
+def fresh_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty Streamlit caches (st caches are shared by every AppTest in the process) and folder walks, and a cache
+    home and uploads folder in tmp, with no data roots but the project's own (each dashboard test module's
+    autouse fixture starts from this)."""
+    import streamlit as st
+
+    from core import results
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    results.clear_walks()
+    monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
+    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(results.DATA_ROOTS_ENV, raising=False)

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import streamlit as st
 import streamlit.testing.v1.app_test as app_test
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
@@ -59,12 +58,8 @@ class RecordingStorage(MemoryMediaFileStorage):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh caches, uploads and cache home per test (st caches are shared by every AppTest in the process)."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+def isolated(fresh_app: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app), and what this module needs besides."""
     monkeypatch.setenv("ULENS_DATA_ROOTS", str(FIXTURES))  # links name the fixture folders: they are data roots
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", RecordingStorage)
     RecordingStorage.files.clear()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 import streamlit.testing.v1.app_test as app_test
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
@@ -56,11 +55,8 @@ class RecordingManager(MediaFileManager):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh caches and cache home per test (st caches are shared by every AppTest in the process)."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+def isolated(fresh_app: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app), and what this module needs besides."""
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", RecordingStorage)
     monkeypatch.setattr(app_test, "MediaFileManager", RecordingManager)
     RecordingStorage.files.clear()

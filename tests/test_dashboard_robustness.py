@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
@@ -25,10 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+def isolated(fresh_app: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app), and what this module needs besides."""
     monkeypatch.delenv("ULENS_DEMO_QUICK", raising=False)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
@@ -27,12 +26,8 @@ PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh caches and cache home per test (st caches are shared by every AppTest in the process)."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+def isolated(fresh_app: None) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
 
 
 @pytest.fixture(scope="module")

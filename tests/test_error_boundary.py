@@ -28,12 +28,8 @@ OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, 
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh caches, uploads and cache home per test (st caches are shared by every AppTest in the process)."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+def isolated(fresh_app: None) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
 
 
 def open_app() -> AppTest:

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import core.ingest
@@ -32,14 +31,8 @@ HOSTILE_CHAT = "![x](http://example.invalid/a.png)"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh caches and walks, cache home and uploads in tmp, and no data roots but the project's own."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    results.clear_walks()
-    monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
-    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(results.DATA_ROOTS_ENV, raising=False)
+def isolated(fresh_app: None) -> None:
+    """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import base64
 import os
 import socket
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from e2e.appserver import free_port, stop_app, wait_healthy
+from e2e.appserver import free_port, start_app, stop_app, wait_healthy
 
 from core.limits import MAX_QA_FILE_BYTES, MAX_RESULT_FILE_BYTES
 
@@ -45,25 +44,8 @@ def bare_server(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     port = free_port()
     home = tmp_path_factory.mktemp("home")
     elsewhere = request.param == "from another folder"
-    env = {
-        **os.environ,
-        "ULENS_AUTOLOAD": "0",
-        "ULENS_HOME": str(home),
-        "STREAMLIT_SERVER_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("STREAMLIT_SERVER_ADDRESS", "STREAMLIT_SERVER_ALLOWED_HOSTS"):
-        env.pop(name, None)  # the operator's way to expose the server; not this test's
-    log = open(home / "server.log", "w")  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py")],
-        cwd=home if elsewhere else ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
+    env = {"ULENS_AUTOLOAD": "0", "ULENS_HOME": str(home)}
+    process = start_app(port, home / "server.log", env, cwd=home if elsewhere else ROOT, bare=True)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
         yield process, port

@@ -35,39 +35,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SAFE_FLAGS = ["--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+EXPOSURE = ("STREAMLIT_SERVER_ADDRESS", "STREAMLIT_SERVER_ALLOWED_HOSTS")  # the operator's way to expose the server
+
+
 def start_app(
-    port: int, log_path: Path, env: dict[str, str] | None = None, cwd: Path = ROOT, console_script: bool = False
+    port: int,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    console_script: bool = False,
+    bare: bool = False,
 ) -> subprocess.Popen:
     """`streamlit run dashboard/app.py` headless on 127.0.0.1:`port`, in its own process group (see stop_app);
-    from `cwd`, through `python -m streamlit` or, with `console_script`, the venv's `streamlit` command."""
+    from `cwd`, through `python -m streamlit` or, with `console_script`, the venv's `streamlit` command. `bare`:
+    no command-line flags at all and no exposure variables, only the project's .streamlit/config.toml (the port
+    from Streamlit's own environment variable, which is not a flag)."""
     launcher = (
         [str(Path(sys.executable).parent / "streamlit")] if console_script else [sys.executable, "-m", "streamlit"]
     )
-    cmd = [
-        *launcher,
-        "run",
-        str(ROOT / "dashboard" / "app.py"),
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
+    flags = [] if bare else [*SAFE_FLAGS, "--server.port", str(port), "--server.fileWatcherType", "none"]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if bare:
+        environment["STREAMLIT_SERVER_PORT"] = str(port)
+        for name in EXPOSURE:
+            environment.pop(name, None)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")  # noqa: SIM115 - the child keeps it; closed when the process group ends
     try:
         return subprocess.Popen(
-            cmd,
+            [*launcher, "run", str(ROOT / "dashboard" / "app.py"), *flags],
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env=environment,
         )
     finally:
         log.close()

@@ -5,13 +5,10 @@ Chromium's host resolver rules) gets no session."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, stop_app, wait_healthy
+from appserver import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_app, wait_healthy
 from conftest import OUTPUT
 from playwright.sync_api import BrowserType, Page, expect
 
@@ -20,21 +17,9 @@ from playwright.sync_api import BrowserType, Page, expect
 def bare_port() -> Iterator[int]:
     """The app started with no command-line flags (the port from Streamlit's environment variable)."""
     port = free_port()
-    env = {**os.environ, "ULENS_AUTOLOAD": "0", "STREAMLIT_SERVER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    for name in ("STREAMLIT_SERVER_ADDRESS", "STREAMLIT_SERVER_ALLOWED_HOSTS", "ULENS_TRUST_REMOTE_CODE"):
-        env.pop(name, None)
+    env = {"ULENS_AUTOLOAD": "0", "ULENS_TRUST_REMOTE_CODE": ""}
     env["ULENS_ALLOW_PICKLE"] = "1"  # an operator's opt-in, shown to the browser but not changeable there
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = open(OUTPUT / "bare-app.log", "w")  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
+    process = start_app(port, OUTPUT / "bare-app.log", env, bare=True)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
         yield port
