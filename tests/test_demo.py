@@ -182,7 +182,11 @@ def test_quick_demo_on_smollm2(tmp_path: Path, embedded_model_dir: Path) -> None
     assert target_forget >= 0.5
     assert oracle_forget < 0.5 * target_forget
     assert unlearned_forget < 0.5 * target_forget
-    assert unlearned_retain > target_retain - 0.2
+    # Selective, not collapsed: retain falls by less than half as much as forget (the unit tier's criterion in
+    # test_unlearn.py). docs/DEMO.md records a retain drop of 0.165 for a forget drop of 0.623 (ratio 0.27), so
+    # training that lands differently on another CPU has room; a model that forgets everything alike does not.
+    # (The former "retain within 0.2 of the target's" left 0.035 of room.)
+    assert target_retain - unlearned_retain < 0.5 * (target_forget - unlearned_forget)
 
 
 class _Spawned:
