@@ -32,7 +32,7 @@ REQUESTS = [
 ]
 
 
-def reference_stats(model: torch.nn.Module, ids: list[int], start: int, k: int) -> list[dict]:
+def reference_stats(model: torch.nn.Module, ids: list[int], start: int) -> list[dict]:
     """Unbatched forward; for each scored position, statistics computed one position at a time in numpy. Ranks and
     the top-k order are tie-aware: the code's batched float32 logits may differ from these by τ (logit_tolerance:
     2 layers × width 64 × eps32 × max|z| × 2 ≈ 1.3e-5 here), so a rival logit within 2τ of the target (seed 0 has
@@ -70,9 +70,9 @@ def test_statistics_match_reference(two_model_pair):
     for request, result in zip(REQUESTS, results, strict=True):
         row = encode(tokenizer, request.prompt, request.answer, max_length=128)
         with pair.use("base") as base:
-            ref_b = reference_stats(base, row.input_ids, row.score_from, 4)
+            ref_b = reference_stats(base, row.input_ids, row.score_from)
         with pair.use("unlearned") as unlearned:
-            ref_u = reference_stats(unlearned, row.input_ids, row.score_from, 4)
+            ref_u = reference_stats(unlearned, row.input_ids, row.score_from)
         assert len(result.tokens) == len(row.input_ids) - row.score_from
         for tok, rb, ru in zip(result.tokens, ref_b, ref_u, strict=True):
             assert tok.logprob_base == pytest.approx(rb["logp"], abs=1e-4)
