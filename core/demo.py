@@ -440,11 +440,6 @@ def demo_status() -> dict[str, Any]:
     return DemoExperiment().status()
 
 
-def list_demo_models() -> list[str]:
-    """The demo model names that open without building (base, target, oracle, METHOD, METHOD@STEP, unlearned)."""
-    return DemoExperiment().available()
-
-
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="build the demo experiment (target, oracle, unlearning runs)")
     parser.add_argument("--quick", action="store_true", help="a reduced experiment through the same code path")

@@ -197,17 +197,6 @@ def _continued_logits(
     return logits, targets
 
 
-def token_statistics(
-    logits: torch.Tensor, targets: torch.Tensor, top_k: int, chunk_rows: int = CHUNK_ROWS
-) -> dict[str, torch.Tensor]:
-    """Per scored token under one model: target log-prob, 1-based rank, entropy (nats), top-k ids and log-probs."""
-    parts = [
-        _chunk_statistics(logits[s : s + chunk_rows].float(), targets[s : s + chunk_rows], top_k)[0]
-        for s in range(0, len(targets), chunk_rows)
-    ]
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
 def pair_statistics(
     logits_base: torch.Tensor,
     logits_unlearned: torch.Tensor,
