@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -48,6 +49,8 @@ DEFAULT_UNLEARNED = "npo"
 TARGET, ORACLE, BASE, UNLEARNED = "target", "oracle", "base", "unlearned"
 STATUS_FILE = "status.json"
 _NAME = re.compile(r"^(?P<stage>[a-z_]+)(?:@(?P<step>\d+))?$")
+_BUILT: dict[tuple, tuple[list[str], bool]] = {}  # DemoExperiment._built, keyed by the runs folder's mtime
+_BUILT_LOCK = threading.Lock()  # Streamlit sessions are threads
 
 DemoProgress = Callable[[dict[str, Any]], None]  # receives each status update (the status.json content)
 
@@ -406,10 +409,24 @@ class DemoExperiment:
                 status = {**status, **json.loads(path.read_text(encoding="utf-8"))}
         if status["state"] == "building" and not _alive(int(status.get("pid", 0))):
             status["state"], status["message"] = "interrupted", "the build stopped; run `python -m core demo`"
-        status["models"] = self.available()
-        status["complete"] = all(self.is_built(s.name) for s in self.recipe.stages)
+        status["models"], status["complete"] = self._built()
         status["recipe"] = self.recipe.name
         return status
+
+    def _built(self) -> tuple[list[str], bool]:
+        """(models that open now, whether every stage is built), re-read only when the runs folder changes: finding
+        them hashes the training data, and the sidebar asks on every interaction of every page."""
+        try:
+            stamp = (self.root / "runs").stat().st_mtime_ns  # a stage folder swapped in or removed changes it
+        except FileNotFoundError:
+            stamp = None
+        key = (str(self.root), self.recipe, str(self.data_dir), str(self._base_dir), stamp)
+        with _BUILT_LOCK:
+            if key not in _BUILT:
+                _BUILT.clear()  # only the newest state of each experiment is ever asked for again
+                _BUILT[key] = (self.available(), all(self.is_built(s.name) for s in self.recipe.stages))
+            models, complete = _BUILT[key]
+        return list(models), complete
 
 
 def _cost(stage: Stage) -> float:

@@ -69,6 +69,23 @@ def test_build_makes_every_stage_with_checkpoints_and_reports_progress(built) ->
     assert status["complete"] and "unlearned" in status["models"] and "rmu@6" in status["models"]
 
 
+def test_status_finds_what_is_built_once_until_the_runs_folder_changes(built, monkeypatch) -> None:
+    """The sidebar reads the status on every interaction: what is built (which hashes the training data) is found
+    again only when a stage folder comes or goes."""
+    experiment, _ = built
+    fresh = DemoExperiment(TINY, DEMO_DIR, base_dir=experiment.base_dir, root=experiment.root)
+    expected = fresh.status()["models"]
+    keys = []
+    monkeypatch.setattr(DemoExperiment, "key", lambda self, name: keys.append(name) or "unbuilt")
+    again = DemoExperiment(TINY, DEMO_DIR, base_dir=experiment.base_dir, root=experiment.root)
+    assert again.status()["models"] == expected and keys == []
+    (experiment.root / "runs" / "a-new-stage").mkdir()
+    try:
+        assert again.status()["models"] == ["base"] and keys  # re-read: every stage now looks unbuilt
+    finally:
+        (experiment.root / "runs" / "a-new-stage").rmdir()
+
+
 def test_a_second_build_reuses_the_cache(built, monkeypatch) -> None:
     experiment, _ = built
 
