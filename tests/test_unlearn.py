@@ -16,7 +16,7 @@ from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 from core.errors import UserError
 from core.unlearn import (
-    METHODS,
+    UNLEARNING_METHODS,
     FullTrainee,
     TrainConfig,
     TrainingData,
@@ -148,7 +148,7 @@ def draw_rows(batch, rows) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(UNLEARNING_METHODS))
 def test_loss_equals_the_formula(name: str) -> None:
     method = method_for(name)
     trainee = perturbed_full_trainee(method)
@@ -235,7 +235,7 @@ def target_state() -> dict[str, torch.Tensor]:
 LRS = {"gradascent": 5e-4, "graddiff": 2e-3, "npo": 3e-3, "simnpo": 3e-3, "idk": 3e-3, "rmu": 3e-2}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if c.unlearns))
+@pytest.mark.parametrize("name", sorted(n for n, c in UNLEARNING_METHODS.items() if c.unlearns))
 def test_a_few_steps_forget_and_keep_retain(name: str, target_state) -> None:
     """Forget NLL rises by more than 0.5 nats; retain NLL moves by less than half as much (GradAscent, which has
     no retain term and is known to collapse the model, by less than as much)."""
@@ -384,7 +384,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 def test_cli_lists_the_methods(capsys) -> None:
     assert run_unlearn(cli("--list")) == 0
     listed = capsys.readouterr().out
-    for name in METHODS:
+    for name in UNLEARNING_METHODS:
         assert name in listed
 
 
@@ -457,7 +457,7 @@ def test_rmu_layer_out_of_range_is_a_user_error() -> None:
 
 
 def test_every_method_has_a_summary_and_documented_options() -> None:
-    for cls in METHODS.values():
+    for cls in UNLEARNING_METHODS.values():
         assert cls.summary
         assert all(option.metadata.get("help") for option in dataclasses.fields(cls.Options)), cls.name
 

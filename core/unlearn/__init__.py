@@ -6,16 +6,15 @@ python -m core unlearn --method npo --base demo:target --forget F.jsonl --retain
 
 from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs, read_manifest
 from core.unlearn.cli import add_unlearn_parser, describe_methods, run_unlearn
-from core.unlearn.methods import METHODS, Method, StepInputs, StepLoss, get_method, register
+from core.unlearn.methods import UNLEARNING_METHODS, StepInputs, StepLoss, UnlearningMethod, get_method, register
 from core.unlearn.trainee import FullTrainee, LoraTrainee, Trainee, attach_adapter, build_trainee, lora_config
 from core.unlearn.trainer import RunContext, TrainConfig, TrainingData, TrainResult, train
 
 __all__ = [
     "CODE_VERSION",
-    "METHODS",
+    "UNLEARNING_METHODS",
     "FullTrainee",
     "LoraTrainee",
-    "Method",
     "RunContext",
     "StepInputs",
     "StepLoss",
@@ -23,6 +22,7 @@ __all__ = [
     "TrainResult",
     "Trainee",
     "TrainingData",
+    "UnlearningMethod",
     "add_unlearn_parser",
     "attach_adapter",
     "build_trainee",

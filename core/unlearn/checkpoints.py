@@ -24,7 +24,7 @@ from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_json, con
 from core.errors import UserError
 
 if TYPE_CHECKING:
-    from core.unlearn.methods import Method
+    from core.unlearn.methods import UnlearningMethod
     from core.unlearn.trainee import Trainee
     from core.unlearn.trainer import TrainConfig
 
@@ -87,7 +87,9 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
 class Checkpointer:
     """Saves and restores the checkpoints of one run; refuses an output folder that holds a different run."""
 
-    def __init__(self, out: Path, trainee: Trainee, method: Method, config: TrainConfig, data_hash: str) -> None:
+    def __init__(
+        self, out: Path, trainee: Trainee, method: UnlearningMethod, config: TrainConfig, data_hash: str
+    ) -> None:
         self.out = out
         self.trainee = trainee
         self.config = config

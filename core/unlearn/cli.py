@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.unlearn.methods import METHODS, Method, get_method
+from core.unlearn.methods import UNLEARNING_METHODS as METHODS
+from core.unlearn.methods import UnlearningMethod as Method
+from core.unlearn.methods import get_method
 from core.unlearn.trainer import TrainConfig, TrainingData, train
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The formulas are those of docs/METRICS.md. Plain NLL terms (GradAscent, GradDiff, retain
 terms, fine-tuning) are the token mean over the batch's answer tokens, as open-unlearning's HF loss is; NPO and IdK
 use the summed log-probability of each answer, SimNPO its per-token average, each then averaged over the items.
-Adding a method is adding one class with `@register`.
+Adding a method is adding one class with `@register` (into `UNLEARNING_METHODS`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from core.common import Option, Registry, options_of
 from core.errors import UserError
 from core.probe import Batch, selected_logits
 
@@ -47,32 +48,38 @@ class NoOptions:
     """A method without hyper-parameters."""
 
 
-class Method:
-    """A training objective. Subclasses set `name`, `summary`, `Options` and implement `loss`."""
+class UnlearningMethod:
+    """A training objective. Subclasses set `name`, `summary`, `Options` and implement `loss`.
+
+    `Options` is a dataclass of the method's hyper-parameters (core.common.option fields); `option_specs`, the
+    registry's typed description of them, is derived from it for every subclass."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    option_specs: ClassVar[tuple[Option, ...]] = ()
     uses_retain: ClassVar[bool] = True
     unlearns: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.option_specs = options_of(cls.Options)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
     @classmethod
-    def from_options(cls, values: dict[str, Any]) -> Method:
-        """Build with the given hyper-parameters over the defaults; an option the method lacks is a UserError."""
-        known = {f.name: f for f in dataclasses.fields(cls.Options)}
+    def from_options(cls, values: dict[str, Any]) -> UnlearningMethod:
+        """Build with the given hyper-parameters over the defaults; an option the method lacks, or a value of the
+        wrong type or outside its choices or range, is a UserError."""
+        known = {spec.name: spec for spec in cls.option_specs}
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise UserError(
                 f"method {cls.name} has no option(s) {', '.join(unknown)}; it takes {', '.join(known) or 'none'}"
             )
-        for key, value in values.items():
-            choices = known[key].metadata.get("choices")
-            if choices and value not in choices:
-                raise UserError(f"{cls.name} option {key} must be one of {', '.join(choices)}, not {value!r}")
-        return cls(cls.Options(**values))
+        checked = {key: known[key].validate(value, cls.name) for key, value in values.items()}
+        return cls(cls.Options(**checked))
 
     def hyperparameters(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
@@ -96,19 +103,13 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: dict[str, type[Method]] = {}
+UNLEARNING_METHODS: Registry[type[UnlearningMethod]] = Registry("unlearning method")
+register = UNLEARNING_METHODS.register  # the decorator every method below is added with
 
 
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    key = name.strip().lower()
-    if key not in METHODS:
-        raise UserError(f"unknown unlearning method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[key]
+def get_method(name: str) -> type[UnlearningMethod]:
+    """The method called `name`, whatever its case and surrounding spaces (as typed on a command line)."""
+    return UNLEARNING_METHODS.get(name.strip().lower())
 
 
 def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -193,7 +194,7 @@ def reference_values(
 
 
 @register
-class GradAscent(Method):
+class GradAscent(UnlearningMethod):
     name = "gradascent"
     summary = "gradient ascent on the forget answers: −NLL_forget"
     uses_retain = False
@@ -213,7 +214,7 @@ class GradDiffOptions:
 
 
 @register
-class GradDiff(Method):
+class GradDiff(UnlearningMethod):
     name = "graddiff"
     summary = "γ·(−NLL_forget) + α·NLL_retain (variant retain_loss=kl: α·KL(π_ref‖π) on retain)"
     Options = GradDiffOptions
@@ -245,7 +246,7 @@ class NPOOptions:
     alpha: float = field(default=1.0, metadata={"help": "weight of the retain NLL term (0: none)"})
 
 
-class _ReferenceLogprobs(Method):
+class _ReferenceLogprobs(UnlearningMethod):
     """Precomputes log π_ref(a|q) of every forget item once (π_ref is frozen)."""
 
     reference_logp: torch.Tensor
@@ -282,7 +283,7 @@ class SimNPOOptions:
 
 
 @register
-class SimNPO(Method):
+class SimNPO(UnlearningMethod):
     name = "simnpo"
     summary = "γ·(−(2/β)·logσ(−(β/|a|)·log π(a|q) − β·δ)) on forget + α·NLL_retain (reference-free)"
     Options = SimNPOOptions
@@ -332,7 +333,7 @@ class RMUOptions:
 
 
 @register
-class RMU(Method):
+class RMU(UnlearningMethod):
     name = "rmu"
     summary = "MSE(h_ℓ(forget), c·u) + α·MSE(h_ℓ(retain), h_ℓ^frozen(retain)); only layers ℓ−2..ℓ trained"
     Options = RMUOptions
@@ -375,7 +376,7 @@ class RMU(Method):
 
 
 @register
-class FineTune(Method):
+class FineTune(UnlearningMethod):
     """Not unlearning: plain NLL on the forget slot's items (builds the demo target and oracle, bench baseline)."""
 
     name = "finetune"

@@ -21,7 +21,7 @@ from core.cache import content_hash
 from core.errors import UserError
 from core.probe import Batch, Encoded, collate, encode
 from core.unlearn.checkpoints import Checkpointer
-from core.unlearn.methods import Method, StepInputs
+from core.unlearn.methods import StepInputs, UnlearningMethod
 from core.unlearn.trainee import Trainee
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def draw(
     return out
 
 
-def step_inputs(run: RunContext, method: Method, step: int) -> StepInputs:
+def step_inputs(run: RunContext, method: UnlearningMethod, step: int) -> StepInputs:
     config = run.config
     forget_rows = draw(len(run.forget_rows), config.batch_size, step, config.seed, 0, run.forget_lengths)
     retain = None
@@ -168,7 +168,7 @@ def step_inputs(run: RunContext, method: Method, step: int) -> StepInputs:
     )
 
 
-def check_data(method: Method, data: TrainingData) -> None:
+def check_data(method: UnlearningMethod, data: TrainingData) -> None:
     if not data.forget:
         raise UserError(f"the {'training' if not method.unlearns else 'forget'} set is empty: nothing to train on")
     if method.uses_retain and not data.retain:
@@ -178,7 +178,7 @@ def check_data(method: Method, data: TrainingData) -> None:
 def train(
     trainee: Trainee,
     tokenizer: Any,
-    method: Method,
+    method: UnlearningMethod,
     data: TrainingData,
     config: TrainConfig,
     out: Path | None = None,
@@ -233,7 +233,11 @@ def train(
 
 
 def _one_step(
-    run: RunContext, method: Method, step: int, optimizer: torch.optim.Optimizer, trainable: list[torch.nn.Parameter]
+    run: RunContext,
+    method: UnlearningMethod,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    trainable: list[torch.nn.Parameter],
 ) -> dict[str, float]:
     inputs = step_inputs(run, method, step)
     with run.autocast():
