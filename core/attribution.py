@@ -17,11 +17,9 @@ numbers for F + n·B instead of n·(F + B) (docs/PERFORMANCE-attribution.md).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +29,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 
+from core.common import Option, Registry, option, options_of, validate_options
 from core.errors import UserError
 from core.limits import (
     FORWARD_ACTIVATION_FACTOR,
@@ -38,14 +37,12 @@ from core.limits import (
     MAX_SHAPLEY_SAMPLES,
     activation_bytes,
     attention_bytes,
-    bounded_int,
-    check_range,
     check_text,
     ensure_fits,
     model_shape,
     saved_for_backward,
 )
-from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
+from core.models import SIDES, ModelPair
 from core.probe import encode
 
 log = logging.getLogger(__name__)
@@ -54,6 +51,9 @@ GRANULARITIES = ("token", "word")
 # Tokens (× answer rows for IG) per batch of steps or perturbations, by device type. On CPU, IG's batched backward
 # slows down once its working set outgrows the caches (measured: ~8 steps × 31 tokens × 7 rows is the sweet spot).
 BATCH_TOKENS = {"cpu": 2048}
+# captum's integration rules (captum.attr._utils.approximation_methods) and the baselines of BASELINES below
+IG_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+BASELINE_NAMES = ("pad", "eos", "unk", "neutral", "zero")
 DEFAULT_BATCH_TOKENS = 32768
 _SEED_LOCK = threading.Lock()  # Shapley sampling seeds torch's global RNG: one seeded run at a time
 
@@ -63,15 +63,26 @@ class AttributionSettings:
     """How to attribute: target rows, baseline, granularity and each method's own knobs."""
 
     per_token: bool = False  # one row per answer token (or word) instead of the whole answer's log-prob
-    baseline: str = "pad"  # see BASELINES
+    # The methods' own knobs are typed options (core.common.option): each method declares the ones it reads.
+    baseline: str = option(
+        "pad", "What replaces a prompt token: the start of the integration path, or the ablated value.",
+        choices=BASELINE_NAMES, label="Baseline",
+    )  # fmt: skip
     granularity: str = "token"  # "token" or "word" (sub-word tokens summed, or ablated together, per word)
-    n_steps: int = 32  # integrated gradients: quadrature points
-    method: str = "gausslegendre"  # integrated gradients: captum's quadrature rule
-    n_samples: int = 16  # Shapley sampling: random feature orders
-    window: int = 3  # occlusion: features hidden together
+    n_steps: int = option(
+        32, "Quadrature points; more steps, smaller convergence delta.", min=1, max=MAX_IG_STEPS, label="IG steps"
+    )
+    method: str = option(
+        "gausslegendre", "captum's quadrature rule for integrated gradients.", choices=IG_RULES, label="IG rule"
+    )
+    n_samples: int = option(
+        16, "Random feature orders Shapley sampling averages over.", min=1, max=MAX_SHAPLEY_SAMPLES,
+        label="Shapley samples",
+    )  # fmt: skip
+    window: int = option(3, "Prompt tokens or words hidden together (clipped to the prompt).", min=1, label="Window")
     include_answer_prefix: bool = False  # also attribute to the answer's own earlier tokens (inseq's view)
     keep_special: bool = True  # special tokens (BOS, chat markers) are fed as they are, never attributed
-    seed: int = 0
+    seed: int = option(0, "Seeds the random feature orders (the same seed, the same map).", min=0, label="Seed")
     batch_tokens: int | None = None  # None: BATCH_TOKENS for the device, else DEFAULT_BATCH_TOKENS
 
 
@@ -350,23 +361,30 @@ class _Run:
     endpoints: dict[str, torch.Tensor] = field(default_factory=dict)  # side -> [2, R]: F(input), F(baseline)
 
 
-class Method(ABC):
-    """An attribution method; subclasses register under `name` and the CLI and dashboard list the registry."""
+def _settings_options(*names: str) -> tuple[Option, ...]:
+    """The AttributionSettings fields a method reads, as its declared options (one place for defaults and bounds)."""
+    return options_of(AttributionSettings, *names)
+
+
+SETTINGS_OPTIONS = {spec.name: spec for spec in options_of(AttributionSettings)}  # every method's, by name
+
+
+class AttributionMethod(ABC):
+    """An attribution method; subclasses register under `name` and the CLI and dashboard list the registry.
+
+    `option_specs` are the settings the method reads (the dashboard draws a control for each)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     contrast_exact: ClassVar[bool]
+    option_specs: ClassVar[tuple[Option, ...]] = ()
 
     @abstractmethod
     def maps(self, run: _Run) -> _Maps: ...
 
 
-METHODS: dict[str, Method] = {}
-
-
-def _register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls()
-    return cls
+ATTRIBUTION_METHODS: Registry[AttributionMethod] = Registry("attribution method", instantiate=True)
+_register = ATTRIBUTION_METHODS.register  # the decorator every method below is added with
 
 
 def _shared_forward_gradients(score: Callable[[torch.Tensor], torch.Tensor], n_rows: int) -> Callable[..., tuple]:
@@ -394,7 +412,7 @@ def _shared_forward_gradients(score: Callable[[torch.Tensor], torch.Tensor], n_r
     return gradient_func
 
 
-class _GradientMethod(Method):
+class _GradientMethod(AttributionMethod):
     """Attributes each side's row log-probs to its prompt embeddings; Δ is the difference of the two maps."""
 
     contrast_exact = False
@@ -428,6 +446,7 @@ def _side_score(run: _Run, side: str) -> Iterator[Callable[[torch.Tensor], torch
 class IntegratedGradients(_GradientMethod):
     name = "integrated_gradients"
     description = "layer integrated gradients on the input embeddings (captum), convergence delta reported"
+    option_specs = _settings_options("baseline", "n_steps", "method")
 
     def side_map(self, run: _Run, side: str, score: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
         from captum.attr import IntegratedGradients as CaptumIG
@@ -466,7 +485,7 @@ class InputXGradient(_GradientMethod):
         return attributions.sum(-1), None
 
 
-class _PerturbationMethod(Method):
+class _PerturbationMethod(AttributionMethod):
     """Perturbs prompt features (replaced by the baseline) and runs each perturbation through both models.
 
     The forward returns [base rows, unlearned rows, Δ rows] per perturbation, so captum attributes Δ itself with
@@ -474,6 +493,7 @@ class _PerturbationMethod(Method):
     """
 
     contrast_exact = True
+    option_specs = _settings_options("baseline")
 
     def maps(self, run: _Run) -> _Maps:
         problem = run.problem
@@ -523,6 +543,7 @@ class FeatureAblation(_PerturbationMethod):
 class Occlusion(_PerturbationMethod):
     name = "occlusion"
     description = "replace a sliding window of prompt tokens/words by the baseline; Δ attributed exactly"
+    option_specs = _settings_options("baseline", "window")
 
     def run_captum(
         self, forward: Callable, present: torch.Tensor, per_eval: int, settings: AttributionSettings
@@ -539,6 +560,7 @@ class Occlusion(_PerturbationMethod):
 class ShapleySampling(_PerturbationMethod):
     name = "shapley_sampling"
     description = "Shapley value sampling over random feature orders (seeded); Δ attributed exactly"
+    option_specs = _settings_options("baseline", "n_samples", "seed")
 
     def run_captum(
         self, forward: Callable, present: torch.Tensor, per_eval: int, settings: AttributionSettings
@@ -565,7 +587,7 @@ def _ensure_fits(pair: ModelPair, problem: _Problem, method: str, batch_tokens: 
         shape = model_shape(model)
     length, rows = len(problem.ids), len(problem.row_groups)
     itemsize = torch.empty((), dtype=pair.dtype).element_size()
-    if isinstance(METHODS[method], _GradientMethod):
+    if isinstance(ATTRIBUTION_METHODS.get(method), _GradientMethod):
         points = max(1, batch_tokens // (length * rows)) if method == IntegratedGradients.name else 1
         kept = saved_for_backward(shape, points, length, itemsize)
         if rows > 1:
@@ -580,14 +602,11 @@ def _ensure_fits(pair: ModelPair, problem: _Problem, method: str, batch_tokens: 
 
 def _check_request(method: str, settings: AttributionSettings, prompt: str, answer: str) -> None:
     """Refuse an unknown method or baseline and anything beyond the bounds, before any model work."""
-    if method not in METHODS:
-        raise UserError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    ATTRIBUTION_METHODS.get(method)  # an unknown method is refused with the registered names
     if settings.baseline not in BASELINES:
         raise UserError(f"unknown baseline {settings.baseline!r}; choose one of {', '.join(BASELINES)}")
-    check_range(settings.n_steps, 1, MAX_IG_STEPS, "n_steps (integrated-gradients steps)")
-    check_range(settings.n_samples, 1, MAX_SHAPLEY_SAMPLES, "n_samples (Shapley orders)")
-    if settings.window < 1:
-        raise UserError("the occlusion window must be at least 1")
+    # every declared setting, not only the method's: a stored result must hold valid settings whatever the method
+    validate_options(tuple(SETTINGS_OPTIONS.values()), settings, "attribution")
     check_text(prompt, "prompt")
     check_text(answer, "answer")
 
@@ -616,7 +635,7 @@ def attribute(
                 with torch.no_grad():
                     both_ends = torch.stack([inputs.context, inputs.baseline])
                     run.endpoints[side] = _row_logprobs(model, inputs, problem, both_ends)
-        maps = METHODS[method].maps(run)
+        maps = ATTRIBUTION_METHODS.get(method).maps(run)
     if not all(torch.isfinite(m).all() for m in (maps.base, maps.unlearned)):
         raise UserError(
             f"the {settings.baseline!r} baseline gives non-finite attributions on this model; choose another baseline"
@@ -643,70 +662,5 @@ def attribute(
         convergence_delta=None
         if maps.convergence_delta is None
         else {side: d.tolist() for side, d in maps.convergence_delta.items()},
-        contrast_exact=METHODS[method].contrast_exact,
+        contrast_exact=ATTRIBUTION_METHODS.get(method).contrast_exact,
     )
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_attribute_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `attribute` on the main CLI's subcommands."""
-    parser = commands.add_parser("attribute", help="which prompt tokens drive the answer, base vs unlearned")
-    add_pair_arguments(parser)
-    parser.add_argument("--prompt")
-    parser.add_argument("--answer")
-    parser.add_argument("--method", default="integrated_gradients", help="see --list")
-    parser.add_argument("--per-token", action="store_true", help="one row per answer token (else the whole answer)")
-    parser.add_argument(
-        "--n-steps", type=bounded_int(1, MAX_IG_STEPS), default=AttributionSettings.n_steps,
-        help=f"integrated gradients steps (1..{MAX_IG_STEPS})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--n-samples", type=bounded_int(1, MAX_SHAPLEY_SAMPLES), default=AttributionSettings.n_samples,
-        help=f"Shapley orders (1..{MAX_SHAPLEY_SAMPLES})",
-    )  # fmt: skip
-    parser.add_argument("--window", type=int, default=AttributionSettings.window, help="occlusion window")
-    parser.add_argument("--baseline", default=AttributionSettings.baseline, help=f"one of {', '.join(BASELINES)}")
-    parser.add_argument("--granularity", choices=GRANULARITIES, default="token")
-    parser.add_argument("--include-answer-prefix", action="store_true", help="also attribute to earlier answer tokens")
-    parser.add_argument("--attribute-special", action="store_true", help="attribute to special tokens (BOS…) too")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object (AttributionResult.from_json)")
-    parser.add_argument("--list", action="store_true", help="list the attribution methods and exit")
-    parser.set_defaults(handler=run_attribute)
-    return parser
-
-
-def run_attribute(args: argparse.Namespace) -> int:
-    """Attribute, then print the maps (or JSON); `--list` prints the registry."""
-    if args.list:
-        if args.json:
-            sys.stdout.write(json.dumps({name: m.description for name, m in METHODS.items()}) + "\n")
-        else:
-            sys.stdout.write("".join(f"{name:22s} {m.description}\n" for name, m in METHODS.items()))
-        return 0
-    if not args.prompt or args.answer is None:
-        raise UserError("attribute needs --prompt and --answer (or --list)")
-    settings = AttributionSettings(
-        per_token=args.per_token,
-        baseline=args.baseline,
-        granularity=args.granularity,
-        n_steps=args.n_steps,
-        n_samples=args.n_samples,
-        window=args.window,
-        include_answer_prefix=args.include_answer_prefix,
-        keep_special=not args.attribute_special,
-        seed=args.seed,
-    )
-    result = attribute(pair_from_args(args), args.prompt, args.answer, args.method, args.chat, settings)
-    if args.json:
-        sys.stdout.write(result.to_json() + "\n")
-        return 0
-    for side in ("base", "unlearned", "delta"):
-        table = pd.DataFrame(getattr(result, side), index=result.answer_tokens, columns=result.prompt_tokens)
-        sys.stdout.write(f"{side}\n{table.T.to_string(float_format='{:+.3f}'.format)}\n\n")
-    if result.convergence_delta:
-        sys.stdout.write(f"convergence delta: {json.dumps(result.convergence_delta)}\n")
-    return 0

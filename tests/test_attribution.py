@@ -12,8 +12,8 @@ import torch
 from tiny_models import EPS32, TinyTokenizer, logit_tolerance, make_tiny_llama, save_tiny_model_dir
 
 from core.attribution import (
+    ATTRIBUTION_METHODS,
     BASELINES,
-    METHODS,
     AttributionResult,
     AttributionSettings,
     add_attribute_parser,
@@ -70,10 +70,10 @@ def models(pair: ModelPair) -> dict[str, torch.nn.Module]:
 
 def test_registry_lists_the_methods():
     assert {"integrated_gradients", "input_x_gradient", "feature_ablation", "occlusion", "shapley_sampling"} <= set(
-        METHODS
+        ATTRIBUTION_METHODS
     )
     assert {"pad", "eos", "neutral", "zero"} <= set(BASELINES)
-    assert all(method.description for method in METHODS.values())
+    assert all(method.description for method in ATTRIBUTION_METHODS.values())
 
 
 def test_integrated_gradients_completeness(pair):

@@ -64,8 +64,16 @@ class Option:
             low = -math.inf if self.min is None else self.min
             high = math.inf if self.max is None else self.max
             if not low <= value <= high:  # also refuses NaN
-                raise UserError(f"{what} must be in {self.range}, not {value!r}")
+                raise UserError(f"{what} must be {self._bounds()}, not {value!r}")
         return value
+
+    def _bounds(self) -> str:
+        """The range in words for a message: "at least 1 and at most 1,000"."""
+        parts = [
+            f"at least {self.min:,g}" if self.min is not None else "",
+            f"at most {self.max:,g}" if self.max is not None else "",
+        ]
+        return " and ".join(part for part in parts if part)
 
     def _typed(self, value: Any, what: str) -> Any:
         """The value as the option's type: an int passes as a float, nothing else is converted (a bool is no int)."""
@@ -91,13 +99,15 @@ def option(
 
 
 def options_of(cls: type, *names: str) -> tuple[Option, ...]:
-    """The options a dataclass declares: every field (or only `names`, in that order), typed by its annotation."""
+    """The options a dataclass declares, typed by their annotations: `names` in that order, else every field that
+    carries option metadata (a plain field, such as an internal batch size, is no option)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [name for name in names if name not in fields]
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
-    return tuple(_option(fields[name], hints[name]) for name in (names or fields))
+    chosen = names or [name for name, f in fields.items() if f.metadata]
+    return tuple(_option(fields[name], hints[name]) for name in chosen)
 
 
 def _option(field: dataclasses.Field, hint: Any) -> Option:
