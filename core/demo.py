@@ -33,6 +33,7 @@ from core.cache import (
     file_lock,
     is_complete,
 )
+from core.common import Registry
 from core.data import DEMO_DIR, SplitData, load_demo_splits
 from core.embedded import GGUF_SHA256, ensure_embedded_model
 from core.errors import UserError
@@ -153,14 +154,16 @@ def default_recipe() -> Recipe:
 
 # Stage 4 of the pipeline: evaluations of the built experiment. core/evaluate.py registers one here with
 # `@register_evaluation`; each runs after all training stages, with the experiment and its own output folder
-# (cached like a stage: rerun only when the experiment's inputs change).
+# (cached like a stage: rerun only when the experiment's inputs change). core.evaluate imports this module, so the
+# registry names it as a provider: it is imported on the registry's first read, whatever was imported before.
 DemoEvaluation = Callable[["DemoExperiment", Path, Callable[[float, str], None]], None]
-EVALUATIONS: dict[str, DemoEvaluation] = {}
+EVALUATION_PROVIDERS = ("core.evaluate",)
+DEMO_EVALUATIONS: Registry[DemoEvaluation] = Registry("demo evaluation", providers=EVALUATION_PROVIDERS)
 
 
 def register_evaluation(fn: DemoEvaluation) -> DemoEvaluation:
-    EVALUATIONS[fn.__name__] = fn
-    return fn
+    """Add a demo evaluation (by its function name) to the registry this module reads at build time."""
+    return DEMO_EVALUATIONS.register(fn)
 
 
 class DemoExperiment:
@@ -279,7 +282,9 @@ class DemoExperiment:
         """Build the named stages (and what they start from), or everything; then run the evaluations."""
         wanted = self._with_dependencies(names or [s.name for s in self.recipe.stages])
         self._progress = progress
-        evaluating = evaluate and names is None and bool(EVALUATIONS)
+        evaluating = evaluate and names is None
+        if evaluating and not DEMO_EVALUATIONS.names():  # refused before any training, not skipped after it
+            raise RuntimeError(f"no demo evaluation is registered (by {', '.join(EVALUATION_PROVIDERS)})")
         train_share = 0.8 if evaluating else 1.0  # the evaluations report the rest, so progress never goes back
         total = (sum(_cost(s) for s in wanted) or 1) / train_share
         done = 0.0
@@ -359,8 +364,8 @@ class DemoExperiment:
 
     def _evaluate(self, start: float) -> None:
         key = content_hash(*(self.key(s.name) for s in self.recipe.stages))
-        share = (1.0 - start) / len(EVALUATIONS)
-        for i, (name, evaluation) in enumerate(EVALUATIONS.items()):
+        share = (1.0 - start) / len(DEMO_EVALUATIONS)
+        for i, (name, evaluation) in enumerate(DEMO_EVALUATIONS.items()):
             target = self.root / "evaluations" / f"{name}-{key}"
             if is_complete(target):
                 continue

@@ -30,6 +30,7 @@ from scipy import stats
 
 from core import metrics
 from core.cache import atomic_write_text, cache_home, content_hash, file_hash
+from core.common import Registry
 from core.data import SPLIT_NAMES, QAItem, SplitData, load_demo_splits, load_split_folder
 from core.demo import BASE, ORACLE, DemoExperiment, register_evaluation
 from core.errors import UserError
@@ -462,17 +463,12 @@ def _entry(items: list[ItemScores], values: list[Any], agg: float | None) -> dic
 
 
 SplitMetric = Callable[[str, list[ItemScores]], dict[str, Any]]
-SPLIT_METRICS: dict[str, SplitMetric] = {}
+SPLIT_METRICS: Registry[SplitMetric] = Registry("split metric")
 
 
 def split_metric(name: str) -> Callable[[SplitMetric], SplitMetric]:
     """Register a builder of EVAL entries for one split's scored items (it returns {} where it does not apply)."""
-
-    def decorate(fn: SplitMetric) -> SplitMetric:
-        SPLIT_METRICS[name] = fn
-        return fn
-
-    return decorate
+    return SPLIT_METRICS.register(name=name)
 
 
 def _probability_entry(items: list[ItemScores], rows: list[TokenScores]) -> dict[str, Any]:
@@ -575,12 +571,13 @@ def _memorisation(split: str, items: list[ItemScores]) -> dict[str, Any]:
 
 
 MiaAttack = Callable[[ItemScores], float]
-MIA_ATTACKS: dict[str, MiaAttack] = {
-    "mia_loss": lambda s: s.answer.avg_loss,
-    "mia_zlib": lambda s: metrics.zlib_score(s.answer.avg_loss, s.item.answer),
-    "mia_min_k": lambda s: metrics.min_k_score(s.answer.logp),
-    "mia_min_k_plus_plus": lambda s: metrics.min_k_plus_plus_score(s.answer.logp, s.answer.mu, s.answer.sigma),
-}
+MIA_ATTACKS: Registry[MiaAttack] = Registry("MIA attack")
+MIA_ATTACKS.register(lambda s: s.answer.avg_loss, name="mia_loss")
+MIA_ATTACKS.register(lambda s: metrics.zlib_score(s.answer.avg_loss, s.item.answer), name="mia_zlib")
+MIA_ATTACKS.register(lambda s: metrics.min_k_score(s.answer.logp), name="mia_min_k")
+MIA_ATTACKS.register(
+    lambda s: metrics.min_k_plus_plus_score(s.answer.logp, s.answer.mu, s.answer.sigma), name="mia_min_k_plus_plus"
+)
 
 
 def _mia_logs(by_split: Mapping[str, list[ItemScores]]) -> dict[str, Any]:

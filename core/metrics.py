@@ -20,6 +20,7 @@ from rouge_score import rouge_scorer
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from core.common import Registry
 from core.errors import UserError
 
 # open-unlearning adds this to denominators (truth ratio, normalised probability, privleak); keeping it makes our
@@ -65,7 +66,7 @@ class Metric:
         return self.fn(*args, **kwargs)
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register(
@@ -76,9 +77,7 @@ def register(
         raise ValueError(f"unknown metric kind {kind!r}; expected one of {KINDS}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = Metric(name, kind, higher_is_better, description, fn, ideal)
+        METRICS.register(Metric(name, kind, higher_is_better, description, fn, ideal))  # a name twice: ValueError
         return fn
 
     return decorate
@@ -86,10 +85,7 @@ def register(
 
 def get_metric(name: str) -> Metric:
     """The registered metric called `name`, or a UserError listing what exists."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise UserError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
+    return METRICS.get(name)
 
 
 def list_metrics(kind: str | None = None) -> list[Metric]:
@@ -434,7 +430,7 @@ def _base_metric(name: str) -> Metric | None:
         base = "mcq_accuracy" if sub in ("acc", "acc_norm") else None
     else:
         base = next((target for pattern, target in _REPORTED_RULES if re.search(pattern, head)), None)
-    return METRICS.get(base) if base else None
+    return METRICS.get(base) if base in METRICS else None
 
 
 def is_forgetting_split(split: str) -> bool:

@@ -41,6 +41,7 @@ import torch
 
 from core import metrics
 from core.cache import atomic_write_text
+from core.common import Option, Registry
 from core.data import QAItem, SplitData, load_split_folder
 from core.errors import UserError
 from core.evaluate import next_token_statistics
@@ -287,10 +288,13 @@ def not_applicable(attack: str, reason: str) -> AttackOutcome:
 
 
 class Attack(ABC):
-    """One way of trying to bring forgotten knowledge back. Subclasses set name, description and `run`."""
+    """One way of trying to bring forgotten knowledge back. Subclasses set name, description and `run`.
+
+    `option_specs` are the RobustnessSettings fields the attack alone reads (the dashboard draws a control for each)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    option_specs: ClassVar[tuple[Option, ...]] = ()
 
     def unavailable(self) -> str | None:
         """Why the attack cannot run in this environment (None: it can)."""
@@ -300,12 +304,8 @@ class Attack(ABC):
     def run(self, ctx: AttackContext) -> list[AttackOutcome]: ...
 
 
-ATTACKS: dict[str, Attack] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    ATTACKS[cls.name] = cls()
-    return cls
+ATTACKS: Registry[Attack] = Registry("attack", instantiate=True)
+register = ATTACKS.register  # the decorator every attack below is added with
 
 
 def available_attacks() -> list[str]:
@@ -670,6 +670,18 @@ def relearn_split(count: int, train: int, seed: int) -> tuple[list[int], list[in
 class Relearn(Attack):
     name = "relearn"
     description = "a few LoRA fine-tuning steps on some forget items, then the others re-scored (a curve over steps)"
+    # Defaults are RobustnessSettings'; the steps are typed as the comma-separated text it parses.
+    option_specs = (
+        Option("relearn_items", int, RobustnessSettings.relearn_items, "Forget items trained on; the others are "
+               "evaluated.", min=1, label="Items trained on"),
+        Option("relearn_steps", str, ",".join(map(str, RobustnessSettings.relearn_steps)), "Steps at which the "
+               f"held-out items are scored (1..{MAX_RELEARN_STEP:,}); training runs to the last.",
+               label="Evaluate at steps"),
+        Option("relearn_lr", float, RobustnessSettings.relearn_lr, "Learning rate of the LoRA fine-tuning.",
+               min=1e-6, max=1.0, label="Learning rate"),
+        Option("lora_rank", int, RobustnessSettings.lora_rank, "Rank of the LoRA adapter trained.", min=1, max=256,
+               label="LoRA rank"),
+    )  # fmt: skip
 
     def run(self, ctx: AttackContext) -> list[AttackOutcome]:
         settings = ctx.settings

@@ -14,6 +14,7 @@ import pytest
 from tiny_models import save_tiny_model_dir
 
 import core.demo as demo
+from core.common import Registry
 from core.data import DEMO_DIR, load_demo_splits
 from core.demo import RECIPES, DemoExperiment, make_recipe
 from core.errors import UserError
@@ -150,7 +151,7 @@ def test_evaluations_run_after_the_stages_once(tmp_path: Path, tiny_base: Path, 
         (out / "models.json").write_text(json.dumps(experiment.available()))
         progress(1.0, "counted")
 
-    monkeypatch.setattr(demo, "EVALUATIONS", {})
+    monkeypatch.setattr(demo, "DEMO_EVALUATIONS", Registry("demo evaluation"))
     demo.register_evaluation(count_models)
     recipe = replace(TINY, stages=TINY.stages[:2])  # target and npo
     DemoExperiment(recipe, DEMO_DIR, base_dir=tiny_base, root=tmp_path).build()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -20,12 +21,21 @@ from core.robustness import (
 )
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads
+from dashboard.options import option_input
 from dashboard.plain import plain
 from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
 MAX_STEPS_CHARS = 200  # the relearning steps box; core.robustness refuses steps beyond core.limits' bounds
+EXPANDERS = {"relearn": "Relearning attack"}
+# Widget keys other than robustness_<option>: kept from before the options were declared (links and tests use them).
+OPTION_KEYS = {
+    "relearn_items": "robustness_k",
+    "relearn_steps": "robustness_steps",
+    "relearn_lr": "robustness_lr",
+    "lora_rank": "robustness_rank",
+}
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -69,21 +79,33 @@ def choose_settings(data: SplitData) -> tuple[list[str], RobustnessSettings] | N
     chat = cols[1].toggle("Chat template", value=True, key="robustness_chat")
     attack_base = cols[2].toggle("Attack the base too", value=True, key="robustness_attack_base")
     batch_size = cols[3].number_input("Batch size", 1, 64, 8, key="robustness_batch")
-    with st.expander("Relearning attack"):
-        cols = st.columns(4)
-        relearn_items = cols[0].number_input(
-            "Items trained on", 1, max(1, count - 1), min(2, max(1, count - 1)), key="robustness_k"
-        )
-        steps = cols[1].text_input("Evaluate at steps", "1,2,4,8", key="robustness_steps", max_chars=MAX_STEPS_CHARS)
-        lr = cols[2].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e", key="robustness_lr")
-        rank = cols[3].number_input("LoRA rank", 1, 256, 8, key="robustness_rank")
+    chosen = attack_options(count)
     with report_errors():
         settings = RobustnessSettings(
-            chat=chat, batch_size=int(batch_size), max_items=int(items), attack_base=attack_base,
-            relearn_items=int(relearn_items), relearn_steps=steps, relearn_lr=float(lr), lora_rank=int(rank),
-        )  # fmt: skip
+            chat=chat, batch_size=int(batch_size), max_items=int(items), attack_base=attack_base, **chosen
+        )
         return attacks, settings
     return None
+
+
+def attack_options(count: int) -> dict[str, Any]:
+    """Each attack's declared options in an expander of its own; their values by option name."""
+    trained = max(1, count - 1)  # relearning keeps at least one item out to evaluate on
+    overrides = {
+        "relearn_items": {"max_value": trained, "value": min(2, trained)},
+        "relearn_steps": {"max_chars": MAX_STEPS_CHARS},
+        "relearn_lr": {"format": "%.0e"},
+    }
+    values: dict[str, Any] = {}
+    for name, attack in ATTACKS.items():
+        if not attack.option_specs:
+            continue
+        with st.expander(EXPANDERS.get(name, f"{name.replace('_', ' ').capitalize()} attack")):
+            cols = st.columns(len(attack.option_specs))
+            for column, spec in zip(cols, attack.option_specs, strict=True):
+                key = OPTION_KEYS.get(spec.name, f"robustness_{spec.name}")
+                values[spec.name] = option_input(column, spec, key, **overrides.get(spec.name, {}))
+    return values
 
 
 def run_panel(source: str, data: SplitData, attacks: list[str], settings: RobustnessSettings) -> None:
