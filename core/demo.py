@@ -8,7 +8,6 @@ resumes from its latest checkpoint. `status.json` there tells the dashboard how 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -462,18 +461,6 @@ def demo_status() -> dict[str, Any]:
     return DemoExperiment().status()
 
 
-def add_demo_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("demo", help="build the demo experiment (target, oracle, unlearning runs)")
-    parser.add_argument("--quick", action="store_true", help="a reduced experiment through the same code path")
-    parser.add_argument(
-        "--background",
-        action="store_true",
-        help="start the build in a detached process (log: build.log next to status.json) and return at once; "
-        "nothing is started when the demo is already built or being built",
-    )
-    parser.set_defaults(handler=run_demo)
-
-
 def start_background_build(experiment: DemoExperiment, quick: bool = False) -> str:
     """Start `python -m core demo` detached unless the experiment is done or another process is building it."""
     status = experiment.status()
@@ -497,27 +484,3 @@ def start_background_build(experiment: DemoExperiment, quick: bool = False) -> s
         f"building the demo experiment ({experiment.recipe.name}) in the background, process {process.pid}; "
         f"progress in {experiment.root / STATUS_FILE}, log in {log_path}"
     )
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    experiment = DemoExperiment(RECIPES["quick"] if args.quick else None)
-    if args.background:
-        sys.stdout.write(start_background_build(experiment, args.quick) + "\n")
-        return 0
-    with tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
-
-        def show(status: dict[str, Any]) -> None:
-            bar.n = 100 * status["fraction"]
-            bar.set_postfix_str(status["message"], refresh=True)
-
-        began = time.perf_counter()
-        experiment.build(progress=show)
-    lines = [f"demo ({experiment.recipe.name}) built in {time.perf_counter() - began:.0f} s under {experiment.root}"]
-    for stage in experiment.recipe.stages:
-        checkpoints = experiment.checkpoints(stage.name)
-        lines.append(f"  {stage.name:<9} {experiment.run_dir(stage.name)}  ({len(checkpoints)} checkpoint(s))")
-    lines.append(f"open it: the dashboard's default pair is demo:{TARGET} vs demo:{UNLEARNED} (= {DEFAULT_UNLEARNED})")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0

@@ -6,7 +6,6 @@ and saved as safetensors in the cache home; later loads read the safetensors cop
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -139,13 +138,3 @@ def check_gguf(path: Path) -> None:
         raise UserError(f"{path} is a GGUF file without tensors, not a model")
     if end > size:
         raise UserError(f"{path} is cut short: its tensors end at byte {end}, the file has {size} bytes")
-
-
-def add_model_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("model", help="prepare the embedded SmolLM2 model and print its folder")
-    parser.set_defaults(handler=run_model)
-
-
-def run_model(args: argparse.Namespace) -> int:
-    sys.stdout.write(f"{ensure_embedded_model()}\n")
-    return 0

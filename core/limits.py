@@ -9,11 +9,9 @@ kernel's OOM killer ends the whole server, so asking first is the only way to ke
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,22 +55,6 @@ def check_range(value: int, low: int, high: int, what: str) -> None:
     """Refuse an integer setting outside [low, high], naming the setting and its bounds."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UserError(f"{what} must be a whole number, at least {low:,} and at most {high:,}, not {value!r}")
-
-
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argparse `type` accepting whole numbers in [low, high]: argparse then prints a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-
-    parse.__name__ = "whole number"
-    return parse
 
 
 def check_file_size(path: Path, limit: int, what: str) -> None:

@@ -6,11 +6,9 @@ scored token (log-prob, rank, entropy, top-k, and KL between the two next-token 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,13 +24,12 @@ from core.limits import (
     MAX_NEW_TOKENS,
     MAX_TOP_K,
     activation_bytes,
-    bounded_int,
     check_range,
     check_text,
     ensure_fits,
     model_shape,
 )
-from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args, two_sided_lora
+from core.models import SIDES, ModelPair, two_sided_lora
 
 DEFAULT_TOP_K = 5
 CHUNK_ROWS = 32  # rows of [N, V] logits reduced at once: a chunk (32 x 49k floats = 6 MiB) stays in L3 cache
@@ -566,47 +563,3 @@ def _generate_side(pair: ModelPair, side: str, prompt_ids: list[int], settings: 
         else:
             out = model.generate(ids, **kwargs)
     return out[0, len(prompt_ids) :].tolist()
-
-
-def add_probe_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("probe", help="per-token likelihood shift between base and unlearned")
-    add_pair_arguments(parser)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--answer", help="reference answer to score (else the prompt's own tokens are scored)")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument(
-        "--top-k", type=bounded_int(0, MAX_TOP_K), default=DEFAULT_TOP_K, help=f"0..{MAX_TOP_K} alternatives per token"
-    )
-    parser.add_argument("--generate", action="store_true", help="also generate from both models and cross-score")
-    parser.add_argument("--max-new-tokens", type=bounded_int(1, MAX_NEW_TOKENS), default=48)
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=run_probe)
-
-
-def run_probe(args: argparse.Namespace) -> int:
-    pair = pair_from_args(args)
-    result = score(pair, [ProbeRequest(args.prompt, args.answer)], chat=args.chat, top_k=args.top_k)[0]
-    payload = result.to_dict()
-    if args.generate:
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
-        payload["generation"] = generate(
-            pair, args.prompt, chat=args.chat, settings=settings, top_k=args.top_k
-        ).to_dict()
-    if args.json:
-        sys.stdout.write(json.dumps(payload) + "\n")
-        return 0
-    frame = result.to_frame()[
-        ["position", "token", "logprob_base", "logprob_unlearned", "delta", "rank_base", "rank_unlearned", "kl"]
-    ]
-    sys.stdout.write(frame.to_string(index=False) + "\n")
-    sys.stdout.write(
-        f"answer log-prob: base {result.answer_logprob_base:.3f}  "
-        f"unlearned {result.answer_logprob_unlearned:.3f}  Δ {result.delta:+.3f}"
-        f"{'  (prompt truncated to fit the context)' if result.truncated else ''}\n"
-    )
-    if args.generate:
-        sys.stdout.write(f"base:      {payload['generation']['base_text']}\n")
-        sys.stdout.write(f"unlearned: {payload['generation']['unlearned_text']}\n")
-    return 0

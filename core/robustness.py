@@ -14,7 +14,6 @@ unlearning. The pair is never modified: weight attacks work on merged copies.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -24,7 +23,6 @@ import json
 import logging
 import math
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -40,7 +38,6 @@ import plotly.graph_objects as go
 import torch
 
 from core import metrics
-from core.cache import atomic_write_text
 from core.common import Option, Registry
 from core.data import QAItem, SplitData, load_split_folder
 from core.errors import UserError
@@ -49,7 +46,6 @@ from core.limits import (
     MAX_BATCH_SIZE,
     MAX_RELEARN_POINTS,
     MAX_RELEARN_STEP,
-    bounded_int,
     check_range,
     ensure_fits,
     loads,
@@ -57,7 +53,7 @@ from core.limits import (
     module_bytes,
     saved_for_backward,
 )
-from core.models import SIDES, ModelPair, add_pair_arguments, pair_from_args
+from core.models import SIDES, ModelPair
 from core.probe import Encoded, collate, encode, selected_logits
 
 log = logging.getLogger(__name__)
@@ -803,7 +799,8 @@ def _forget_items(data: SplitData | Sequence[QAItem], max_items: int | None) -> 
     return forget[:max_items], retain
 
 
-def _check_attacks(attacks: Sequence[str]) -> list[str]:
+def check_attacks(attacks: Sequence[str]) -> list[str]:
+    """The attack names, normalised and deduplicated; a UserError for none, an unknown one or one that cannot run."""
     names = [a.strip().lower() for a in attacks if a.strip()]
     if not names:
         raise UserError(f"choose at least one attack: {', '.join(ATTACKS)}")
@@ -825,7 +822,7 @@ def run_attacks(
 ) -> RobustnessResult:
     """Run the named attacks (default: every one that can run here) on the forget set → RobustnessResult."""
     settings = settings or RobustnessSettings()
-    names = _check_attacks(attacks if attacks is not None else available_attacks())
+    names = check_attacks(attacks if attacks is not None else available_attacks())
     items, retain = _forget_items(data, settings.max_items)
     say = progress or (lambda fraction, message: None)
     share = 1.0 / (len(names) + 1)
@@ -942,88 +939,3 @@ def relearning_figure(result: RobustnessResult) -> go.Figure:
         yaxis_title="forget probability",
     )
     return figure
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def write_result(result: RobustnessResult, out: Path) -> tuple[Path, Path]:
-    """robustness.json (RobustnessResult.from_json reads it) and robustness.csv (one row per outcome) in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "robustness.json", result.to_json())
-    atomic_write_text(out / "robustness.csv", result.to_frame().to_csv(index=False))
-    return out / "robustness.json", out / "robustness.csv"
-
-
-def add_robustness_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `robustness [--base SPEC --unlearned SPEC] --data DIR|demo --attacks … --out DIR`."""
-    parser = commands.add_parser("robustness", help="attacks that try to bring forgotten knowledge back (recovery %)")
-    add_pair_arguments(parser)
-    parser.add_argument("--data", help="split folder with forget.jsonl (retain.jsonl for controls) or 'demo'")
-    parser.add_argument("--attacks", nargs="+", help="attack names (default: all that can run here); see --list")
-    parser.add_argument("--out", type=Path, help="folder for robustness.json and robustness.csv")
-    parser.add_argument("--items", type=int, help="attack only the first N forget items")
-    parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=RobustnessSettings.batch_size)
-    parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
-    parser.add_argument("--no-attack-base", action="store_true", help="do not also apply the attacks to the base")
-    parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="smallest base−unlearned gap measured")
-    parser.add_argument("--relearn-items", type=int, default=RobustnessSettings.relearn_items)
-    parser.add_argument("--relearn-steps", default="1,2,4,8", help="evaluation steps of the relearning curve")
-    parser.add_argument("--relearn-lr", type=float, default=RobustnessSettings.relearn_lr)
-    parser.add_argument("--lora-rank", type=int, default=RobustnessSettings.lora_rank)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--list", action="store_true", help="list the attacks and exit")
-    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    parser.set_defaults(handler=run_robustness)
-    return parser
-
-
-def run_robustness(args: argparse.Namespace) -> int:
-    """Run the attacks with a progress bar, write the files, print the headline table (or JSON)."""
-    from tqdm.auto import tqdm
-
-    if args.list:
-        sys.stdout.write(describe_attacks() + "\n")
-        return 0
-    if not args.data or not args.out:
-        raise UserError("robustness needs --data DIR|demo and --out DIR (or --list)")
-    attacks = [part for entry in args.attacks for part in entry.split(",")] if args.attacks else None
-    settings = RobustnessSettings(
-        chat=not args.no_chat,
-        batch_size=args.batch_size,
-        max_items=args.items,
-        epsilon=args.epsilon,
-        attack_base=not args.no_attack_base,
-        relearn_items=args.relearn_items,
-        relearn_steps=args.relearn_steps,
-        relearn_lr=args.relearn_lr,
-        lora_rank=args.lora_rank,
-        seed=args.seed,
-    )
-    if attacks is not None:
-        _check_attacks(attacks)
-    data = load_robustness_data(args.data)
-    pair = pair_from_args(args)
-    with tqdm(total=100, desc="robustness", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
-
-        def show(fraction: float, message: str) -> None:
-            bar.n = 100 * fraction
-            bar.set_postfix_str(message, refresh=True)
-
-        result = run_attacks(pair, data, attacks, settings, progress=show)
-    json_path, csv_path = write_result(result, args.out)
-    if args.json:
-        sys.stdout.write(result.to_json() + "\n")
-        return 0
-    columns = ["attack", "variant", "n_items", "reference_base", "reference_unlearned", "attacked_unlearned",
-               "attacked_base", "recovery_pct"]  # fmt: skip
-    table = result.to_frame()
-    table = table[table["headline"]][columns]
-    lines = [
-        f"forget probability on {result.n_items} items: base {result.base:.4f}, unlearned {result.unlearned:.4f}",
-        *([f"note: {result.note}"] if result.note else []),
-        table.to_string(index=False, float_format="{:.4f}".format, na_rep="n/a"),
-        f"wrote {json_path} and {csv_path}",
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0

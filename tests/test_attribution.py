@@ -16,10 +16,10 @@ from core.attribution import (
     BASELINES,
     AttributionResult,
     AttributionSettings,
-    add_attribute_parser,
     attribute,
     word_groups,
 )
+from core.cli.attribute import add_parser as add_attribute_parser
 from core.errors import UserError
 from core.models import ModelPair, ModelSpec
 from core.probe import encode

@@ -21,13 +21,13 @@ from scipy import stats
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, save_tiny_model_dir, top_margin
 
 from core.cache import atomic_write_json
+from core.cli.evaluate import add_parser as add_evaluate_parser
 from core.data import QADataset, QAItem, SplitData
 from core.errors import UserError
 from core.evaluate import (
     EvalModel,
     EvalResult,
     EvalSettings,
-    add_evaluate_parser,
     derived_logs,
     evaluate,
     evaluate_run,

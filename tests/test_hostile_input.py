@@ -412,7 +412,7 @@ def test_batch_sizes_and_new_tokens_are_bounded() -> None:
     ],
 )
 def test_cli_bounds_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    from core.__main__ import main
+    from core.cli import main
 
     with pytest.raises(SystemExit) as caught:
         main(argv)
@@ -525,7 +525,7 @@ def test_an_evaluation_batch_that_does_not_fit_is_refused(monkeypatch: pytest.Mo
 def test_the_cli_turns_any_failure_into_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, exc: Exception, status: int, message: str
 ) -> None:
-    from core.__main__ import main
+    from core.cli import main
 
     monkeypatch.setattr(ingest, "ingest", raising(exc))
     assert main(["ingest", "somewhere"]) == status
@@ -542,7 +542,7 @@ def raising(exc: Exception) -> Callable[..., object]:
 
 
 def test_the_cli_reads_a_hostile_file_into_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from core.__main__ import main
+    from core.cli import main
 
     deep = tmp_path / "forget.json"
     deep.write_bytes(b"[" * 100_000)

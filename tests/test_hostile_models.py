@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_embedded_hostile import write_tiny_gguf
 from tiny_models import save_tiny_model_dir
 
-from core.__main__ import main
+from core.cli import main
 from core.errors import UserError
 from core.models import ModelPair, ModelSpec, check_safetensors, resolve_spec
 

@@ -17,18 +17,17 @@ import pytest
 from scipy import stats
 
 from core import ingest as ingest_module
+from core.cli.ingest import add_parser as add_ingest_parser
+from core.cli.ingest import ingest_main, run_ingest
 from core.errors import UserError
 from core.ingest import (
     IngestResult,
-    add_ingest_parser,
     forget_truth_ratios,
     infer_method,
     infer_run,
     ingest,
-    ingest_main,
     read_jsonl_or_lines,
     read_records,
-    run_ingest,
     write_open_unlearning,
 )
 from core.results import EXAMPLE_RESULTS

@@ -11,13 +11,13 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, rank_bounds, save_tiny_model_dir
 
+from core.cli.lens import add_parser as add_lens_parser
 from core.errors import UserError
 from core.lens import (
     DriftResult,
     LensResult,
     LensSide,
     WeightChangeResult,
-    add_lens_parser,
     decoder_layers,
     drift_sets,
     final_norm,

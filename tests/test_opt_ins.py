@@ -17,15 +17,14 @@ from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
 from core import models
+from core.cli.common import add_pair_arguments, pair_from_args
 from core.errors import UserError
 from core.models import (
     ModelPair,
     ModelSpec,
-    add_pair_arguments,
     estimate_pair_bytes,
     model_job,
     operator_opt_ins,
-    pair_from_args,
     resolve_spec,
 )
 from dashboard import state

@@ -22,7 +22,7 @@ from plotly.offline import get_plotlyjs
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 from core import report as report_module
-from core.__main__ import main
+from core.cli import main
 from core.errors import UserError
 from core.figures import tradeoff_figure
 from core.ingest import REFERENCE_METHODS, ingest

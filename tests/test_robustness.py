@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
-from core.__main__ import main
+from core.cli import main
 from core.data import QAItem, SplitData, load_demo_splits
 from core.errors import UserError
 from core.models import ModelPair, ModelSpec

@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
+from core.cli.unlearn import add_parser as add_unlearn_parser
+from core.cli.unlearn import run_unlearn
 from core.errors import UserError
 from core.unlearn import (
     UNLEARNING_METHODS,
     FullTrainee,
     TrainConfig,
     TrainingData,
-    add_unlearn_parser,
     build_trainee,
     get_method,
     lora_config,
     read_manifest,
-    run_unlearn,
     train,
 )
 from core.unlearn.methods import RMU

@@ -1,11 +1,11 @@
-"""Unlearning: a registry of methods (each a loss), one training loop, checkpoints with a manifest, the CLI.
+"""Unlearning: a registry of methods (each a loss), one training loop, checkpoints with a manifest.
 
+Its command (core.cli.unlearn):
 python -m core unlearn --list
 python -m core unlearn --method npo --base demo:target --forget F.jsonl --retain R.jsonl --out DIR
 """
 
 from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs, read_manifest
-from core.unlearn.cli import add_unlearn_parser, describe_methods, run_unlearn
 from core.unlearn.methods import UNLEARNING_METHODS, StepInputs, StepLoss, UnlearningMethod, get_method, register
 from core.unlearn.trainee import FullTrainee, LoraTrainee, Trainee, attach_adapter, build_trainee, lora_config
 from core.unlearn.trainer import RunContext, TrainConfig, TrainingData, TrainResult, train
@@ -23,15 +23,12 @@ __all__ = [
     "Trainee",
     "TrainingData",
     "UnlearningMethod",
-    "add_unlearn_parser",
     "attach_adapter",
     "build_trainee",
     "checkpoint_dirs",
-    "describe_methods",
     "get_method",
     "lora_config",
     "read_manifest",
     "register",
-    "run_unlearn",
     "train",
 ]

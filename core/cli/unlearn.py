@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.unlearn.methods import UNLEARNING_METHODS as METHODS
-from core.unlearn.methods import UnlearningMethod as Method
-from core.unlearn.methods import get_method
+from core.unlearn.methods import UNLEARNING_METHODS, UnlearningMethod, get_method
 from core.unlearn.trainer import TrainConfig, TrainingData, train
-
-log = logging.getLogger(__name__)
 
 
 def _method_options() -> dict[str, dataclasses.Field]:
     """Every hyper-parameter any registered method takes, by name (the CLI offers the union)."""
     options: dict[str, dataclasses.Field] = {}
-    for cls in METHODS.values():
+    for cls in UNLEARNING_METHODS.values():
         for option in dataclasses.fields(cls.Options):
             options.setdefault(option.name, option)
     return options
 
 
-def add_unlearn_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `unlearn` on the main CLI's subcommands, with the union of the methods' options."""
     parser = commands.add_parser("unlearn", help="run an unlearning method (LoRA by default), saving checkpoints")
     parser.add_argument("--list", action="store_true", help="name the registered methods and exit")
-    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)}")
+    parser.add_argument("--method", help=f"one of: {', '.join(UNLEARNING_METHODS)}")
     parser.add_argument("--base", help="model SPEC to start from (folder, adapter folder, demo:NAME)")
     parser.add_argument("--forget", type=Path, help="forget set (.jsonl/.json/.csv/.parquet with question, answer)")
     parser.add_argument("--retain", type=Path, help="retain set (same formats)")
@@ -73,13 +69,14 @@ def add_unlearn_parser(commands: argparse._SubParsersAction) -> None:
 def describe_methods() -> str:
     """One line per registered method: name, what it minimises, its options with defaults."""
     lines = []
-    for name, cls in METHODS.items():
+    for name, cls in UNLEARNING_METHODS.items():
         options = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Options))
         lines.append(f"{name:<11} {cls.summary}" + (f"  [{options}]" if options else ""))
     return "\n".join(lines)
 
 
 def run_unlearn(args: argparse.Namespace) -> int:
+    """Train the chosen method (or list the methods), then print the checkpoints and the last step's losses."""
     if args.list:
         sys.stdout.write(describe_methods() + "\n")
         return 0
@@ -116,7 +113,9 @@ def _given_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def load_training_data(method: Method, forget: Path, retain: Path | None, refusals: Path | None) -> TrainingData:
+def load_training_data(
+    method: UnlearningMethod, forget: Path, retain: Path | None, refusals: Path | None
+) -> TrainingData:
     """Read the forget/retain QA files and refusal lines a method needs (core.data validates the records)."""
     from core.data import load_lines, load_qa_dataset
 
@@ -129,7 +128,7 @@ def load_training_data(method: Method, forget: Path, retain: Path | None, refusa
     )
 
 
-def load_trainee(base: str, device: str, method: Method, args: argparse.Namespace) -> tuple[Any, Any]:
+def load_trainee(base: str, device: str, method: UnlearningMethod, args: argparse.Namespace) -> tuple[Any, Any]:
     """Load the model named by `base` (float32) and wrap it for training as the CLI options say."""
     from core.models import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype, resolve_spec
     from core.unlearn.trainee import build_trainee, lora_config

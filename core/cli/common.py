@@ -1,0 +1,56 @@
+"""Pieces several commands share: the options that name a model pair, and bounded whole-number arguments."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from core.errors import UserError
+from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type` accepting whole numbers in [low, high]: argparse then prints a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CLI options that name a pair; without --base/--unlearned the embedded demo pair is used."""
+    parser.add_argument("--base", help="base model SPEC: folder, hub id, .gguf, adapter folder or demo:NAME")
+    parser.add_argument("--unlearned", help="unlearned model SPEC (same forms; PATH::adapter=DIR for an adapter)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device-map-auto", action="store_true", help="spread a large model over several GPUs")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the model folder")
+    parser.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle .bin weights")
+    parser.add_argument(
+        "--skip-memory-check", action="store_true", help="load even when the weights look larger than free memory"
+    )
+
+
+def pair_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> ModelPair:
+    """Build the pair named by `add_pair_arguments` options."""
+    if bool(args.base) != bool(args.unlearned):
+        raise UserError("give both --base and --unlearned, or neither (for the embedded demo pair)")
+    options = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+        "allow_unsafe_weights": args.allow_unsafe_weights,
+        "device_map": "auto" if args.device_map_auto else None,
+    }
+    base = ModelSpec.parse(args.base or DEFAULT_BASE, **options)
+    unlearned = ModelSpec.parse(args.unlearned or DEFAULT_UNLEARNED, **options)
+    skip = getattr(args, "skip_memory_check", False)
+    return ModelPair.load(base, unlearned, progress, memory_check=False if skip else None)

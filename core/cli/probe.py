@@ -1,0 +1,57 @@
+"""`python -m core probe`: per-token likelihood shift between base and unlearned, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
+from core.limits import MAX_NEW_TOKENS, MAX_TOP_K
+from core.probe import DEFAULT_TOP_K, GenerationSettings, ProbeRequest, generate, score
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `probe` on the main CLI's subcommands."""
+    parser = commands.add_parser("probe", help="per-token likelihood shift between base and unlearned")
+    add_pair_arguments(parser)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--answer", help="reference answer to score (else the prompt's own tokens are scored)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument(
+        "--top-k", type=bounded_int(0, MAX_TOP_K), default=DEFAULT_TOP_K, help=f"0..{MAX_TOP_K} alternatives per token"
+    )
+    parser.add_argument("--generate", action="store_true", help="also generate from both models and cross-score")
+    parser.add_argument("--max-new-tokens", type=bounded_int(1, MAX_NEW_TOKENS), default=48)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Score (and optionally generate), then print the token table and totals (or one JSON object)."""
+    pair = pair_from_args(args)
+    result = score(pair, [ProbeRequest(args.prompt, args.answer)], chat=args.chat, top_k=args.top_k)[0]
+    payload = result.to_dict()
+    if args.generate:
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
+        payload["generation"] = generate(
+            pair, args.prompt, chat=args.chat, settings=settings, top_k=args.top_k
+        ).to_dict()
+    if args.json:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return 0
+    frame = result.to_frame()[
+        ["position", "token", "logprob_base", "logprob_unlearned", "delta", "rank_base", "rank_unlearned", "kl"]
+    ]
+    sys.stdout.write(frame.to_string(index=False) + "\n")
+    sys.stdout.write(
+        f"answer log-prob: base {result.answer_logprob_base:.3f}  "
+        f"unlearned {result.answer_logprob_unlearned:.3f}  Δ {result.delta:+.3f}"
+        f"{'  (prompt truncated to fit the context)' if result.truncated else ''}\n"
+    )
+    if args.generate:
+        sys.stdout.write(f"base:      {payload['generation']['base_text']}\n")
+        sys.stdout.write(f"unlearned: {payload['generation']['unlearned_text']}\n")
+    return 0

@@ -1,0 +1,88 @@
+"""`python -m core report`: a self-contained HTML report (+ chart images and CSV tables) from results and probes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.cli.common import add_pair_arguments, pair_from_args
+from core.errors import UserError
+from core.ingest import ingest
+from core.models import ModelPair
+from core.probe import ProbeRequest
+from core.report import EXPORT_FORMATS, build_report, export_all, parse_probe
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `report` on the main CLI's subcommands."""
+    parser = commands.add_parser("report", help="a self-contained HTML report (+ chart images and CSV tables)")
+    add_pair_arguments(parser)
+    parser.add_argument("--pair", help="BASE,UNLEARNED: both specs at once (instead of --base/--unlearned)")
+    parser.add_argument("--results", nargs="+", action="extend", default=[], help="result folders (repeatable)")
+    parser.add_argument("--oracle", help="the oracle's result folder: computes forget quality where missing")
+    parser.add_argument("--x-metric", help="tradeoff x axis (default: a forget-set metric)")
+    parser.add_argument("--y-metric", help="tradeoff y axis (default: model utility or a retain metric)")
+    parser.add_argument("--probe", action="append", default=[], help='"prompt|answer" (repeatable; last | splits)')
+    parser.add_argument("--chat", action="store_true", help="wrap probe prompts in the model's chat template")
+    parser.add_argument("--attribute", action="store_true", help="attribution view for each probe with an answer")
+    parser.add_argument("--attribution-method", default="integrated_gradients", help="see `attribute --list`")
+    parser.add_argument("--lens", action="store_true", help="logit-lens layer view for each probe with an answer")
+    parser.add_argument("--notes", default="", help="text shown at the top of the report")
+    parser.add_argument("--notes-file", type=Path, help="read the notes from a file")
+    parser.add_argument("--title", default="Unlearning report")
+    parser.add_argument("--images", type=Path, help="also write every chart (and every table as CSV) here")
+    parser.add_argument("--image-format", action="append", choices=list(EXPORT_FORMATS), help="default: png")
+    parser.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    parser.set_defaults(handler=run_report)
+    return parser
+
+
+def _pair_from_cli(args: argparse.Namespace, probes: Sequence[ProbeRequest]) -> ModelPair | None:
+    """The pair named by --pair or --base/--unlearned; the demo pair when probes need one; else None."""
+    if args.pair:
+        if args.base or args.unlearned:
+            raise UserError("give --pair or --base/--unlearned, not both")
+        specs = [part.strip() for part in args.pair.split(",")]
+        if len(specs) != 2 or not all(specs):
+            raise UserError(f"--pair {args.pair!r}: expected BASE,UNLEARNED")
+        args.base, args.unlearned = specs
+    if not (args.base or args.unlearned or probes):
+        return None
+    return pair_from_args(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Read results, load the pair (when probes or specs are given), compute, write the HTML (and images)."""
+    from tqdm import tqdm
+
+    probes = [parse_probe(text) for text in args.probe]
+    notes = args.notes_file.read_text(encoding="utf-8") if args.notes_file else args.notes
+    with tqdm(total=100, unit="%", desc="reading results", file=sys.stderr) as bar:
+
+        def progress(message: str, fraction: float) -> None:
+            bar.set_description(message[:60])
+            bar.update(10 + round(80 * fraction) - bar.n)
+
+        results = ingest(args.results, oracle=args.oracle) if args.results else None
+        bar.set_description("loading the model pair")
+        pair = _pair_from_cli(args, probes)
+        bar.update(10 - bar.n)
+        report = build_report(
+            pair, results=results, x_metric=args.x_metric, y_metric=args.y_metric,
+            sources=[str(path) for path in args.results], probes=probes, chat=args.chat,
+            with_attribution=args.attribute, attribution_method=args.attribution_method, with_lens=args.lens,
+            notes=notes, title=args.title, progress=progress,
+        )  # fmt: skip
+        bar.set_description("writing")
+        report.write(args.out)
+        if args.images:
+            for path in export_all(report, args.images, args.image_format or ["png"]):
+                log.info("wrote %s", path)
+        bar.update(100 - bar.n)
+    sys.stdout.write(f"{args.out}\n")
+    return 0
