@@ -31,7 +31,7 @@ def write_result(result: RobustnessResult, out: Path) -> tuple[Path, Path]:
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `robustness [--base SPEC --unlearned SPEC] --data DIR|demo --attacks … --out DIR`."""
-    parser = commands.add_parser("robustness", help="attacks that try to bring forgotten knowledge back (recovery %)")
+    parser = commands.add_parser("robustness", help="attacks that try to bring forgotten knowledge back (recovery %%)")
     add_pair_arguments(parser)
     parser.add_argument("--data", help="split folder with forget.jsonl (retain.jsonl for controls) or 'demo'")
     parser.add_argument("--attacks", nargs="+", help="attack names (default: all that can run here); see --list")

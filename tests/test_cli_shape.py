@@ -1,0 +1,48 @@
+"""The command line's shape: argparse lives only in core/cli/, and every command's --help runs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from core.cli import build_parser
+
+CORE = Path(__file__).resolve().parents[1] / "core"
+CLI = CORE / "cli"
+
+
+def imports_argparse(path: Path) -> bool:
+    """Whether the module imports argparse anywhere (top level, inside a function, or `from argparse import …`)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "argparse" for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+            return True
+    return False
+
+
+def test_argparse_is_imported_only_by_the_cli_package() -> None:
+    outside = [path for path in CORE.rglob("*.py") if CLI not in path.parents]
+    assert outside and imports_argparse(CLI / "__init__.py")  # the check finds modules, and finds argparse
+    offenders = [str(path.relative_to(CORE.parent)) for path in outside if imports_argparse(path)]
+    assert offenders == []
+
+
+def command_names() -> list[str]:
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    return list(commands.choices)
+
+
+def test_every_command_is_registered() -> None:
+    expected = ["model", "demo", "probe", "unlearn", "evaluate", "attribute", "lens", "ingest", "report", "robustness"]
+    assert command_names() == expected
+
+
+@pytest.mark.parametrize("argv", [[], *([name] for name in command_names())], ids=lambda argv: " ".join(argv) or "top")
+def test_help_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args([*argv, "--help"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m core {' '.join(argv)}".rstrip())
