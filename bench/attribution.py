@@ -41,7 +41,7 @@ def run_ours(pair, args: argparse.Namespace, include_prefix: bool, baseline: str
     """Our per-token IG on both sides; returns (base matrix, unlearned matrix, seconds)."""
     import torch
 
-    from core.attribution import AttributionSettings, attribute
+    from core.analyses.attribution import AttributionSettings, attribute
 
     settings = AttributionSettings(
         per_token=True, n_steps=args.n_steps, baseline=baseline, include_answer_prefix=include_prefix
@@ -152,9 +152,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from core.embedded import ensure_embedded_model
-    from core.models import ModelPair, ModelSpec
-    from core.probe import encode
+    from core.analyses.probe import encode
+    from core.models.embedded import ensure_embedded_model
+    from core.models.pair import ModelPair, ModelSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.data import QADataset, SplitData, load_demo_splits  # noqa: E402
-from core.embedded import ensure_embedded_model  # noqa: E402
-from core.evaluate import (  # noqa: E402
+from core.analyses.probe import collate, selected_logits  # noqa: E402
+from core.data.qa import QADataset, SplitData, load_demo_splits  # noqa: E402
+from core.evaluation.evaluate import (  # noqa: E402
     EvalModel,
     EvalSettings,
     evaluate,
@@ -40,8 +40,8 @@ from core.evaluate import (  # noqa: E402
     plan_units,
     rouge_logs,
 )
-from core.models import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
-from core.probe import collate, selected_logits  # noqa: E402
+from core.models.embedded import ensure_embedded_model  # noqa: E402
+from core.models.pair import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 
 log = logging.getLogger("bench.evaluate")
 

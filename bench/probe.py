@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.embedded import ensure_embedded_model  # noqa: E402
-from core.models import ModelPair, ModelSpec  # noqa: E402
-from core.probe import Encoded, score  # noqa: E402
+from core.analyses.probe import Encoded, score  # noqa: E402
+from core.models.embedded import ensure_embedded_model  # noqa: E402
+from core.models.pair import ModelPair, ModelSpec  # noqa: E402
 
 
 def make_adapter(model_dir: Path, out: Path) -> Path:

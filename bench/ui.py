@@ -4,7 +4,7 @@
    pair (demo:target vs demo:unlearned) loaded — process start, imports, model + adapters load, first page run.
 2. Score: from clicking "Score" to the rendered coloured-token view, for a 64-token prompt (chat template on, as
    the page's default). Median of --runs after one warm-up. Goal ≤ 1 s. Also the time until the whole run has
-   finished (Δ chart and table drawn), and core.probe.score alone on the same prompt in this process, so the
+   finished (Δ chart and table drawn), and core.analyses.probe.score alone on the same prompt in this process, so the
    page's own overhead shows.
 
 The quick demo experiment (ULENS_DEMO_QUICK=1) is used unless --full: the same model, the same adapter shapes
@@ -72,7 +72,7 @@ def tag(text: str) -> str:
 
 
 def ensure_demo(full: bool) -> None:
-    from core.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
+    from core.unlearn.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
 
     experiment = DemoExperiment(RECIPES["full" if full else "quick"])
     if not (experiment.is_built(TARGET) and experiment.is_built(DEFAULT_UNLEARNED)):
@@ -124,10 +124,10 @@ def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
 
 
 def bench_core(texts: list[str]) -> list[float]:
-    """core.probe.score alone on the same prompts (this process, the same pair, the same chat setting)."""
-    from core.demo import default_recipe
-    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
-    from core.probe import ProbeRequest, score
+    """core.analyses.probe.score alone on the same prompts (this process, the same pair, the same chat setting)."""
+    from core.analyses.probe import ProbeRequest, score
+    from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.unlearn.demo import default_recipe
 
     pair = ModelPair.load(ModelSpec.parse(DEFAULT_BASE), ModelSpec.parse(DEFAULT_UNLEARNED))
     times = []
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     ensure_demo(args.full)
 
-    from core.embedded import ensure_embedded_model
-    from core.models import ModelSpec, load_tokenizer
+    from core.models.embedded import ensure_embedded_model
+    from core.models.pair import ModelSpec, load_tokenizer
 
     tokenizer = load_tokenizer(ModelSpec(str(ensure_embedded_model())))
     texts = prompts(tokenizer, args.tokens, args.runs + 1)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
           f"as the page sets it), median of {args.runs}: {median['token_view_s']:.3f} s; goal {GOAL_S:.1f} s; "
           f"ratio {median['token_view_s'] / GOAL_S:.2f}")  # fmt: skip
     print(f"Score → run finished (chart and table drawn): {median['run_finished_s']:.3f} s")
-    print(f"core.probe.score alone: {median['core_score_s']:.3f} s")
+    print(f"core.analyses.probe.score alone: {median['core_score_s']:.3f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

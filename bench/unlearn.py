@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import core.evaluate  # noqa: F401  (registers the demo evaluation, stage 4 of the timed build)
-from core.data import load_demo_splits
-from core.demo import RECIPES, DemoExperiment
-from core.embedded import ensure_embedded_model
-from core.models import ModelSpec, load_backbone, load_tokenizer
+import core.evaluation.evaluate  # noqa: F401  (registers the demo evaluation, stage 4 of the timed build)
+from core.data.qa import load_demo_splits
+from core.models.embedded import ensure_embedded_model
+from core.models.pair import ModelSpec, load_backbone, load_tokenizer
 from core.unlearn import METHODS, TrainConfig, TrainingData, get_method
+from core.unlearn.demo import RECIPES, DemoExperiment
 from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config
 from core.unlearn.trainer import RunContext, _one_step
 

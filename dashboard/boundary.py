@@ -18,8 +18,8 @@ from typing import Any
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from core.errors import UserError
-from core.limits import is_out_of_memory
+from core.common.errors import UserError
+from core.common.limits import is_out_of_memory
 from dashboard.plain import plain
 
 log = logging.getLogger(__name__)

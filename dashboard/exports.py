@@ -1,7 +1,7 @@
 """Download buttons any page can put under a chart or a table: PNG / SVG / PDF images and CSV.
 
 Images are rendered only when their button is clicked (Streamlit's deferred download data), by the one warm export
-browser of core.report.
+browser of core.present.report.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.report import EXPORT_FORMATS, export_available, figure_bytes, frame_to_csv, slug
+from core.present.report import EXPORT_FORMATS, export_available, figure_bytes, frame_to_csv, slug
 
 
 def chart_downloads(figure: go.Figure, name: str, *, key: str | None = None) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import UserError
-from core.examples import Example, demo_examples
-from core.limits import MAX_TEXT_CHARS
+from core.common.errors import UserError
+from core.common.limits import MAX_TEXT_CHARS
+from core.data.examples import Example, demo_examples
 from dashboard.state import chat_default
 
 

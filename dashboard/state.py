@@ -14,12 +14,9 @@ import psutil
 import streamlit as st
 import torch
 
-from core.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
-from core.demo import UNLEARNED as DEMO_UNLEARNED
-from core.demo import DemoExperiment, default_recipe, demo_status
-from core.errors import UserError
-from core.limits import is_out_of_memory
-from core.models import (
+from core.common.errors import UserError
+from core.common.limits import is_out_of_memory
+from core.models.pair import (
     ALLOW_PICKLE_ENV,
     DEFAULT_BASE,
     DEFAULT_UNLEARNED,
@@ -30,6 +27,9 @@ from core.models import (
     model_job,
     operator_opt_ins,
 )
+from core.unlearn.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
+from core.unlearn.demo import UNLEARNED as DEMO_UNLEARNED
+from core.unlearn.demo import DemoExperiment, default_recipe, demo_status
 from dashboard.boundary import fragment
 from dashboard.plain import plain
 

@@ -39,7 +39,7 @@ def tiny_llama():
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    from core.embedded import ensure_embedded_model
+    from core.models.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
 
@@ -56,7 +56,7 @@ def fresh_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     autouse fixture starts from this)."""
     import streamlit as st
 
-    from core import results
+    from core.evaluation import results
 
     st.cache_data.clear()
     st.cache_resource.clear()

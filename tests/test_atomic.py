@@ -1,4 +1,4 @@
-"""Nothing lost, nothing half-written trusted: core.cache's atomic folders and files under concurrent writers and
+"""Nothing lost, nothing half-written trusted: core.common.cache's atomic folders and files under concurrent writers and
 readers, its file lock, and training checkpoints checked against their manifests when a run resumes."""
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, make_tiny_llama
 
-from core import cache
-from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_bytes, atomic_write_text, file_hash, is_complete
+from core.common import cache
+from core.common.cache import (
+    COMPLETE_MARKER,
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_hash,
+    is_complete,
+)
 from core.unlearn import TrainConfig, TrainingData, build_trainee, get_method, lora_config, read_manifest, train
 from core.unlearn.checkpoints import verify_checkpoint
 
@@ -29,8 +36,8 @@ SIZE = 4096
 WRITER = """
 import sys
 from pathlib import Path
-from core import cache
-from core.cache import atomic_directory
+from core.common import cache
+from core.common.cache import atomic_directory
 target, writes, letter, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
 if mode == "fallback":
     cache._exchange = lambda a, b: False
@@ -156,7 +163,7 @@ def test_atomic_writes_replace_whole_files(tmp_path: Path) -> None:
 
 def test_a_file_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
     script = (
-        "import sys, time\nfrom pathlib import Path\nfrom core.cache import file_lock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom core.common.cache import file_lock\n"
         "with file_lock(Path(sys.argv[1])):\n"
         "    print('in', flush=True)\n    time.sleep(0.5)\n    Path(sys.argv[2]).touch()\n"
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import EPS32, TinyTokenizer, logit_tolerance, make_tiny_llama, save_tiny_model_dir
 
-from core.attribution import (
+from core.analyses.attribution import (
     ATTRIBUTION_METHODS,
     BASELINES,
     AttributionResult,
@@ -19,10 +19,10 @@ from core.attribution import (
     attribute,
     word_groups,
 )
+from core.analyses.probe import encode
 from core.cli.attribute import add_parser as add_attribute_parser
-from core.errors import UserError
-from core.models import ModelPair, ModelSpec
-from core.probe import encode
+from core.common.errors import UserError
+from core.models.pair import ModelPair, ModelSpec
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 EOS = TinyTokenizer.eos_token_id

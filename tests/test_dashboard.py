@@ -1,7 +1,9 @@
 """Dashboard pages driven through AppTest: widgets give the numbers core computes directly, mistakes give messages.
 
-Charts are compared with core.figures built from core.ingest on the same folders (trace data parsed from the chart's
-spec); tables with core.probe.score. Model pairs are tiny random models saved to disk (unit tier) or the embedded
+Charts are compared with core.present.figures built from core.evaluation.ingest on the same folders (trace data
+parsed from the chart's
+spec); tables with core.analyses.probe.score. Model pairs are tiny random models saved to disk (unit tier) or the
+embedded
 SmolLM2 (integration tier), loaded through the sidebar as a user would.
 """
 
@@ -25,14 +27,14 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core import figures
-from core.data import load_demo_splits
-from core.demo import DemoExperiment
-from core.highlight import default_scale, legend_html, token_html
-from core.ingest import ingest
-from core.models import ModelPair
-from core.probe import GenerationSettings, ProbeRequest, generate, score
-from core.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
+from core.analyses.probe import GenerationSettings, ProbeRequest, generate, score
+from core.data.qa import load_demo_splits
+from core.evaluation.ingest import ingest
+from core.evaluation.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
+from core.models.pair import ModelPair
+from core.present import figures
+from core.present.highlight import default_scale, legend_html, token_html
+from core.unlearn.demo import DemoExperiment
 from dashboard import state
 from dashboard.plain import plain, shown
 

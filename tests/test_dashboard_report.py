@@ -1,7 +1,7 @@
 """The Report page through AppTest: the HTML it serves, its chart and table exports, and mistakes as messages.
 
 The report built on the page is compared with core computed directly: ingest for the metric table and axes,
-core.probe.score on the same pair for the probes; the download buttons serve the bytes the page built.
+core.analyses.probe.score on the same pair for the probes; the download buttons serve the bytes the page built.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core.ingest import ingest
-from core.probe import ProbeRequest, score
-from core.report import frame_to_csv, metric_table, table_metrics
-from core.results import default_axes, metric_options
+from core.analyses.probe import ProbeRequest, score
+from core.evaluation.ingest import ingest
+from core.evaluation.results import default_axes, metric_options
+from core.present.report import frame_to_csv, metric_table, table_metrics
 from dashboard import state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""The Robustness page through AppTest on a tiny pair: its charts and table equal what core.robustness computes for
+"""The Robustness page through AppTest on a tiny pair: its charts and table equal what core.attacks.robustness
+computes for
 the same settings; base against itself says there is nothing to recover; a bad option is a message."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core.data import load_demo_splits
-from core.robustness import RobustnessSettings, recovery_figure, relearning_figure, run_attacks
+from core.attacks.robustness import RobustnessSettings, recovery_figure, relearning_figure, run_attacks
+from core.data.qa import load_demo_splits
 from dashboard import state
 
 ROOT = Path(__file__).resolve().parents[1]

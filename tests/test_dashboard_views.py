@@ -11,11 +11,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core.attribution import AttributionSettings, attribute
-from core.examples import demo_examples
-from core.figures_views import hidden_knowledge_reading
-from core.lens import hidden_state_drift, logit_lens, weight_change
-from core.models import ModelPair
+from core.analyses.attribution import AttributionSettings, attribute
+from core.analyses.lens import hidden_state_drift, logit_lens, weight_change
+from core.data.examples import demo_examples
+from core.models.pair import ModelPair
+from core.present.figures_views import hidden_knowledge_reading
 from dashboard import state
 from dashboard.plain import shown
 

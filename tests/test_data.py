@@ -1,4 +1,5 @@
-"""core.data: loaders for every format, their error messages, the real TOFU files, the demo data and its generator."""
+"""core.data.qa: loaders for every format, their error messages, the real TOFU files, the demo data and its
+generator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.data import (
+from core.common.errors import UserError
+from core.data.qa import (
     DEMO_DIR,
     QADataset,
     QAItem,
@@ -20,7 +22,6 @@ from core.data import (
     load_qa_dataset,
     load_split_folder,
 )
-from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TOFU = REPO / "tests" / "fixtures" / "real" / "tofu-dataset"  # real TOFU files (README there)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from tiny_models import save_tiny_model_dir
 
-import core.demo as demo
+import core.unlearn.demo as demo
 from core.common import Registry
-from core.data import DEMO_DIR, load_demo_splits
-from core.demo import RECIPES, DemoExperiment, make_recipe
-from core.errors import UserError
-from core.models import ModelPair, ModelSpec
+from core.common.errors import UserError
+from core.data.qa import DEMO_DIR, load_demo_splits
+from core.models.pair import ModelPair, ModelSpec
+from core.unlearn.demo import RECIPES, DemoExperiment, make_recipe
 
 TEMPLATE = ModelSpec("demo:x", dtype="float32", device="cpu")
 TINY = make_recipe(
@@ -162,7 +162,7 @@ def test_evaluations_run_after_the_stages_once(tmp_path: Path, tiny_base: Path, 
 
 def answer_probability(pair: ModelPair, items) -> tuple[float, float]:
     """Mean over items of exp(mean answer-token log-prob), for the base and unlearned sides of the pair."""
-    from core.probe import ProbeRequest, score
+    from core.analyses.probe import ProbeRequest, score
 
     chat = RECIPES["quick"].chat  # probed the way the demo models were taught
     results = score(pair, [ProbeRequest(i.question, i.answer) for i in items], chat=chat)

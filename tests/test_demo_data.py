@@ -11,7 +11,7 @@ import logging
 import pytest
 import torch
 
-from core.data import QAItem, load_demo_splits
+from core.data.qa import QAItem, load_demo_splits
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

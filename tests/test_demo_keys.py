@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import core.demo as demo
-from core.demo import RECIPES, DemoExperiment
+import core.unlearn.demo as demo
+from core.unlearn.demo import RECIPES, DemoExperiment
 
 
 def test_a_stage_key_is_the_same_before_and_after_the_base_folder_is_known(tmp_path: Path, monkeypatch) -> None:

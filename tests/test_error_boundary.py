@@ -2,8 +2,9 @@
 short message with an id (its traceback in the server log under the same id), a UserError its plain message, an
 allocation failure the out-of-memory hint; st.stop / st.rerun pass through; the sidebar and other pages keep working.
 
-A page's failure is provoked by patching `core.results.our_result_folders`, which only the Tradeoffs page calls
-(pages import it from core.results every run, so the patch is what they get).
+A page's failure is provoked by patching `core.evaluation.results.our_result_folders`, which only the Tradeoffs page
+calls
+(pages import it from core.evaluation.results every run, so the patch is what they get).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import results
-from core.errors import UserError
+from core.common.errors import UserError
+from core.evaluation import results
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"

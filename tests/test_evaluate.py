@@ -1,5 +1,6 @@
 """Evaluation on tiny random models: every per-item number against a plain unbatched computation, batching and
-forward-pass counts, the cache, the oracle, open-unlearning files read back by core.ingest, runs and the CLI."""
+forward-pass counts, the cache, the oracle, open-unlearning files read back by core.evaluation.ingest, runs and the
+CLI."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from rouge_score import rouge_scorer
 from scipy import stats
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, save_tiny_model_dir, top_margin
 
-from core.cache import atomic_write_json
+from core.analyses.probe import encode
 from core.cli.evaluate import add_parser as add_evaluate_parser
-from core.data import QADataset, QAItem, SplitData
-from core.errors import UserError
-from core.evaluate import (
+from core.common.cache import atomic_write_json
+from core.common.errors import UserError
+from core.data.qa import QADataset, QAItem, SplitData
+from core.evaluation.evaluate import (
     EvalModel,
     EvalResult,
     EvalSettings,
@@ -36,10 +38,9 @@ from core.evaluate import (
     plan_batches,
     plan_units,
 )
-from core.ingest import ingest
-from core.models import ModelSpec, load_tokenizer
-from core.probe import encode
-from core.results import EXAMPLE_RESULTS
+from core.evaluation.ingest import ingest
+from core.evaluation.results import EXAMPLE_RESULTS
+from core.models.pair import ModelSpec, load_tokenizer
 
 EPS = 1e-10
 TOL = 1e-5
@@ -521,7 +522,7 @@ def run_dir(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_evaluate_run_writes_each_checkpoint_and_loads_the_backbone_once(run_dir, monkeypatch) -> None:
-    import core.evaluate as evaluate_module
+    import core.evaluation.evaluate as evaluate_module
 
     base, run = run_dir
     loads = []
@@ -581,7 +582,7 @@ def test_eval_model_needs_a_name_or_spec(splits) -> None:
 
 
 def test_demo_specs_are_named_after_the_demo_model_not_its_cache_folder(run_dir, monkeypatch) -> None:
-    import core.demo
+    import core.unlearn.demo
 
     base, run = run_dir
 
@@ -590,7 +591,7 @@ def test_demo_specs_are_named_after_the_demo_model_not_its_cache_folder(run_dir,
         adapter = str(run / f"checkpoint-{step}") if step else None
         return dataclasses.replace(template, source=str(base), adapter=adapter)
 
-    monkeypatch.setattr(core.demo, "resolve_demo_spec", resolve)
+    monkeypatch.setattr(core.unlearn.demo, "resolve_demo_spec", resolve)
     result = evaluate([ModelSpec.parse("demo:target"), ModelSpec.parse("demo:npo@5")], word_splits(), oracle="target")
     assert [(e.model, e.method, e.step) for e in result.evaluations] == [("target", "target", None), ("npo", "NPO", 5)]
     assert agg(result, "forget_quality", "target") == 1.0

@@ -13,13 +13,13 @@ import pytest
 import torch
 from scipy import stats
 
-import core.evaluate as evaluate_module
-from core.data import QADataset, SplitData, load_demo_splits
-from core.evaluate import MIA_SPLITS, EvalSettings, evaluate, evaluate_run, tofu
-from core.ingest import ingest
-from core.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
-from core.models import ModelPair, ModelSpec, load_backbone, load_tokenizer
-from core.probe import ProbeRequest, score
+import core.evaluation.evaluate as evaluate_module
+from core.analyses.probe import ProbeRequest, score
+from core.data.qa import QADataset, SplitData, load_demo_splits
+from core.evaluation.evaluate import MIA_SPLITS, EvalSettings, evaluate, evaluate_run, tofu
+from core.evaluation.ingest import ingest
+from core.evaluation.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
+from core.models.pair import ModelPair, ModelSpec, load_backbone, load_tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -110,7 +110,7 @@ def ks_statistic(sample: list[float], reference: list[float]) -> float:
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Iterator[Path]:
     """A cache home (the embedded model linked in, not copied) where `demo:NAME` is the quick demo experiment."""
-    from core.embedded import MODEL_DIRNAME
+    from core.models.embedded import MODEL_DIRNAME
 
     home = tmp_path_factory.mktemp("demo-home")
     (home / "models").mkdir()
@@ -130,9 +130,10 @@ def demo_env(demo_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def quick_demo(demo_home: Path, embedded_model_dir: Path) -> object:
-    """The quick experiment's target, oracle and npo run. Its base folder is given explicitly: core.demo names runs
+    """The quick experiment's target, oracle and npo run. Its base folder is given explicitly: core.unlearn.demo
+    names runs
     by a key that (as of this writing) changes once a lazily found base folder is known, mid-build."""
-    from core.demo import DemoExperiment
+    from core.unlearn.demo import DemoExperiment
 
     experiment = DemoExperiment(base_dir=embedded_model_dir)
     experiment.build(["target", "oracle", "npo"])
@@ -140,7 +141,7 @@ def quick_demo(demo_home: Path, embedded_model_dir: Path) -> object:
 
 
 def test_demo_oracle_has_forgotten_what_the_target_knows(demo_env) -> None:
-    from core.demo import DemoExperiment
+    from core.unlearn.demo import DemoExperiment
 
     for name in ("target", "oracle"):  # built ahead by fresh experiments: building inside spec() meets the key change
         DemoExperiment().build([name])
@@ -177,7 +178,7 @@ def test_demo_run_checkpoints_are_evaluated_in_place(demo_env, quick_demo) -> No
 
 
 def test_demo_pipeline_evaluation_writes_every_model(demo_env, quick_demo, monkeypatch, tmp_path: Path) -> None:
-    from core.demo import DemoExperiment
+    from core.unlearn.demo import DemoExperiment
 
     built = replace(quick_demo.recipe, stages=tuple(s for s in quick_demo.recipe.stages if quick_demo.is_built(s.name)))
     experiment = DemoExperiment(built, base_dir=quick_demo.base_dir)

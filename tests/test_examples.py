@@ -1,4 +1,4 @@
-"""core.examples: the Probe page's one-click examples are the demo forget and retain items, in file order."""
+"""core.data.examples: the Probe page's one-click examples are the demo forget and retain items, in file order."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.data import DEMO_DIR
-from core.errors import UserError
-from core.examples import demo_examples
+from core.common.errors import UserError
+from core.data.examples import demo_examples
+from core.data.qa import DEMO_DIR
 
 
 def read_jsonl(path: Path) -> list[dict]:

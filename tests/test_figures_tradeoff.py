@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_curve
 
-from core import figures
-from core.errors import UserError
-from core.ingest import SUMMARY_COLUMNS, IngestResult, ingest
-from core.results import EXAMPLE_RESULTS
+from core.common.errors import UserError
+from core.evaluation.ingest import SUMMARY_COLUMNS, IngestResult, ingest
+from core.evaluation.results import EXAMPLE_RESULTS
+from core.present import figures
 
 FULL = "tofu_Llama-3.2-1B-Instruct_full"
 RETAIN90 = "tofu_Llama-3.2-1B-Instruct_retain90"

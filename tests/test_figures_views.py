@@ -11,9 +11,11 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, make_tiny_llama
 
-from core.attribution import AttributionSettings, attribute
-from core.errors import UserError
-from core.figures_views import (
+from core.analyses.attribution import AttributionSettings, attribute
+from core.analyses.lens import LensResult, LensSide, hidden_state_drift, logit_lens, weight_change
+from core.common.errors import UserError
+from core.models.pair import ModelPair
+from core.present.figures_views import (
     HIDDEN_RANK,
     attribution_heatmap,
     attribution_matrix_figure,
@@ -23,8 +25,6 @@ from core.figures_views import (
     token_label,
     weight_change_figure,
 )
-from core.lens import LensResult, LensSide, hidden_state_drift, logit_lens, weight_change
-from core.models import ModelPair
 
 # The character tokenizer makes every character a token: repeated tokens and HTML-looking ones.
 PROMPT, ANSWER = "a <b> & a", "paris."
@@ -244,7 +244,7 @@ def test_weight_map_of_two_models_equals_direct_norms(pair):
 
 
 def test_weight_map_empty_result_is_a_user_error():
-    from core.lens import WeightChangeResult
+    from core.analyses.lens import WeightChangeResult
 
     with pytest.raises(UserError, match="empty"):
         weight_change_figure(WeightChangeResult([]))

@@ -1,6 +1,6 @@
 """Every file reader fed hostile files — truncated, not UTF-8, nested '[' × 100,000, one line bigger than the file
 bound, a text longer than the text bound — answers with a clear one-line message naming the file: a UserError
-for the QA readers (core.data) and the direct result readers, a warning for ingest (which reads the other files
+for the QA readers (core.data.qa) and the direct result readers, a warning for ingest (which reads the other files
 of a run on, by design), never a traceback and never a long parse.
 
 Each reader gets a valid file first (it must read), then each bad variant of that same file.
@@ -20,9 +20,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import data, ingest, limits
-from core.errors import UserError
-from core.robustness import RobustnessResult
+from core.attacks.robustness import RobustnessResult
+from core.common import limits
+from core.common.errors import UserError
+from core.data import qa as data
+from core.evaluation import ingest
 
 MARK = "Zanzibar"  # inside a string / quoted cell of every valid file: truncating there leaves it unterminated
 QA = [
@@ -242,7 +244,7 @@ def test_a_legacy_csv_row_with_an_extra_cell_is_a_warning_and_the_run_still_load
 
 
 def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import item_scores
+    from core.analyses import item_scores
 
     monkeypatch.setenv("ULENS_UPLOADS", str(tmp_path / "uploads"))
     content = b" " * (limits.MAX_QA_FILE_BYTES + 1)
@@ -253,8 +255,8 @@ def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path: Path, monk
 
 def test_results_with_a_single_usable_metric_are_a_message_not_a_key_error() -> None:
     """default_axes offers (m, m) when one metric is usable; the tradeoff figure failed with KeyError 'x'."""
-    from core.figures import tradeoff_figure
-    from core.results import default_axes, metric_options
+    from core.evaluation.results import default_axes, metric_options
+    from core.present.figures import tradeoff_figure
 
     row = {"model": "run", "method": "NPO", "step": None, "split": "forget", "source": "s"}
     summary = pd.DataFrame([{**row, "metric": "forget_Q_A_Prob", "value": 0.3}], columns=ingest.SUMMARY_COLUMNS)
@@ -290,7 +292,7 @@ class CountingTokenizer:
 def pair():
     from tiny_models import make_tiny_llama
 
-    from core.models import ModelPair
+    from core.models.pair import ModelPair
 
     return ModelPair.from_models(make_tiny_llama(seed=0), make_tiny_llama(seed=1), CountingTokenizer())
 
@@ -301,10 +303,10 @@ HUGE = "y" * 4_000_000  # 4 MB: took 5 s and 1 GB just to tokenise
 
 def entry_points(pair):
     """Every entry point that tokenises a prompt and an answer, as (name, call(prompt, answer))."""
-    from core.attribution import attribute
-    from core.item_scores import score_items
-    from core.lens import hidden_state_drift, logit_lens
-    from core.probe import ProbeRequest, generate, score
+    from core.analyses.attribution import attribute
+    from core.analyses.item_scores import score_items
+    from core.analyses.lens import hidden_state_drift, logit_lens
+    from core.analyses.probe import ProbeRequest, generate, score
 
     def items(prompt: str, answer: str) -> object:
         dataset = data.QADataset("set", "forget", [data.QAItem(0, prompt, answer)])  # built directly: no validation
@@ -333,7 +335,7 @@ def test_a_text_over_the_bound_is_refused_before_tokenisation(pair, entry: str, 
 
 
 def test_a_text_at_the_bound_is_scored(pair) -> None:
-    from core.probe import ProbeRequest, score
+    from core.analyses.probe import ProbeRequest, score
 
     prompt = "a" * limits.MAX_TEXT_CHARS  # TinyTokenizer: a token per character, truncated to the context
     [result] = score(pair, [ProbeRequest(prompt, "bc")])
@@ -342,7 +344,7 @@ def test_a_text_at_the_bound_is_scored(pair) -> None:
 
 @pytest.mark.parametrize("top_k", [-1, limits.MAX_TOP_K + 1, 10**9])
 def test_top_k_is_bounded_in_the_library(pair, top_k: int) -> None:
-    from core.probe import ProbeRequest, score
+    from core.analyses.probe import ProbeRequest, score
 
     with pytest.raises(UserError, match=rf"top_k must be a whole number, at least 0 and at most {limits.MAX_TOP_K}"):
         score(pair, [ProbeRequest("A question?", "Yes.")], top_k=top_k)
@@ -357,7 +359,7 @@ def test_top_k_is_bounded_in_the_library(pair, top_k: int) -> None:
     ],
 )
 def test_attribution_steps_and_samples_are_bounded_in_the_library(pair, settings: dict, message: str) -> None:
-    from core.attribution import AttributionSettings, attribute
+    from core.analyses.attribution import AttributionSettings, attribute
 
     with pytest.raises(UserError, match=rf"{message} .*at most"):
         attribute(pair, "A question?", "Yes.", settings=AttributionSettings(**settings))
@@ -375,7 +377,7 @@ def test_attribution_steps_and_samples_are_bounded_in_the_library(pair, settings
     ids=["billion", "just-over", "one-point-too-many", "megabyte-string", "million-list"],
 )
 def test_relearning_steps_are_bounded(steps, message: str) -> None:
-    from core.robustness import RobustnessSettings
+    from core.attacks.robustness import RobustnessSettings
 
     with pytest.raises(UserError, match=message):
         RobustnessSettings(relearn_steps=steps)
@@ -384,8 +386,8 @@ def test_relearning_steps_are_bounded(steps, message: str) -> None:
 
 
 def test_batch_sizes_and_new_tokens_are_bounded() -> None:
-    from core.evaluate import EvalSettings
-    from core.robustness import RobustnessSettings
+    from core.attacks.robustness import RobustnessSettings
+    from core.evaluation.evaluate import EvalSettings
 
     with pytest.raises(UserError, match="batch size"):
         RobustnessSettings(batch_size=limits.MAX_BATCH_SIZE + 1)
@@ -466,8 +468,8 @@ def test_module_bytes_counts_shared_storage_once_and_converts_dtypes() -> None:
 def test_a_copy_that_does_not_fit_is_refused_and_the_pair_is_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     from tiny_models import TinyTokenizer, make_tiny_llama
 
-    from core.models import ModelPair
-    from core.robustness import ensure_copy_fits, run_attacks
+    from core.attacks.robustness import ensure_copy_fits, run_attacks
+    from core.models.pair import ModelPair
 
     model = make_tiny_llama()
     fp32 = sum(p.numel() * 4 for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
@@ -495,7 +497,7 @@ def test_work_that_does_not_fit_is_refused_before_it_runs(pair, monkeypatch: pyt
 def test_an_evaluation_batch_that_does_not_fit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from tiny_models import TinyTokenizer, make_tiny_llama
 
-    from core.evaluate import EvalSettings, evaluate_model
+    from core.evaluation.evaluate import EvalSettings, evaluate_model
 
     splits = data.SplitData(forget=data.QADataset("set", "forget", FORGET))
     with_free_memory(monkeypatch, 1024)

@@ -13,8 +13,8 @@ from test_embedded_hostile import write_tiny_gguf
 from tiny_models import save_tiny_model_dir
 
 from core.cli import main
-from core.errors import UserError
-from core.models import ModelPair, ModelSpec, check_safetensors, resolve_spec
+from core.common.errors import UserError
+from core.models.pair import ModelPair, ModelSpec, check_safetensors, resolve_spec
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core import ingest as ingest_module
 from core.cli.ingest import add_parser as add_ingest_parser
 from core.cli.ingest import ingest_main, run_ingest
-from core.errors import UserError
-from core.ingest import (
+from core.common.errors import UserError
+from core.evaluation import ingest as ingest_module
+from core.evaluation.ingest import (
     IngestResult,
     forget_truth_ratios,
     infer_method,
@@ -30,7 +30,7 @@ from core.ingest import (
     read_records,
     write_open_unlearning,
 )
-from core.results import EXAMPLE_RESULTS
+from core.evaluation.results import EXAMPLE_RESULTS
 
 REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # TOFU data and legacy logs (README there)
 EXAMPLES = EXAMPLE_RESULTS.parent  # open-unlearning outputs, the app's example results (assets/examples/README.md)

@@ -1,4 +1,5 @@
-"""core.item_scores: per-item numbers equal an independent item-by-item computation from core.probe.score."""
+"""core.analyses.item_scores: per-item numbers equal an independent item-by-item computation from
+core.analyses.probe.score."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pandas as pd
 import pytest
 from tiny_models import save_tiny_model_dir
 
-from core.data import QADataset, QAItem, load_qa_dataset
-from core.errors import UserError
-from core.item_scores import COLUMNS, dataset_key, filter_items, load_uploaded_dataset, score_items
-from core.models import ModelPair, ModelSpec
-from core.probe import ProbeRequest, score
+from core.analyses.item_scores import COLUMNS, dataset_key, filter_items, load_uploaded_dataset, score_items
+from core.analyses.probe import ProbeRequest, score
+from core.common.errors import UserError
+from core.data.qa import QADataset, QAItem, load_qa_dataset
+from core.models.pair import ModelPair, ModelSpec
 
 ITEMS = [
     {"index": 7, "question": "the capital of france is", "answer": "paris",

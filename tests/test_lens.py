@@ -11,9 +11,7 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, rank_bounds, save_tiny_model_dir
 
-from core.cli.lens import add_parser as add_lens_parser
-from core.errors import UserError
-from core.lens import (
+from core.analyses.lens import (
     DriftResult,
     LensResult,
     LensSide,
@@ -27,8 +25,10 @@ from core.lens import (
     unembedding,
     weight_change,
 )
-from core.models import ModelPair, ModelSpec
-from core.probe import encode
+from core.analyses.probe import encode
+from core.cli.lens import add_parser as add_lens_parser
+from core.common.errors import UserError
+from core.models.pair import ModelPair, ModelSpec
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 FORGET = [("the capital of france is", "paris"), ("who wrote hamlet?", "shakespeare"), ("gold is", "au")]
@@ -343,7 +343,7 @@ def test_cli_views_bad_input_is_a_user_error(tmp_path, capsys):
 @pytest.mark.integration
 def test_smollm2_lens_ends_at_the_probe_scores(embedded_model_dir):
     """Last lens layer = the probe's teacher-forced log-probs; the model knows Paris (rank 1 at the last layer)."""
-    from core.probe import ProbeRequest, score
+    from core.analyses.probe import ProbeRequest, score
 
     spec = ModelSpec(str(embedded_model_dir), dtype="float32", device="cpu")
     pair = ModelPair.load(spec, spec)

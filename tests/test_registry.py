@@ -12,10 +12,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core import attribution, demo, evaluate, metrics, robustness
+from core.analyses import attribution
+from core.attacks import robustness
 from core.common import Option, Registry, option, options_of
-from core.errors import UserError
-from core.unlearn import UNLEARNING_METHODS
+from core.common.errors import UserError
+from core.evaluation import evaluate, metrics
+from core.unlearn import UNLEARNING_METHODS, demo
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -169,8 +171,12 @@ def test_declared_options_match_the_settings_they_set() -> None:
 
 
 def test_demo_evaluations_are_registered_in_a_fresh_interpreter() -> None:
-    """Importing core.demo alone (not core.evaluate, which registers them) still finds the demo evaluations."""
-    code = "import sys, core.demo as d; assert 'core.evaluate' not in sys.modules; print(d.DEMO_EVALUATIONS.names())"
+    """Importing core.unlearn.demo alone (not core.evaluation.evaluate, which registers them) still finds the demo
+    evaluations."""
+    code = (
+        "import sys, core.unlearn.demo as d; assert 'core.evaluation.evaluate' not in sys.modules; "
+        "print(d.DEMO_EVALUATIONS.names())"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "tofu" in out.stdout

@@ -21,14 +21,14 @@ import pytest
 from plotly.offline import get_plotlyjs
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
-from core import report as report_module
+from core.analyses.probe import ProbeRequest, score
 from core.cli import main
-from core.errors import UserError
-from core.figures import tradeoff_figure
-from core.ingest import REFERENCE_METHODS, ingest
-from core.models import ModelPair
-from core.probe import ProbeRequest, score
-from core.report import (
+from core.common.errors import UserError
+from core.evaluation.ingest import REFERENCE_METHODS, ingest
+from core.models.pair import ModelPair
+from core.present import report as report_module
+from core.present.figures import tradeoff_figure
+from core.present.report import (
     DEFAULT_SIZE,
     PNG_SCALE,
     SECTIONS,

@@ -1,4 +1,5 @@
-"""core.results (what the Tradeoffs page needs beyond ingest) and core.uploads, checked on real and fixture results."""
+"""core.evaluation.results (what the Tradeoffs page needs beyond ingest) and core.data.uploads, checked on real and
+fixture results."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import figures, results
-from core.errors import UserError
-from core.ingest import SUMMARY_COLUMNS, IngestResult, ingest
-from core.results import Point
+from core.common.errors import UserError
+from core.evaluation import results
+from core.evaluation.ingest import SUMMARY_COLUMNS, IngestResult, ingest
+from core.evaluation.results import Point
+from core.present import figures
 
 REAL = results.EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ingest"

@@ -14,13 +14,8 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
-from core.cli import main
-from core.data import QAItem, SplitData, load_demo_splits
-from core.errors import UserError
-from core.models import ModelPair, ModelSpec
-from core.robustness import (
+from core.attacks.robustness import (
     ALL_VARIANTS,
-    ASSETS,
     ATTACKS,
     NOTHING_FORGOTTEN,
     InContext,
@@ -35,6 +30,13 @@ from core.robustness import (
     run_attacks,
     translate,
 )
+from core.attacks.robustness import (
+    ATTACK_ASSETS as ASSETS,
+)
+from core.cli import main
+from core.common.errors import UserError
+from core.data.qa import QAItem, SplitData, load_demo_splits
+from core.models.pair import ModelPair, ModelSpec
 from core.unlearn import FullTrainee, TrainConfig, TrainingData, get_method, train
 
 FORGET = [
@@ -89,7 +91,7 @@ def pair(trained) -> ModelPair:
 
 
 def data() -> SplitData:
-    from core.data import QADataset
+    from core.data.qa import QADataset
 
     return SplitData(forget=QADataset("tiny", "forget", list(FORGET)), retain=QADataset("tiny", "retain", RETAIN))
 
@@ -180,7 +182,7 @@ def test_in_context_prompts_restate_other_items_never_the_answer(pair) -> None:
 
 
 def _context(pair: ModelPair):
-    from core.robustness import AttackContext
+    from core.attacks.robustness import AttackContext
 
     return AttackContext(pair, list(FORGET), list(RETAIN), RobustnessSettings(), {})
 

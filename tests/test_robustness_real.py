@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from core.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage
-from core.models import ModelPair, ModelSpec
-from core.robustness import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks, run_attacks
+from core.attacks.robustness import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks, run_attacks
+from core.models.pair import ModelPair, ModelSpec
+from core.unlearn.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from e2e.appserver import free_port, start_app, stop_app, wait_healthy
 
-from core.limits import MAX_QA_FILE_BYTES, MAX_RESULT_FILE_BYTES
+from core.common.limits import MAX_QA_FILE_BYTES, MAX_RESULT_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / ".streamlit" / "config.toml"

@@ -16,7 +16,7 @@ from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
 from core.cli.unlearn import add_parser as add_unlearn_parser
 from core.cli.unlearn import run_unlearn
-from core.errors import UserError
+from core.common.errors import UserError
 from core.unlearn import (
     UNLEARNING_METHODS,
     FullTrainee,

@@ -1,4 +1,4 @@
-"""core.uploads: uploads kept in a private folder of the cache home, checked by content, old ones cleaned up."""
+"""core.data.uploads: uploads kept in a private folder of the cache home, checked by content, old ones cleaned up."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core import uploads
-from core.errors import UserError
-from core.uploads import clean_uploads, store_files, upload_root
+from core.common.errors import UserError
+from core.data import uploads
+from core.data.uploads import clean_uploads, store_files, upload_root
 
 DAY = 24 * 3600
 FILES = [("TOFU_EVAL.json", b'{"forget": 1}'), ("TOFU_SUMMARY.json", b'{"model_utility": 0.5}')]

@@ -9,8 +9,8 @@ import struct
 import sys
 
 from core.cli import attribute, demo, evaluate, ingest, lens, model, probe, report, robustness, unlearn
-from core.errors import UserError
-from core.limits import is_out_of_memory
+from core.common.errors import UserError
+from core.common.limits import is_out_of_memory
 
 log = logging.getLogger("core")
 

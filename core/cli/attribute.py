@@ -8,10 +8,10 @@ import sys
 
 import pandas as pd
 
-from core.attribution import ATTRIBUTION_METHODS, BASELINES, GRANULARITIES, AttributionSettings, attribute
+from core.analyses.attribution import ATTRIBUTION_METHODS, BASELINES, GRANULARITIES, AttributionSettings, attribute
 from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
-from core.errors import UserError
-from core.limits import MAX_IG_STEPS, MAX_SHAPLEY_SAMPLES
+from core.common.errors import UserError
+from core.common.limits import MAX_IG_STEPS, MAX_SHAPLEY_SAMPLES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from core.errors import UserError
-from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+from core.common.errors import UserError
+from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:

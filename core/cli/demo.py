@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from core.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, UNLEARNED, DemoExperiment, start_background_build
+from core.unlearn.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, UNLEARNED, DemoExperiment, start_background_build
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from core.cli.common import bounded_int
-from core.errors import UserError
-from core.evaluate import (
+from core.common.errors import UserError
+from core.common.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
+from core.evaluation.evaluate import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_NEW_TOKENS,
     EvalModel,
@@ -19,8 +20,7 @@ from core.evaluate import (
     oracle_is_spec,
     run_models,
 )
-from core.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
-from core.models import ModelSpec
+from core.models.pair import ModelSpec
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core import ingest  # the module, looked up at call time: tests replace ingest.ingest
+from core.evaluation import ingest  # the module, looked up at call time: tests replace ingest.ingest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

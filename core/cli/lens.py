@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.analyses.lens import VIEWS, drift_sets, hidden_state_drift, logit_lens, weight_change
 from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
-from core.errors import UserError
-from core.lens import VIEWS, drift_sets, hidden_state_drift, logit_lens, weight_change
-from core.limits import MAX_DRIFT_ITEMS
+from core.common.errors import UserError
+from core.common.limits import MAX_DRIFT_ITEMS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.embedded import ensure_embedded_model
+from core.models.embedded import ensure_embedded_model
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
+from core.analyses.probe import DEFAULT_TOP_K, GenerationSettings, ProbeRequest, generate, score
 from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
-from core.limits import MAX_NEW_TOKENS, MAX_TOP_K
-from core.probe import DEFAULT_TOP_K, GenerationSettings, ProbeRequest, generate, score
+from core.common.limits import MAX_NEW_TOKENS, MAX_TOP_K
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.analyses.probe import ProbeRequest
 from core.cli.common import add_pair_arguments, pair_from_args
-from core.errors import UserError
-from core.ingest import ingest
-from core.models import ModelPair
-from core.probe import ProbeRequest
-from core.report import EXPORT_FORMATS, build_report, export_all, parse_probe
+from core.common.errors import UserError
+from core.evaluation.ingest import ingest
+from core.models.pair import ModelPair
+from core.present.report import EXPORT_FORMATS, build_report, export_all, parse_probe
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cache import atomic_write_text
-from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
-from core.errors import UserError
-from core.limits import MAX_BATCH_SIZE
-from core.robustness import (
+from core.attacks.robustness import (
     DEFAULT_EPSILON,
     RobustnessResult,
     RobustnessSettings,
@@ -19,6 +15,10 @@ from core.robustness import (
     load_robustness_data,
     run_attacks,
 )
+from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
+from core.common.cache import atomic_write_text
+from core.common.errors import UserError
+from core.common.limits import MAX_BATCH_SIZE
 
 
 def write_result(result: RobustnessResult, out: Path) -> tuple[Path, Path]:

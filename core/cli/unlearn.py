@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
+from core.common.errors import UserError
 from core.unlearn.methods import UNLEARNING_METHODS, UnlearningMethod, get_method
 from core.unlearn.trainer import TrainConfig, TrainingData, train
 
@@ -116,8 +116,8 @@ def _given_options(args: argparse.Namespace) -> dict[str, Any]:
 def load_training_data(
     method: UnlearningMethod, forget: Path, retain: Path | None, refusals: Path | None
 ) -> TrainingData:
-    """Read the forget/retain QA files and refusal lines a method needs (core.data validates the records)."""
-    from core.data import load_lines, load_qa_dataset
+    """Read the forget/retain QA files and refusal lines a method needs (core.data.qa validates the records)."""
+    from core.data.qa import load_lines, load_qa_dataset
 
     if method.uses_retain and retain is None:
         raise UserError(f"method {method.name} needs a retain set: pass --retain FILE")
@@ -130,7 +130,7 @@ def load_training_data(
 
 def load_trainee(base: str, device: str, method: UnlearningMethod, args: argparse.Namespace) -> tuple[Any, Any]:
     """Load the model named by `base` (float32) and wrap it for training as the CLI options say."""
-    from core.models import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype, resolve_spec
+    from core.models.pair import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype, resolve_spec
     from core.unlearn.trainee import build_trainee, lora_config
 
     spec = resolve_spec(ModelSpec.parse(base, dtype="float32", device=device))

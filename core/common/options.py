@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UserError
+from core.common.errors import UserError
 
 OPTION_TYPES = (bool, int, float, str)
 

@@ -15,8 +15,8 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
+from core.common.errors import UserError
 from core.common.options import Option
-from core.errors import UserError
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from core.cache import COMPLETE_MARKER, atomic_directory, atomic_write_json, content_hash, file_hash, is_complete
-from core.errors import UserError
+from core.common.cache import COMPLETE_MARKER, atomic_directory, atomic_write_json, content_hash, file_hash, is_complete
+from core.common.errors import UserError
 
 if TYPE_CHECKING:
     from core.unlearn.methods import UnlearningMethod

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
-from core.errors import UserError
+from core.common.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_WEIGHTS = "model.safetensors"

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from core.cache import content_hash
-from core.errors import UserError
-from core.probe import Batch, Encoded, collate, encode
+from core.analyses.probe import Batch, Encoded, collate, encode
+from core.common.cache import content_hash
+from core.common.errors import UserError
 from core.unlearn.checkpoints import Checkpointer
 from core.unlearn.methods import StepInputs, UnlearningMethod
 from core.unlearn.trainee import Trainee
@@ -60,7 +60,7 @@ class TrainConfig:
 class TrainingData:
     """The items a run acts on: `forget` (for fine-tuning: the items to learn), `retain`, and refusal strings."""
 
-    forget: Sequence[Any]  # objects with .question and .answer (core.data.QAItem)
+    forget: Sequence[Any]  # objects with .question and .answer (core.data.qa.QAItem)
     retain: Sequence[Any] = ()
     refusals: Sequence[str] = ()
 

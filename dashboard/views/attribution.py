@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.attribution import ATTRIBUTION_METHODS, GRANULARITIES, AttributionResult, AttributionSettings, attribute
-from core.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
+from core.analyses.attribution import (
+    ATTRIBUTION_METHODS,
+    GRANULARITIES,
+    AttributionResult,
+    AttributionSettings,
+    attribute,
+)
+from core.present.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.options import option_inputs

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from core.data import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
-from core.errors import UserError
-from core.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
-from core.limits import MAX_PATH_CHARS
+from core.analyses.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
+from core.common.errors import UserError
+from core.common.limits import MAX_PATH_CHARS
+from core.data.qa import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
 from dashboard.boundary import fragment, report_errors
 from dashboard.state import chat_default, current_pair, pair_key, shared_model_job, sidebar
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
-from core.lens import (
+from core.analyses.lens import (
     DriftResult,
     LensResult,
     WeightChangeResult,
@@ -15,7 +14,8 @@ from core.lens import (
     logit_lens,
     weight_change,
 )
-from core.limits import MAX_DRIFT_ITEMS, MAX_PATH_CHARS
+from core.common.limits import MAX_DRIFT_ITEMS, MAX_PATH_CHARS
+from core.present.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.question import available_examples, question_inputs

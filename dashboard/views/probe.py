@@ -10,11 +10,11 @@ from typing import Any
 
 import streamlit as st
 
-from core.figures import token_shift_figure
-from core.highlight import VIEWS, default_scale, legend_html, token_html
-from core.limits import MAX_TEXT_CHARS
-from core.models import ModelPair
-from core.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
+from core.analyses.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
+from core.common.limits import MAX_TEXT_CHARS
+from core.models.pair import ModelPair
+from core.present.figures import token_shift_figure
+from core.present.highlight import VIEWS, default_scale, legend_html, token_html
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart_downloads
 from dashboard.plain import plain

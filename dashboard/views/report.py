@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.ingest import IngestResult, ingest
-from core.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
-from core.report import Report, build_report, parse_probes, slug
-from core.results import EXAMPLE_RESULTS, default_axes, fingerprint, metric_options, our_result_folders, result_paths
+from core.common.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
+from core.evaluation.ingest import IngestResult, ingest
+from core.evaluation.results import (
+    EXAMPLE_RESULTS,
+    default_axes,
+    fingerprint,
+    metric_options,
+    our_result_folders,
+    result_paths,
+)
+from core.present.report import Report, build_report, parse_probes, slug
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain

@@ -7,9 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.data import SplitData
-from core.limits import MAX_PATH_CHARS
-from core.robustness import (
+from core.attacks.robustness import (
     ATTACKS,
     RobustnessResult,
     RobustnessSettings,
@@ -19,6 +17,8 @@ from core.robustness import (
     relearning_figure,
     run_attacks,
 )
+from core.common.limits import MAX_PATH_CHARS
+from core.data.qa import SplitData
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads
 from dashboard.options import option_input
@@ -27,7 +27,9 @@ from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
-MAX_STEPS_CHARS = 200  # the relearning steps box; core.robustness refuses steps beyond core.limits' bounds
+MAX_STEPS_CHARS = (
+    200  # the relearning steps box; core.attacks.robustness refuses steps beyond core.common.limits' bounds
+)
 EXPANDERS = {"relearn": "Relearning attack"}
 # Widget keys other than robustness_<option>: kept from before the options were declared (links and tests use them).
 OPTION_KEYS = {

@@ -1,7 +1,8 @@
 """Tradeoffs: where runs sit between forgetting and keeping utility; click a checkpoint for its metrics and items.
 
 The chosen result folders, oracle and axes live in the URL (folder=…&folder=…&oracle=…&x=…&y=…), so a link
-reloads the same results with the same axes. A link reads only folders inside the data roots by itself (core.results:
+reloads the same results with the same axes. A link reads only folders inside the data roots by itself
+(core.evaluation.results:
 the cache home, the example data, $ULENS_DATA_ROOTS); for any other folder it names, the page asks first.
 """
 
@@ -12,16 +13,9 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from core.figures import (
-    forget_quality_utility_figure,
-    mia_figure,
-    split_bars_figure,
-    tradeoff_figure,
-    truth_ratio_figure,
-)
-from core.ingest import IngestResult, ingest
-from core.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
-from core.results import (
+from core.common.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
+from core.evaluation.ingest import IngestResult, ingest
+from core.evaluation.results import (
     EXAMPLE_RESULTS,
     FQ_MU,
     Point,
@@ -39,6 +33,13 @@ from core.results import (
     split_bar_metrics,
     truth_ratio_oracles,
 )
+from core.present.figures import (
+    forget_quality_utility_figure,
+    mia_figure,
+    split_bars_figure,
+    tradeoff_figure,
+    truth_ratio_figure,
+)
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart_downloads
 from dashboard.plain import plain
@@ -47,7 +48,7 @@ from dashboard.state import sidebar
 DEFAULT_ATTACK = "mia_min_k"
 URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
 METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
-MAX_RUN_NAME_CHARS = 200  # core.uploads.safe_name allows no more
+MAX_RUN_NAME_CHARS = 200  # core.data.uploads.safe_name allows no more
 PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
 
 

@@ -3,7 +3,7 @@
 Two apps: `app_url` starts with no pair loaded (ULENS_AUTOLOAD=0; tests load their own), `demo_app_url` runs the
 quick demo experiment (ULENS_DEMO_QUICK=1) and loads the default pair demo:target vs demo:unlearned in every new
 session. The quick demo is built in the cache home before that app starts (once; later runs reuse the cache), and
-`demo_pair` is the same pair loaded in the test process, to compare what the browser shows with core.probe.
+`demo_pair` is the same pair loaded in the test process, to compare what the browser shows with core.analyses.probe.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def quick_demo():
     Keys match what the app's `demo:NAME` resolves (the recipe, the embedded model's hash), so the app opens
     them without building anything.
     """
-    from core.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
+    from core.unlearn.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, DemoExperiment
 
     experiment = DemoExperiment(RECIPES["quick"])
     experiment.build([TARGET, DEFAULT_UNLEARNED])
@@ -84,7 +84,7 @@ def quick_demo():
 @pytest.fixture(scope="session")
 def demo_pair(quick_demo):
     """demo:target vs demo:unlearned of the quick demo, loaded in the test process as the app loads them."""
-    from core.models import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
 
     template = ModelSpec("demo:x", **DEMO_TEMPLATE_OPTIONS)
     names = [spec.removeprefix("demo:") for spec in (DEFAULT_BASE, DEFAULT_UNLEARNED)]

@@ -1,5 +1,5 @@
 """The Attribution and Layers pages in a real Chromium on the demo pair: for a forget question, attribution draws
-its heatmap with the answer log-probs core.probe gives here; the logit lens draws its chart and reading."""
+its heatmap with the answer log-probs core.analyses.probe gives here; the logit lens draws its chart and reading."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from streamlit_ui import (
     wait_scored,
 )
 
-from core.probe import ProbeRequest, score
+from core.analyses.probe import ProbeRequest, score
 
 CAPTION = re.compile(r"Answer log-prob: base (-?\d+\.\d+), unlearned (-?\d+\.\d+) \(Δ ([+-]\d+\.\d+)\)")
 

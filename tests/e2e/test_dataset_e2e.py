@@ -1,5 +1,5 @@
 """The Dataset page in a real Chromium: score the demo forget split under the demo pair; the summary numbers equal
-core.probe's scores computed here, and a selected item opens in Probe, scored."""
+core.analyses.probe's scores computed here, and a selected item opens in Probe, scored."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from streamlit_ui import (
     wait_scored,
 )
 
-from core.data import load_demo_splits
-from core.probe import ProbeRequest, score
+from core.analyses.probe import ProbeRequest, score
+from core.data.qa import load_demo_splits
 
 ITEMS = 6  # the first items of the demo forget split (all of them with perturbed answers)
 

@@ -3,7 +3,7 @@
 with no image loaded from it.
 
 The app is the shared `app_url` server; it has the test process's environment, so the data roots are the same
-here (core.results.inside_roots says whether a folder is outside them).
+here (core.evaluation.results.inside_roots says whether a folder is outside them).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from playwright.sync_api import Page, expect
 from streamlit_ui import wait_idle
 
-from core.results import inside_roots
+from core.evaluation.results import inside_roots
 
 SECRET_METRIC, SECRET_VALUE = "canary_metric_5e1d", 0.7318281
 IMAGE = "http://127.0.0.1:9/x.png"  # the discard port: nothing answers, and nothing may ask

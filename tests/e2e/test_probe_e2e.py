@@ -1,4 +1,5 @@
-"""The Probe page in a real Chromium: score demo forget prompts, compare what is drawn with core.probe computed in
+"""The Probe page in a real Chromium: score demo forget prompts, compare what is drawn with core.analyses.probe
+computed in
 the test process, injected HTML stays text, and four sessions scoring at once each get their own solo result."""
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from streamlit_ui import (
     wait_scored,
 )
 
-from core.examples import demo_examples
-from core.probe import ProbeRequest, ProbeResult, score
+from core.analyses.probe import ProbeRequest, ProbeResult, score
+from core.data.examples import demo_examples
 
 INJECTION = "<img src=x onerror=\"document.title='pwned'\"> What is the capital of France?"
 ANSWER_INJECTION = "<b>Paris</b><script>document.title='pwned'</script>"

@@ -9,10 +9,10 @@ import pytest
 from playwright.sync_api import Page, Route, expect
 from tiny_models import TinyTokenizer, make_tiny_llama
 
-from core.ingest import ingest
-from core.models import ModelPair
-from core.probe import ProbeRequest
-from core.report import Report, build_report
+from core.analyses.probe import ProbeRequest
+from core.evaluation.ingest import ingest
+from core.models.pair import ModelPair
+from core.present.report import Report, build_report
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ingest"

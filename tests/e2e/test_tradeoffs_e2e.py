@@ -8,9 +8,8 @@ import pandas as pd
 from playwright.sync_api import Page, expect
 from streamlit_ui import PLOT, go_to, page_shot, wait_idle
 
-from core.figures import tradeoff_points
-from core.ingest import REFERENCE_METHODS, ingest
-from core.results import (
+from core.evaluation.ingest import REFERENCE_METHODS, ingest
+from core.evaluation.results import (
     EXAMPLE_RESULTS,
     Point,
     default_axes,
@@ -19,6 +18,7 @@ from core.results import (
     our_result_folders,
     result_paths,
 )
+from core.present.figures import tradeoff_points
 
 
 def test_tradeoff_chart_from_the_example_results(page: Page, app_url: str, shot_dir):
@@ -33,7 +33,7 @@ def test_tradeoff_chart_from_the_example_results(page: Page, app_url: str, shot_
     expect(chart.locator(".main-svg").first).to_be_visible()
     wait_idle(page)
 
-    # what the page read equals what core.ingest reads from the same folders here
+    # what the page read equals what core.evaluation.ingest reads from the same folders here
     expected = ingest(result_paths([str(f) for f in our_result_folders()], str(EXAMPLE_RESULTS), [], "uploaded"))
     runs = expected.runs()
     caption = f"{runs['model'].nunique()} runs, {len(runs)} evaluations from {len(expected.files)} files."

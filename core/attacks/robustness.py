@@ -37,12 +37,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from core import metrics
+from core.analyses.probe import Encoded, collate, encode, selected_logits
 from core.common import Option, Registry
-from core.data import QAItem, SplitData, load_split_folder
-from core.errors import UserError
-from core.evaluate import next_token_statistics
-from core.limits import (
+from core.common.errors import UserError
+from core.common.limits import (
     MAX_BATCH_SIZE,
     MAX_RELEARN_POINTS,
     MAX_RELEARN_STEP,
@@ -53,12 +51,15 @@ from core.limits import (
     module_bytes,
     saved_for_backward,
 )
-from core.models import SIDES, ModelPair
-from core.probe import Encoded, collate, encode, selected_logits
+from core.common.paths import ASSETS
+from core.data.qa import QAItem, SplitData, load_split_folder
+from core.evaluation import metrics
+from core.evaluation.evaluate import next_token_statistics
+from core.models.pair import SIDES, ModelPair
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "attacks"
+ATTACK_ASSETS = ASSETS / "attacks"
 METRIC = "forget_probability"
 DEFAULT_EPSILON = 1e-3
 NOTHING_FORGOTTEN = "nothing was forgotten to recover"
@@ -397,7 +398,7 @@ class Paraphrase(PromptAttack):
 class Jailbreak(PromptAttack):
     name = "jailbreak"
     description = "jailbreak-style prefixes before the question (assets/attacks/jailbreak.jsonl)"
-    templates_file: ClassVar[Path] = ASSETS / "jailbreak.jsonl"
+    templates_file: ClassVar[Path] = ATTACK_ASSETS / "jailbreak.jsonl"
 
     def variants(self, ctx: AttackContext) -> dict[str, list[tuple[int, str]]]:
         return {
@@ -412,7 +413,7 @@ class Jailbreak(PromptAttack):
 class InContext(PromptAttack):
     name = "in_context"
     description = "other question-answer pairs restated before the question (assets/attacks/in_context.json)"
-    templates_file: ClassVar[Path] = ASSETS / "in_context.json"
+    templates_file: ClassVar[Path] = ATTACK_ASSETS / "in_context.json"
 
     def variants(self, ctx: AttackContext) -> dict[str, list[tuple[int, str]]]:
         spec = json.loads(self.templates_file.read_text(encoding="utf-8"))
@@ -450,7 +451,7 @@ def context_examples(item: QAItem, pool: Sequence[QAItem], count: int) -> list[Q
 class Translation(PromptAttack):
     name = "translation"
     description = "the question in French, Spanish and German (assets/attacks/translations.json), English answer"
-    templates_file: ClassVar[Path] = ASSETS / "translations.json"
+    templates_file: ClassVar[Path] = ATTACK_ASSETS / "translations.json"
 
     def empty_reason(self) -> str:
         return f"no forget question matches a template in {self.templates_file.name}"
@@ -758,10 +759,12 @@ def relearning_curve(
 @register
 class LogitLens(Attack):
     name = "logit_lens"
-    description = "the answer read from the best intermediate layer (logit lens; core.lens hidden-knowledge score)"
+    description = (
+        "the answer read from the best intermediate layer (logit lens; core.analyses.lens hidden-knowledge score)"
+    )
 
     def run(self, ctx: AttackContext) -> list[AttackOutcome]:
-        from core.lens import logit_lens
+        from core.analyses.lens import logit_lens
 
         peaks: dict[str, list[float]] = {side: [] for side in SIDES}
         scores: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -865,7 +868,7 @@ def run_attacks(
 def load_robustness_data(data: str) -> SplitData:
     """`demo` for the demo experiment's splits (the quick recipe's under ULENS_DEMO_QUICK=1), else a split folder."""
     if data.strip().lower() == "demo":
-        from core.demo import DemoExperiment
+        from core.unlearn.demo import DemoExperiment
 
         return DemoExperiment().data
     return load_split_folder(data, require=("forget",))

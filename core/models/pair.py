@@ -24,9 +24,9 @@ from typing import Any
 import psutil
 import torch
 
-from core.embedded import check_gguf
-from core.errors import UserError
-from core.limits import available_bytes, format_bytes
+from core.common.errors import UserError
+from core.common.limits import available_bytes, format_bytes
+from core.models.embedded import check_gguf
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def resolve_spec(spec: ModelSpec) -> ModelSpec:
     """Turn demo names, .gguf paths and adapter folders into an explicit spec; check local paths exist."""
     if spec.source.startswith(DEMO_PREFIX):
-        from core.demo import resolve_demo_spec
+        from core.unlearn.demo import resolve_demo_spec
 
         return resolve_spec(resolve_demo_spec(spec.source[len(DEMO_PREFIX) :], spec))
     path = Path(spec.source).expanduser()
@@ -393,7 +393,8 @@ def estimate_pair_bytes(specs: dict[str, ModelSpec], dtype: torch.dtype) -> int 
 
 
 def available_memory(device: torch.device, spread: bool = False) -> int:
-    """Bytes free for weights on `device` (core.limits.available_bytes: RAM on a CPU, free GPU memory on CUDA); all
+    """Bytes free for weights on `device` (core.common.limits.available_bytes: RAM on a CPU, free GPU memory on
+    CUDA); all
     GPUs plus RAM when a device map `spread`s the model over them; RAM where the device cannot tell (MPS, whose
     memory is the system's)."""
     ram = psutil.virtual_memory().available

@@ -17,8 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.cache import atomic_write_bytes, cache_home, file_hash
-from core.errors import UserError
+from core.common.cache import atomic_write_bytes, cache_home, file_hash
+from core.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

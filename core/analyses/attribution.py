@@ -29,9 +29,10 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 
+from core.analyses.probe import encode
 from core.common import Option, Registry, option, options_of, validate_options
-from core.errors import UserError
-from core.limits import (
+from core.common.errors import UserError
+from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
     MAX_IG_STEPS,
     MAX_SHAPLEY_SAMPLES,
@@ -42,8 +43,7 @@ from core.limits import (
     model_shape,
     saved_for_backward,
 )
-from core.models import SIDES, ModelPair
-from core.probe import encode
+from core.models.pair import SIDES, ModelPair
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from core import metrics
-from core.errors import UserError
-from core.highlight import NEGATIVE_RGB, POSITIVE_RGB, mix
-from core.ingest import REFERENCE_METHODS, forget_truth_ratios
-from core.probe import ProbeResult
+from core.analyses.probe import ProbeResult
+from core.common.errors import UserError
+from core.evaluation import metrics
+from core.evaluation.ingest import REFERENCE_METHODS, forget_truth_ratios
+from core.present.highlight import NEGATIVE_RGB, POSITIVE_RGB, mix
 
 # ============================================================================================== shared helpers
 

@@ -1,7 +1,8 @@
 """Reports for people who were not in the room: one self-contained HTML file, chart images and CSV tables.
 
 The HTML holds plotly.js once (inlined, so it opens offline) and every chart as JSON drawn by `Plotly.newPlot`;
-the charts are the dashboard's own (core.figures, core.figures_views). Every model- or user-produced string is
+the charts are the dashboard's own (core.present.figures, core.present.figures_views). Every model- or user-produced
+string is
 escaped: figure JSON sits in `application/json` script elements with `<`, `>` and `&` written as JSON escapes,
 and all other text goes through `html.escape`. Chart images come from kaleido driving the system Chromium; one
 warm export browser serves the whole process.
@@ -34,22 +35,22 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from core.attribution import AttributionResult, attribute
-from core.cache import atomic_write_bytes, atomic_write_text
-from core.errors import UserError
-from core.figures import forget_quality_utility_figure, token_shift_figure, tradeoff_figure
-from core.figures_views import (
+from core.analyses.attribution import AttributionResult, attribute
+from core.analyses.lens import LensResult, logit_lens
+from core.analyses.probe import ProbeRequest, ProbeResult, score
+from core.common.cache import atomic_write_bytes, atomic_write_text
+from core.common.errors import UserError
+from core.evaluation.ingest import REFERENCE_METHODS, IngestResult
+from core.evaluation.results import FQ_MU, X_PREFERRED, Y_PREFERRED, default_axes, has_points, metric_options
+from core.models.pair import ModelPair
+from core.present.figures import forget_quality_utility_figure, token_shift_figure, tradeoff_figure
+from core.present.figures_views import (
     attribution_heatmap,
     attribution_matrix_figure,
     hidden_knowledge_reading,
     logit_lens_figure,
 )
-from core.highlight import default_scale, legend_html, token_html
-from core.ingest import REFERENCE_METHODS, IngestResult
-from core.lens import LensResult, logit_lens
-from core.models import ModelPair
-from core.probe import ProbeRequest, ProbeResult, score
-from core.results import FQ_MU, X_PREFERRED, Y_PREFERRED, default_axes, has_points, metric_options
+from core.present.highlight import default_scale, legend_html, token_html
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,8 @@ def build_report(
 
 
 def _axes(results: IngestResult, x_metric: str | None, y_metric: str | None) -> tuple[str, str]:
-    """The tradeoff chart's axes: those given, the rest by core.results' preference; both must have points."""
+    """The tradeoff chart's axes: those given, the rest by core.evaluation.results' preference; both must have
+    points."""
     x_default, y_default = default_axes(metric_options(results.summary))
     x, y = x_metric or x_default, y_metric or y_default
     if not has_points(results.summary, x, y):

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import UserError
-from core.limits import MAX_QA_FILE_BYTES, MAX_TEXT_CHARS, check_file_size, loads, nesting_error
+from core.common.errors import UserError
+from core.common.limits import MAX_QA_FILE_BYTES, MAX_TEXT_CHARS, check_file_size, loads, nesting_error
+from core.common.paths import ASSETS
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+DEMO_DIR = ASSETS / "demo"
 SPLIT_NAMES = ("forget", "retain", "holdout", "world_facts")
 REFUSALS = "refusals"
 REFUSAL_FILES = ("idk.jsonl", "idk.txt")

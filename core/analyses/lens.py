@@ -22,10 +22,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from core.data import load_qa_dataset
-from core.errors import UserError
-from core.examples import Example, demo_examples
-from core.limits import (
+from core.analyses.probe import collate, encode
+from core.common.errors import UserError
+from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
     MAX_BATCH_SIZE,
     MAX_DRIFT_ITEMS,
@@ -34,8 +33,9 @@ from core.limits import (
     ensure_fits,
     model_shape,
 )
-from core.models import SIDES, ModelPair
-from core.probe import collate, encode
+from core.data.examples import Example, demo_examples
+from core.data.qa import load_qa_dataset
+from core.models.pair import SIDES, ModelPair
 
 log = logging.getLogger(__name__)
 

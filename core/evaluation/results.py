@@ -19,15 +19,16 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from core import metrics
-from core.cache import cache_home
-from core.errors import UserError
-from core.ingest import IngestResult, forget_truth_ratios
-from core.uploads import store_files, upload_root
+from core.common.cache import cache_home
+from core.common.errors import UserError
+from core.common.paths import ASSETS
+from core.data.uploads import store_files, upload_root
+from core.evaluation import metrics
+from core.evaluation.ingest import IngestResult, forget_truth_ratios
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_RESULTS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "open-unlearning-eval"
+EXAMPLE_RESULTS = ASSETS / "examples" / "open-unlearning-eval"
 OUR_RESULT_HOMES = ("demo", "evals")  # folders of the cache home holding our runs and our evaluation outputs
 RESULT_UPLOAD = re.compile(r"^\w+_(EVAL|SUMMARY)\.json$")
 _FINGERPRINT_SUFFIXES = {".json", ".csv"}
@@ -294,7 +295,7 @@ class Point:
 def point_from_selection(figure: go.Figure, points: Sequence[Mapping[str, Any]]) -> Point | None:
     """The checkpoint behind the first selected point, read from the clicked trace's customdata in `figure`.
 
-    core.figures puts (escaped model, escaped method, step label) in every tradeoff point's customdata.
+    core.present.figures puts (escaped model, escaped method, step label) in every tradeoff point's customdata.
     """
     for point in points:
         curve, index = point.get("curve_number"), point.get("point_index", point.get("point_number"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.data import DEMO_DIR, load_split_folder
+from core.data.qa import DEMO_DIR, load_split_folder
 
 EXAMPLE_SPLITS = ("forget", "retain")
 

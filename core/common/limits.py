@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import psutil
 import torch
 
-from core.errors import UserError
+from core.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from core.common import Registry
-from core.errors import UserError
+from core.common.errors import UserError
 
 # open-unlearning adds this to denominators (truth ratio, normalised probability, privleak); keeping it makes our
 # numbers reproduce its stored ones to the last bit even for answers with probabilities near 1e-6.

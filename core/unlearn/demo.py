@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.cache import (
+from core.common import Registry
+from core.common.cache import (
     COMPLETE_MARKER,
     atomic_directory,
     atomic_write_json,
@@ -32,11 +33,11 @@ from core.cache import (
     file_lock,
     is_complete,
 )
-from core.common import Registry
-from core.data import DEMO_DIR, SplitData, load_demo_splits
-from core.embedded import GGUF_SHA256, ensure_embedded_model
-from core.errors import UserError
-from core.models import ModelSpec
+from core.common.errors import UserError
+from core.common.paths import PROJECT_ROOT
+from core.data.qa import DEMO_DIR, SplitData, load_demo_splits
+from core.models.embedded import GGUF_SHA256, ensure_embedded_model
+from core.models.pair import ModelSpec
 from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs
 from core.unlearn.methods import get_method
 from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config
@@ -151,12 +152,13 @@ def default_recipe() -> Recipe:
     return RECIPES["quick" if os.environ.get(QUICK_ENV, "") not in ("", "0") else "full"]
 
 
-# Stage 4 of the pipeline: evaluations of the built experiment. core/evaluate.py registers one here with
+# Stage 4 of the pipeline: evaluations of the built experiment. core/evaluation/evaluate.py registers one here with
 # `@register_evaluation`; each runs after all training stages, with the experiment and its own output folder
-# (cached like a stage: rerun only when the experiment's inputs change). core.evaluate imports this module, so the
+# (cached like a stage: rerun only when the experiment's inputs change). core.evaluation.evaluate imports this
+# module, so the
 # registry names it as a provider: it is imported on the registry's first read, whatever was imported before.
 DemoEvaluation = Callable[["DemoExperiment", Path, Callable[[float, str], None]], None]
-EVALUATION_PROVIDERS = ("core.evaluate",)
+EVALUATION_PROVIDERS = ("core.evaluation.evaluate",)
 DEMO_EVALUATIONS: Registry[DemoEvaluation] = Registry("demo evaluation", providers=EVALUATION_PROVIDERS)
 
 
@@ -344,7 +346,7 @@ class DemoExperiment:
         """A LoRA trainee on the shared backbone: a new adapter, or a copy of the target's."""
         import torch
 
-        from core.models import load_backbone, load_tokenizer, resolve_device
+        from core.models.pair import load_backbone, load_tokenizer, resolve_device
 
         if self._host is None:
             spec = ModelSpec(str(self.base_dir), dtype="float32")
@@ -474,7 +476,7 @@ def start_background_build(experiment: DemoExperiment, quick: bool = False) -> s
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

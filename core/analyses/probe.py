@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from core.errors import UserError
-from core.limits import (
+from core.common.errors import UserError
+from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
     MAX_BATCH_SIZE,
     MAX_NEW_TOKENS,
@@ -29,7 +29,7 @@ from core.limits import (
     ensure_fits,
     model_shape,
 )
-from core.models import SIDES, ModelPair, two_sided_lora
+from core.models.pair import SIDES, ModelPair, two_sided_lora
 
 DEFAULT_TOP_K = 5
 CHUNK_ROWS = 32  # rows of [N, V] logits reduced at once: a chunk (32 x 49k floats = 6 MiB) stays in L3 cache

@@ -1,7 +1,7 @@
 """Per-item metrics of a QA set under both sides of a pair: answer probability, its shift, and the truth ratio.
 
 Every question–answer (and, for the truth ratio, paraphrased and perturbed answers) is one request to
-core.probe.score, which runs one forward pass per model per batch; the result is a small frame, never tensors.
+core.analyses.probe.score, which runs one forward pass per model per batch; the result is a small frame, never tensors.
 Definitions follow TOFU: prob = exp(−avg_loss) over the answer tokens; truth ratio = exp(−mean_j avg_loss(wrong_j))
 / exp(−avg_loss(paraphrased answer)), with the answer itself standing in where a set has no paraphrase.
 """
@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import metrics
-from core.cache import content_hash
-from core.data import FILE_SUFFIXES, QADataset, QAItem, load_qa_dataset
-from core.errors import UserError
-from core.limits import MAX_QA_FILE_BYTES, MiB
-from core.models import SIDES, ModelPair
-from core.probe import ProbeRequest, ProbeResult, score
-from core.uploads import store_files
+from core.analyses.probe import ProbeRequest, ProbeResult, score
+from core.common.cache import content_hash
+from core.common.errors import UserError
+from core.common.limits import MAX_QA_FILE_BYTES, MiB
+from core.data.qa import FILE_SUFFIXES, QADataset, QAItem, load_qa_dataset
+from core.data.uploads import store_files
+from core.evaluation import metrics
+from core.models.pair import SIDES, ModelPair
 
 COLUMNS = [
     "index", "question", "answer", "answer_tokens", "logprob_base", "logprob_unlearned", "delta",

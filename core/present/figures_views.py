@@ -15,12 +15,19 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.attribution import AttributionResult
-from core.errors import UserError
-from core.figures import PALETTE, esc
-from core.highlight import NEGATIVE_RGB, POSITIVE_RGB
-from core.lens import DriftResult, HiddenKnowledge, LensResult, LensSide, WeightChangeResult, hidden_knowledge_score
-from core.models import SIDES
+from core.analyses.attribution import AttributionResult
+from core.analyses.lens import (
+    DriftResult,
+    HiddenKnowledge,
+    LensResult,
+    LensSide,
+    WeightChangeResult,
+    hidden_knowledge_score,
+)
+from core.common.errors import UserError
+from core.models.pair import SIDES
+from core.present.figures import PALETTE, esc
+from core.present.highlight import NEGATIVE_RGB, POSITIVE_RGB
 
 MATRIX_SIDES = {"base": "base model", "unlearned": "unlearned model", "delta": "Δ (unlearned − base)"}
 SIDE_COLOURS = {"base": "#7f7f7f", "unlearned": "#d62728"}
@@ -29,7 +36,7 @@ SET_COLOURS = {"forget": "#d62728", "retain": "#2ca02c"}  # drift sets; any othe
 # lose at least this many nats per token between that layer and the output.
 HIDDEN_RANK = 10.0
 HIDDEN_SCORE = 1.0
-# Red for negative, white at 0, blue for positive: the Probe page's colours (core.highlight).
+# Red for negative, white at 0, blue for positive: the Probe page's colours (core.present.highlight).
 DIVERGING = [[0.0, f"rgb{NEGATIVE_RGB}"], [0.5, "rgb(255, 255, 255)"], [1.0, f"rgb{POSITIVE_RGB}"]]
 _VISIBLE = str.maketrans({"\n": "↵", "\t": "→", "\r": "␍"})
 

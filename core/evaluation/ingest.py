@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import metrics
-from core.cache import atomic_write_text
-from core.errors import UserError
-from core.limits import MAX_RESULT_FILE_BYTES, check_file_size, loads, nesting_message
+from core.common.cache import atomic_write_text
+from core.common.errors import UserError
+from core.common.limits import MAX_RESULT_FILE_BYTES, check_file_size, loads, nesting_message
+from core.evaluation import metrics
 
 log = logging.getLogger(__name__)
 

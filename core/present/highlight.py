@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from core.probe import ProbeResult, TokenShift
+from core.analyses.probe import ProbeResult, TokenShift
 
 VIEWS = {
     "delta": "Δ log-prob (unlearned − base)",

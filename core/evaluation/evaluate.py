@@ -4,7 +4,7 @@ Teacher-forced metrics share one forward pass per model per batch: an item's ans
 answers are rows of the same batch, and the logits at the answer positions give probability, truth ratio, exact
 memorisation, extraction strength and the MIA scores (LOSS, ZLib, Min-K%, Min-K%++). ROUGE needs greedy generation
 and is optional. Each model's numbers are written in open-unlearning's TOFU_EVAL/TOFU_SUMMARY layout (read back by
-core.ingest) and cached by content hash of the model files, the dataset and the settings.
+core.evaluation.ingest) and cached by content hash of the model files, the dataset and the settings.
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from core import metrics
-from core.cache import atomic_write_text, cache_home, content_hash, file_hash
+from core.analyses.probe import CHUNK_ROWS, Encoded, encode, shared_prefix_logits
 from core.common import Registry
-from core.data import SPLIT_NAMES, QAItem, SplitData, load_demo_splits, load_split_folder
-from core.demo import BASE, ORACLE, DemoExperiment, register_evaluation
-from core.errors import UserError
-from core.ingest import RunContext, forget_truth_ratios, infer_method, infer_run, ingest, write_open_unlearning
-from core.limits import (
+from core.common.cache import atomic_write_text, cache_home, content_hash, file_hash
+from core.common.errors import UserError
+from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
     MAX_BATCH_SIZE,
     MAX_NEW_TOKENS,
@@ -42,7 +39,17 @@ from core.limits import (
     ensure_fits,
     model_shape,
 )
-from core.models import (
+from core.data.qa import SPLIT_NAMES, QAItem, SplitData, load_demo_splits, load_split_folder
+from core.evaluation import metrics
+from core.evaluation.ingest import (
+    RunContext,
+    forget_truth_ratios,
+    infer_method,
+    infer_run,
+    ingest,
+    write_open_unlearning,
+)
+from core.models.pair import (
     DEMO_PREFIX,
     ModelSpec,
     load_backbone,
@@ -52,8 +59,8 @@ from core.models import (
     resolve_dtype,
     resolve_spec,
 )
-from core.probe import CHUNK_ROWS, Encoded, encode, shared_prefix_logits
 from core.unlearn.checkpoints import checkpoint_dirs, read_manifest
+from core.unlearn.demo import BASE, ORACLE, DemoExperiment, register_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -825,7 +832,8 @@ class Evaluation:
 
 
 def _flatten(logs: Mapping[str, Any]) -> Iterator[tuple[str, str, Any, Any]]:
-    """(kind, metric, key, value) as core.ingest reads an EVAL file: nested keys become `metric/key` names."""
+    """(kind, metric, key, value) as core.evaluation.ingest reads an EVAL file: nested keys become `metric/key`
+    names."""
     for name, entry in logs.items():
         yield from _flatten_entry(name, entry)
 

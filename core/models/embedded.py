@@ -16,8 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.cache import atomic_directory, cache_home, file_lock, is_complete, remove_stale_scratch
-from core.errors import UserError
+from core.common.cache import atomic_directory, cache_home, file_lock, is_complete, remove_stale_scratch
+from core.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Robustness attacks that try to bring forgotten answers back, and their runner."""

@@ -1,0 +1,1 @@
+"""Data: the QA schema and its loaders, the demo examples, uploads kept on disk."""

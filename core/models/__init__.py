@@ -1,0 +1,1 @@
+"""Models: specs, loading, the pair (sides, shared backbone, adapters, locks), the embedded model."""

@@ -1,0 +1,1 @@
+"""Presentation: plotly figures per view, token HTML, the report."""
