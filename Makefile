@@ -11,7 +11,7 @@ STREAMLIT_FLAGS := --server.port $(PORT)
 OPT_INS := ULENS_TRUST_REMOTE_CODE="$(or $(TRUST_REMOTE_CODE),$(ULENS_TRUST_REMOTE_CODE))" \
 	ULENS_ALLOW_PICKLE="$(or $(ALLOW_PICKLE),$(ULENS_ALLOW_PICKLE))"
 
-.PHONY: run test lint format setup setup-dev chromium model bench clean
+.PHONY: run test test-unit test-integration test-e2e lint format setup setup-dev chromium model bench clean
 
 # The demo experiment builds in a detached process (nothing happens when it is built); the sidebar shows its progress.
 run: setup model
@@ -22,6 +22,17 @@ test: setup-dev chromium model
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The tiers one at a time. Unit: tiny models built in the tests, no real SmolLM2, no Chromium (a few tests in
+# tests/unit still use them and are marked integration or slow: they run in test-integration).
+test-unit: setup-dev
+	$(BIN)/python -m pytest tests/unit -m "not integration and not slow"
+
+test-integration: setup-dev chromium model
+	$(BIN)/python -m pytest tests/unit tests/integration -m "integration or slow"
+
+test-e2e: setup-dev chromium model
+	$(BIN)/python -m pytest tests/e2e
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -17,6 +17,19 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}  # tests/unit carries no marker
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's tier is its folder: tests/unit (tiny models), tests/integration (the real SmolLM2), tests/e2e (a
+    real Chromium against the running app); the markers let `-m` pick tiers across folders."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        tier = item.path.resolve().relative_to(tests).parts[0]
+        if tier in TIERS:
+            item.add_marker(TIERS[tier])
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on a shared 2-core

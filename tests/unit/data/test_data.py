@@ -23,7 +23,7 @@ from core.data.qa import (
     load_split_folder,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TOFU = REPO / "tests" / "fixtures" / "real" / "tofu-dataset"  # real TOFU files (README there)
 GENERATOR = REPO / "assets" / "make_demo_data.py"
 PEOPLE_SPLITS = ("forget", "retain", "holdout")

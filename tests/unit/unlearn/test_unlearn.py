@@ -182,7 +182,7 @@ def test_graddiff_kl_variant_equals_the_formula() -> None:
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
-TARGET_FILE = Path(__file__).parent / "fixtures" / "unlearn" / "target.safetensors"
+TARGET_FILE = Path(__file__).resolve().parents[2] / "fixtures" / "unlearn" / "target.safetensors"
 TARGET_HIDDEN = 48
 TARGET_CONFIG_KEYS = (
     *("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),

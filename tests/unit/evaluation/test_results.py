@@ -17,7 +17,7 @@ from core.evaluation.results import Point
 from core.present import figures
 
 REAL = results.EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ingest"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"
 FULL, RETAIN90 = "tofu_Llama-3.2-1B-Instruct_full", "tofu_Llama-3.2-1B-Instruct_retain90"
 GRADDIFF = "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"
 

@@ -19,7 +19,7 @@ from core.common.errors import UserError
 from core.evaluation import evaluate, metrics
 from core.unlearn import UNLEARNING_METHODS, demo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 # the attribution page's keys that are not attribution_<option> (importing the page would run it)
 OPTION_KEYS = {"n_steps": "attribution_steps", "method": "attribution_ig_rule"}

@@ -13,7 +13,6 @@ import torch
 
 from core.data.qa import QAItem, load_demo_splits
 
-pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
 BATCH = 32

@@ -9,7 +9,7 @@ import pytest
 
 from core.cli import build_parser
 
-CORE = Path(__file__).resolve().parents[1] / "core"
+CORE = Path(__file__).resolve().parents[3] / "core"
 CLI = CORE / "cli"
 
 

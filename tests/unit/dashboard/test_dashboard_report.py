@@ -24,7 +24,7 @@ from core.evaluation.results import default_axes, metric_options
 from core.present.report import frame_to_csv, metric_table, table_metrics
 from dashboard import state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 GRADDIFF = FIXTURES / "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"
@@ -102,6 +102,7 @@ def build(at: AppTest) -> None:
     assert not at.exception
 
 
+@pytest.mark.slow  # renders the chart's PNG in Chromium
 def test_results_report_serves_its_html_and_exports(tmp_path: Path) -> None:
     at = open_report()
     assert [title.value for title in at.title] == ["Report"]

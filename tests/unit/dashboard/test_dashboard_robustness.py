@@ -15,7 +15,7 @@ from core.attacks.robustness import RobustnessSettings, recovery_figure, relearn
 from core.data.qa import load_demo_splits
 from dashboard import state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 TIMEOUT = 180
 ATTACKS = ["paraphrase", "quantize_int8", "relearn"]

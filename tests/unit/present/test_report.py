@@ -45,7 +45,7 @@ from core.present.report import (
     parse_probes,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 GRADDIFF = FIXTURES / "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"
 ORACLE = FIXTURES / "tofu_Llama-3.2-1B-Instruct_retain90"

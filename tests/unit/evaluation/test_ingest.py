@@ -32,9 +32,9 @@ from core.evaluation.ingest import (
 )
 from core.evaluation.results import EXAMPLE_RESULTS
 
-REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # TOFU data and legacy logs (README there)
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"  # TOFU data and legacy logs (README there)
 EXAMPLES = EXAMPLE_RESULTS.parent  # open-unlearning outputs, the app's example results (assets/examples/README.md)
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ingest"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"
 OU = "open-unlearning-eval"
 FULL = f"{OU}/tofu_Llama-3.2-1B-Instruct_full"
 RETAIN90 = f"{OU}/tofu_Llama-3.2-1B-Instruct_retain90"

@@ -18,7 +18,7 @@ from e2e.appserver import free_port, start_app, stop_app, wait_healthy
 
 from core.common.limits import MAX_QA_FILE_BYTES, MAX_RESULT_FILE_BYTES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIG = ROOT / ".streamlit" / "config.toml"
 
 

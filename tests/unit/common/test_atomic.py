@@ -28,7 +28,7 @@ from core.common.cache import (
 from core.unlearn import TrainConfig, TrainingData, build_trainee, get_method, lora_config, read_manifest, train
 from core.unlearn.checkpoints import verify_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 NAMES = [f"part-{i:02d}.bin" for i in range(24)]
 SIZE = 4096
 

@@ -29,7 +29,7 @@ from core.models.pair import (
 )
 from dashboard import state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 OPT_IN_ENV = ("ULENS_TRUST_REMOTE_CODE", "ULENS_ALLOW_PICKLE", "ULENS_SKIP_MEMORY_CHECK")
 

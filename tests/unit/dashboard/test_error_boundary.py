@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from core.common.errors import UserError
 from core.evaluation import results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 TIMEOUT = 120
 SECRET = "s3cret-detail-from-the-exception"

@@ -38,7 +38,7 @@ from core.unlearn.demo import DemoExperiment
 from dashboard import state
 from dashboard.plain import plain, shown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 REAL = EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 FULL, RETAIN90 = "tofu_Llama-3.2-1B-Instruct_full", "tofu_Llama-3.2-1B-Instruct_retain90"

@@ -19,7 +19,7 @@ from core.present.figures_views import hidden_knowledge_reading
 from dashboard import state
 from dashboard.plain import shown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 TIMEOUT = 180
 PROMPT, ANSWER = "the capital of france is", "paris w1 w2"

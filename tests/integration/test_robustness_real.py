@@ -19,7 +19,7 @@ from core.attacks.robustness import NOTHING_FORGOTTEN, RobustnessSettings, avail
 from core.models.pair import ModelPair, ModelSpec
 from core.unlearn.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 log = logging.getLogger(__name__)
 
 TEMPLATE = ModelSpec("demo:x", dtype="float32", device="cpu")

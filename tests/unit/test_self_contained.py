@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("core", "dashboard", "bench", "assets", "tests")
 PLAIN_FILES = ("Makefile", ".ci/run", "pyproject.toml", "requirements.txt", "requirements-dev.txt")
 SIBLING = re.compile(r"(?<![\w.])\.\./|\bshared/(data|reference|hooks)\b")

@@ -14,7 +14,7 @@ from core.common.cache import is_complete
 from core.common.errors import UserError
 from core.models.embedded import MODEL_DIRNAME, check_gguf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 # A process that builds the embedded model with stand-ins for torch, transformers and the wheel: the conversion
 # takes a second and notes each run in a log, so two overlapping builds show whether both converted.

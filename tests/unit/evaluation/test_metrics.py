@@ -15,7 +15,7 @@ from core.common.errors import UserError
 from core.evaluation import metrics
 from core.evaluation.results import EXAMPLE_RESULTS
 
-REAL = Path(__file__).resolve().parent / "fixtures" / "real"  # real TOFU data (README there)
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"  # real TOFU data (README there)
 EXAMPLES = EXAMPLE_RESULTS.parent  # real open-unlearning outputs (assets/examples/README.md)
 OU = "open-unlearning-eval"
 TOFU_RUNS = {

@@ -21,7 +21,7 @@ from core.evaluation.ingest import ingest
 from core.evaluation.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
 from core.models.pair import ModelPair, ModelSpec, load_backbone, load_tokenizer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def first_items(data: SplitData, count: int) -> SplitData:

@@ -23,7 +23,7 @@ from core.evaluation import results
 from core.evaluation.results import EXAMPLE_RESULTS
 from dashboard.plain import plain, shown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
 TIMEOUT = 180
 SECRET_METRIC, SECRET_VALUE = "canary_metric_7f3a", 0.8675309  # what the secret folder's results hold
