@@ -7,6 +7,7 @@ browser of core.present.report.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -45,4 +46,19 @@ def table_download(frame: pd.DataFrame, name: str, *, key: str | None = None) ->
         key=f"export_{key or stem}_csv",
         on_click="ignore",
         help="Download this table as CSV",
+    )
+
+
+def chart(figure: go.Figure, name: str, *, key: str, container: Any = st, **options: Any) -> Any:
+    """`figure` drawn under `key` in `container` (st or a column), with its image download buttons saved as
+    `<name>.<format>`; `options` pass on to st.plotly_chart (a selection event, which is returned)."""
+    event = container.plotly_chart(figure, key=key, **options)
+    chart_downloads(figure, name, key=key)
+    return event
+
+
+def csv_download(frame: pd.DataFrame, label: str, file_name: str, *, key: str) -> None:
+    """A labelled download button for the whole of `frame` as CSV, under the table a page shows."""
+    st.download_button(
+        label, frame.to_csv(index=False), file_name=file_name, mime="text/csv", key=key, on_click="ignore"
     )

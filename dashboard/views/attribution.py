@@ -13,7 +13,7 @@ from core.analyses.attribution import (
 )
 from core.present.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
 from dashboard.boundary import report_errors
-from dashboard.exports import chart_downloads, table_download
+from dashboard.exports import chart, table_download
 from dashboard.options import option_inputs
 from dashboard.question import question_inputs
 from dashboard.state import pair_key, require_pair, shared_model_job, sidebar
@@ -77,8 +77,7 @@ def draw(result: AttributionResult) -> None:
         + (", attributed exactly." if result.contrast_exact else ", the difference of the two maps.")
     )
     heatmap = attribution_heatmap(result)
-    st.plotly_chart(heatmap, key="attribution_heatmap")
-    chart_downloads(heatmap, "attribution heatmap", key="attribution_heatmap")
+    chart(heatmap, "attribution heatmap", key="attribution_heatmap")
     if result.convergence_delta:
         draw_convergence(result)
     if result.settings.per_token:
@@ -86,8 +85,7 @@ def draw(result: AttributionResult) -> None:
             "Matrix of", list(MATRIX_SIDES), default="delta", format_func=MATRIX_SIDES.get, key="attribution_side"
         )
         matrix = attribution_matrix_figure(result, side or "delta")
-        st.plotly_chart(matrix, key="attribution_matrix")
-        chart_downloads(matrix, f"attribution matrix {side or 'delta'}", key="attribution_matrix")
+        chart(matrix, f"attribution matrix {side or 'delta'}", key="attribution_matrix")
     st.caption("The maps as a table (one row per answer row × prompt feature) and the whole result as JSON:")
     left, right = st.columns(2)
     with left:

@@ -10,9 +10,10 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from core.analyses.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
 from core.common.errors import UserError
-from core.common.limits import MAX_PATH_CHARS
 from core.data.qa import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
 from dashboard.boundary import fragment, report_errors
+from dashboard.exports import csv_download
+from dashboard.sources import typed_path
 from dashboard.state import chat_default, current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
@@ -67,14 +68,11 @@ def choose_dataset() -> QADataset | None:
         if source == "Demo set":
             return demo_split(st.selectbox("Demo split", SPLIT_NAMES, key="dataset_demo_split"))
         if source == "File path":
-            text = st.text_input(
-                "File path", key="dataset_path", max_chars=MAX_PATH_CHARS, placeholder="…/forget10_perturbed.json"
-            )
-            if not text.strip():
-                st.info("Type the path of a JSONL, JSON, CSV or parquet file, or a saved `datasets` folder.")
-                return None
-            path = Path(text.strip()).expanduser()
-            return dataset_from_path(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+            typed = typed_path(
+                "File path", "dataset_path", "…/forget10_perturbed.json",
+                "Type the path of a JSONL, JSON, CSV or parquet file, or a saved `datasets` folder.",
+            )  # fmt: skip
+            return None if typed is None else dataset_from_path(*typed)
         upload = st.file_uploader("QA file", type=["jsonl", "json", "csv", "parquet"], key="dataset_upload")
         if upload is None:
             st.info("Upload a JSONL, JSON, CSV or parquet file with question and answer fields.")
@@ -128,14 +126,7 @@ def results_panel(frame: pd.DataFrame) -> None:
         shown, key="dataset_table", on_select="rerun", selection_mode="single-row", hide_index=True,
         column_config=COLUMN_CONFIG,
     )  # fmt: skip
-    st.download_button(
-        "Download per-item table (CSV)",
-        shown.to_csv(index=False),
-        file_name="dataset_items.csv",
-        mime="text/csv",
-        key="dataset_download",
-        on_click="ignore",
-    )
+    csv_download(shown, "Download per-item table (CSV)", "dataset_items.csv", key="dataset_download")
     rows = event["selection"]["rows"]
     if not rows:
         st.caption("Select a row to open that question and answer in Probe.")

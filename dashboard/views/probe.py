@@ -16,7 +16,8 @@ from core.models.pair import ModelPair
 from core.present.figures import token_shift_figure
 from core.present.highlight import VIEWS, default_scale, legend_html, token_html
 from dashboard.boundary import fragment, report_errors
-from dashboard.exports import chart_downloads
+from dashboard.exports import chart, csv_download
+from dashboard.links import PageLink
 from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
 from dashboard.state import busy_note, chat_default, pair_key, require_pair, shared_model_job, sidebar
@@ -27,21 +28,17 @@ DEFAULTS = {
     "probe_prompt": "", "probe_answer": "", "probe_topk": 5, "probe_view": "delta", "probe_new": 48,
     "probe_sample": False, "probe_temperature": 1.0, "probe_seed": 0,
 }  # fmt: skip
-URL_KEYS = ("prompt", "answer", "chat", "topk", "view", "score")  # query parameters, in the order written
+LINK = PageLink(("prompt", "answer", "chat", "topk", "view", "score"), seen_key="probe_url")
+AUTOSCORE = "probe_autoscore"  # session key: score the inputs once a pair is loaded (a link's score=1, a handover)
 VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def url_params() -> dict[str, str]:
-    """This page's parameters in the URL now (the last value of a repeated one)."""
-    return {key: st.query_params[key] for key in URL_KEYS if key in st.query_params}
 
 
 def restore_from_url() -> list[str]:
     """Fill the inputs from a link the session has not written itself (a new or edited link); returns what was
     ignored, so the page can say why. With score=1 the inputs are scored once a pair is loaded."""
-    wanted = url_params()
-    if not wanted or wanted == st.session_state.get("probe_url"):
+    wanted = LINK.new_params()
+    if wanted is None:
         return []
     state, ignored = st.session_state, []
     for key in ("prompt", "answer"):
@@ -66,8 +63,7 @@ def restore_from_url() -> list[str]:
         else:
             ignored.append(f"view={wanted['view']!r} (one of {', '.join(VIEWS)})")
     if wanted.get("score") == "1":
-        state["probe_autoscore"] = True
-    state["probe_url"] = wanted
+        state[AUTOSCORE] = True
     return ignored
 
 
@@ -78,9 +74,7 @@ def write_url(inputs: dict[str, Any], scored: bool) -> None:
     params |= {"chat": "1" if inputs["chat"] else "0", "topk": str(inputs["top_k"]), "view": inputs["view"]}
     if scored:
         params["score"] = "1"
-    st.session_state["probe_url"] = params
-    if url_params() != params or any(key not in URL_KEYS for key in st.query_params):
-        st.query_params.from_dict(params)
+    LINK.write(params)
 
 
 def example_pickers() -> None:
@@ -186,18 +180,10 @@ def draw_result(result: ProbeResult, view: str) -> None:
         help=f"base {result.answer_logprob_base:.3f}, unlearned {result.answer_logprob_unlearned:.3f}",
     )
     figure = token_shift_figure(result)
-    st.plotly_chart(figure, key="probe_delta_chart")
-    chart_downloads(figure, "token log-prob shift", key="probe_delta_chart")
+    chart(figure, "token log-prob shift", key="probe_delta_chart")
     table = result.to_frame()
     st.dataframe(table, hide_index=True, key="probe_table")
-    st.download_button(
-        "Download token table (CSV)",
-        table.to_csv(index=False),
-        file_name="probe_tokens.csv",
-        mime="text/csv",
-        key="probe_download",
-        on_click="ignore",
-    )
+    csv_download(table, "Download token table (CSV)", "probe_tokens.csv", key="probe_download")
 
 
 def draw_generation(gen: GenerationResult, view: str) -> None:
@@ -234,7 +220,7 @@ def score_panel(pair: ModelPair) -> None:
     score_clicked = cols[0].button("Score", type="primary", key="probe_score")
     generate_clicked = cols[1].button("Generate from both", key="probe_generate")
 
-    if score_clicked or st.session_state.pop("probe_autoscore", False):
+    if score_clicked or st.session_state.pop(AUTOSCORE, False):
         run_score(pair, inputs)
     if generate_clicked:
         with report_errors(), busy_note("Generating from both models…"), shared_model_job("generation"):
@@ -262,7 +248,7 @@ ignored = restore_from_url()
 handover = st.session_state.pop("probe_handover", None)  # an item opened from the Dataset page: score it at once
 if handover:
     st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
-    st.session_state["probe_autoscore"] = True
+    st.session_state[AUTOSCORE] = True
 if ignored:
     st.warning(f"Ignored from the link: {plain('; '.join(ignored))}.")  # the link's values, shown as typed
 probe_panel(require_pair())

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.common.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
-from core.evaluation.ingest import IngestResult, ingest
+from core.evaluation.ingest import IngestResult
 from core.evaluation.results import (
-    EXAMPLE_RESULTS,
     default_axes,
-    fingerprint,
     metric_options,
     our_result_folders,
     result_paths,
@@ -18,18 +15,13 @@ from core.present.report import Report, build_report, parse_probes, slug
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain
+from dashboard.sources import load_results, result_folder_inputs
 from dashboard.state import current_pair, shared_model_job, sidebar
 
 BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
 MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
 MAX_TITLE_CHARS = 200
 MAX_NOTES_CHARS = 20_000  # a few pages of notes
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def load_results(paths: tuple[str, ...], oracle: str | None, files: tuple[tuple[str, int, int], ...]) -> IngestResult:
-    """Ingest once per (paths, oracle, file mtimes and sizes)."""
-    return ingest(list(paths), oracle=oracle)
 
 
 def probe_default() -> str:
@@ -43,28 +35,15 @@ def probe_default() -> str:
     return f"{' '.join(prompt.split())}|{answer}" if answer else " ".join(prompt.split())
 
 
-def use_example() -> None:
-    st.session_state["report_paths"] = str(EXAMPLE_RESULTS)
-
-
 def pick_results() -> tuple[IngestResult | None, list[str]]:
     """Result folders (ours and typed) and an optional oracle, read at once; (None, []) when none are named."""
     ours = [str(folder) for folder in our_result_folders()]
     picked = st.multiselect("Our runs and evaluations (cache home)", ours, default=ours) if ours else []
-    if EXAMPLE_RESULTS.is_dir():
-        st.button("Use the example: real open-unlearning outputs", on_click=use_example)
-    typed = st.text_area(
-        "Result folders, one per line",
-        key="report_paths",
-        max_chars=MAX_PATH_LIST_CHARS,
-        placeholder=str(EXAMPLE_RESULTS),
-    )
-    oracle = st.text_input("Oracle folder (optional)", key="report_oracle", max_chars=MAX_PATH_CHARS).strip() or None
+    typed, oracle = result_folder_inputs("report", "Result folders, one per line")
     if not picked and not typed.strip():
         return None, []
     paths = result_paths(picked, typed)
-    with st.spinner("Reading results…"):
-        return load_results(tuple(paths), oracle, fingerprint([*paths, *([oracle] if oracle else [])])), paths
+    return load_results(paths, oracle.strip() or None), paths
 
 
 def pick_axes(results: IngestResult) -> tuple[str, str]:

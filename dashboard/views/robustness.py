@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -17,19 +16,17 @@ from core.attacks.robustness import (
     relearning_figure,
     run_attacks,
 )
-from core.common.limits import MAX_PATH_CHARS
 from core.data.qa import SplitData
 from dashboard.boundary import report_errors
-from dashboard.exports import chart_downloads
+from dashboard.exports import chart
 from dashboard.options import option_input
 from dashboard.plain import plain
+from dashboard.sources import typed_path
 from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
-MAX_STEPS_CHARS = (
-    200  # the relearning steps box; core.attacks.robustness refuses steps beyond core.common.limits' bounds
-)
+MAX_STEPS_CHARS = 200  # the relearning steps box; core.attacks.base refuses steps beyond core.common.limits' bounds
 EXPANDERS = {"relearn": "Relearning attack"}
 # Widget keys other than robustness_<option>: kept from before the options were declared (links and tests use them).
 OPTION_KEYS = {
@@ -51,14 +48,11 @@ def choose_data() -> tuple[str, SplitData] | None:
     with report_errors():
         if source == "Demo set":
             return "demo", robustness_data("demo", 0)
-        text = st.text_input(
-            "Split folder", key="robustness_folder", max_chars=MAX_PATH_CHARS, placeholder="…/folder with forget.jsonl"
-        )
-        if not text.strip():
-            st.info("Type a folder holding forget.jsonl (and retain.jsonl for the in-context control).")
-            return None
-        path = Path(text.strip()).expanduser()
-        return str(path), robustness_data(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+        typed = typed_path(
+            "Split folder", "robustness_folder", "…/folder with forget.jsonl",
+            "Type a folder holding forget.jsonl (and retain.jsonl for the in-context control).",
+        )  # fmt: skip
+        return None if typed is None else (typed[0], robustness_data(*typed))
     return None
 
 
@@ -145,12 +139,10 @@ def results_panel(result: RobustnessResult) -> None:
             "models' forget probability."
         )
     recovery = recovery_figure(result)
-    st.plotly_chart(recovery, key="robustness_recovery")
-    chart_downloads(recovery, "robustness recovery", key="robustness_recovery")
+    chart(recovery, "robustness recovery", key="robustness_recovery")
     if result.relearning():
         curve = relearning_figure(result)
-        st.plotly_chart(curve, key="robustness_relearning")
-        chart_downloads(curve, "relearning curve", key="robustness_relearning")
+        chart(curve, "relearning curve", key="robustness_relearning")
     frame = result.to_frame()
     st.dataframe(frame, hide_index=True, key="robustness_table")
     st.download_button(

@@ -13,15 +13,12 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from core.common.limits import MAX_PATH_CHARS, MAX_PATH_LIST_CHARS
-from core.evaluation.ingest import IngestResult, ingest
+from core.evaluation.ingest import IngestResult
 from core.evaluation.results import (
-    EXAMPLE_RESULTS,
     FQ_MU,
     Point,
     checkpoint_metrics,
     default_axes,
-    fingerprint,
     has_points,
     has_truth_ratios,
     metric_options,
@@ -41,43 +38,26 @@ from core.present.figures import (
     truth_ratio_figure,
 )
 from dashboard.boundary import fragment, report_errors
-from dashboard.exports import chart_downloads
+from dashboard.exports import chart, csv_download
+from dashboard.links import PageLink, Params
 from dashboard.plain import plain
+from dashboard.sources import load_results, result_folder_inputs
 from dashboard.state import sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
-URL_KEYS = ("folder", "oracle", "x", "y")  # query parameters; folder repeats, one per result folder
+LINK = PageLink(("folder", "oracle", "x", "y"), seen_key="tradeoff_url", repeated=("folder",))  # one folder= each
 METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
 MAX_RUN_NAME_CHARS = 200  # core.data.uploads.safe_name allows no more
 PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def load_results(paths: tuple[str, ...], oracle: str | None, files: tuple[tuple[str, int, int], ...]) -> IngestResult:
-    """Ingest once per (paths, oracle, file mtimes and sizes): `files` is in the key, so edited results reload."""
-    return ingest(list(paths), oracle=oracle)
-
-
-def use_example() -> None:
-    """Fill the folder box with the real open-unlearning outputs shipped beside the repository."""
-    st.session_state["tradeoff_paths"] = str(EXAMPLE_RESULTS)
-
-
-def url_params() -> dict[str, str | tuple[str, ...]]:
-    """This page's parameters in the URL now: the folders as a tuple, the others as text."""
-    params: dict[str, str | tuple[str, ...]] = {}
-    if "folder" in st.query_params:
-        params["folder"] = tuple(st.query_params.get_all("folder"))
-    params |= {key: st.query_params[key] for key in URL_KEYS[1:] if key in st.query_params}
-    return params
+SOURCES = "tradeoff_sources"  # session key: (folders, oracle) loaded
+URL_AXES = "tradeoff_url_axes"  # session key: the axes a link named, set once the axis pickers know the metrics
 
 
 def restore_from_url(ours: list[str]) -> None:
     """Load the folders and axes of a link the session has not written itself (a new or edited link)."""
-    wanted = url_params()
-    if not wanted or wanted == st.session_state.get("tradeoff_url"):
+    wanted = LINK.new_params()
+    if wanted is None:
         return
-    st.session_state["tradeoff_url"] = wanted
     folders = list(wanted.get("folder", ()))
     if folders:
         st.session_state["tradeoff_ours"] = [folder for folder in folders if folder in ours]
@@ -85,19 +65,19 @@ def restore_from_url(ours: list[str]) -> None:
         st.session_state["tradeoff_oracle"] = str(wanted.get("oracle", ""))
         sources = (tuple(folders), st.session_state["tradeoff_oracle"].strip() or None)
         if outside_roots([*sources[0], *([sources[1]] if sources[1] else [])]):
-            st.session_state.pop("tradeoff_sources", None)  # not the earlier results under someone else's link
+            st.session_state.pop(SOURCES, None)  # not the earlier results under someone else's link
             st.session_state[PENDING] = sources
         else:
             st.session_state.pop(PENDING, None)
-            st.session_state["tradeoff_sources"] = sources
-    st.session_state["tradeoff_url_axes"] = {key: wanted[key] for key in ("x", "y") if key in wanted}
+            st.session_state[SOURCES] = sources
+    st.session_state[URL_AXES] = {key: wanted[key] for key in ("x", "y") if key in wanted}
 
 
 def read_pending() -> None:
     """The person at the browser chose to read the folders a link named outside the data roots."""
     pending = st.session_state.pop(PENDING, None)
     if pending is not None:  # None: a second click in the same moment; the first one already read them
-        st.session_state["tradeoff_sources"] = pending
+        st.session_state[SOURCES] = pending
 
 
 def ask_pending() -> bool:
@@ -121,26 +101,24 @@ def ask_pending() -> bool:
 
 def write_url() -> None:
     """Put the loaded folders, oracle and axes into the URL, only when something changed."""
-    sources = st.session_state.get("tradeoff_sources")
+    sources = st.session_state.get(SOURCES)
     if sources is None:
         return
     paths, oracle = sources
-    params: dict[str, str | tuple[str, ...]] = {"folder": tuple(paths)}
+    params: Params = {"folder": tuple(paths)}
     if oracle:
         params["oracle"] = oracle
     params |= {
         key: st.session_state[f"tradeoff_{key}"] for key in ("x", "y") if st.session_state.get(f"tradeoff_{key}")
     }
-    st.session_state["tradeoff_url"] = params
-    if url_params() != params or any(key not in URL_KEYS for key in st.query_params):
-        st.query_params.from_dict({key: list(value) if key == "folder" else value for key, value in params.items()})
+    LINK.write(params)
 
 
 def pick_sources() -> None:
     """Result folders (ours, typed, uploaded) and an optional oracle; 'Load results' stores the choice."""
     ours = [str(folder) for folder in our_result_folders()]
     restore_from_url(ours)
-    with st.expander("Result folders", expanded="tradeoff_sources" not in st.session_state):
+    with st.expander("Result folders", expanded=SOURCES not in st.session_state):
         picked = []
         if ours:
             st.session_state.setdefault("tradeoff_ours", ours)
@@ -148,20 +126,13 @@ def pick_sources() -> None:
                 folder for folder in st.session_state["tradeoff_ours"] if folder in ours
             ]
             picked = st.multiselect("Our runs and evaluations (cache home)", ours, key="tradeoff_ours")
-        if EXAMPLE_RESULTS.is_dir():
-            st.button("Use the example: real open-unlearning outputs", on_click=use_example)
-        text = st.text_area(
+        text, oracle = result_folder_inputs(
+            "tradeoff",
             "Result folders or files, one per line",
-            key="tradeoff_paths",
-            max_chars=MAX_PATH_LIST_CHARS,
-            placeholder=str(EXAMPLE_RESULTS),
-            help="open-unlearning output folders (EVAL/SUMMARY JSON, checkpoint-*/evals) or legacy TOFU eval logs",
-        )
-        oracle = st.text_input(
-            "Oracle folder (optional)",
-            key="tradeoff_oracle",
-            max_chars=MAX_PATH_CHARS,
-            help="Results of the model retrained without the forget set: forget quality is computed where missing",
+            paths_help="open-unlearning output folders (EVAL/SUMMARY JSON, checkpoint-*/evals) or legacy TOFU eval "
+            "logs",
+            oracle_help="Results of the model retrained without the forget set: forget quality is computed where "
+            "missing",
         )
         uploads = st.file_uploader(
             "Or upload the EVAL/SUMMARY JSON files of one run", type="json", accept_multiple_files=True
@@ -173,7 +144,7 @@ def pick_sources() -> None:
             with report_errors():
                 files = [(upload.name, upload.getvalue()) for upload in uploads or []]
                 paths = result_paths(picked, text, files, run_name)
-                st.session_state["tradeoff_sources"] = (tuple(paths), oracle.strip() or None)
+                st.session_state[SOURCES] = (tuple(paths), oracle.strip() or None)
                 st.session_state.pop(PENDING, None)  # typed and clicked: a choice of its own
 
 
@@ -217,15 +188,14 @@ def draw_tradeoff_chart(result: IngestResult) -> Point | None:
         st.info("No run has values for both of these metrics; pick other axes.")
         return None
     figure = tradeoff_figure(result.summary, x, y, log_y=log_y)
-    event = st.plotly_chart(figure, key="tradeoff_chart", on_select="rerun", selection_mode="points")
-    chart_downloads(figure, f"tradeoff {y} vs {x}", key="tradeoff_chart")
+    event = chart(figure, f"tradeoff {y} vs {x}", key="tradeoff_chart", on_select="rerun", selection_mode="points")
     return point_from_selection(figure, event["selection"]["points"])
 
 
 def choose_axes(options: list[str]) -> None:
     """Set the axis pickers before they are drawn: a link's axes once, else keep the choice while it is offered."""
     defaults = dict(zip(("x", "y"), default_axes(options), strict=True))
-    from_url = st.session_state.pop("tradeoff_url_axes", {})
+    from_url = st.session_state.pop(URL_AXES, {})
     for axis, default in defaults.items():
         key, wanted = f"tradeoff_{axis}", from_url.get(axis)
         if wanted is not None and wanted not in options:
@@ -248,8 +218,7 @@ def draw_checkpoint(result: IngestResult, point: Point) -> None:
     with right, report_errors():
         names = split_bar_metrics(result.summary, point)
         figure = split_bars_figure(result.summary, point.model, step=point.step, metric_names=names)
-        st.plotly_chart(figure, key="tradeoff_splits")
-        chart_downloads(figure, f"{point.model} metrics by split", key="tradeoff_splits")
+        chart(figure, f"{point.model} metrics by split", key="tradeoff_splits")
     with report_errors():
         draw_truth_ratios(result, point)
     with report_errors():
@@ -268,8 +237,7 @@ def draw_truth_ratios(result: IngestResult, point: Point) -> None:
     if len(oracles) > 1:
         oracle = st.selectbox("Oracle", oracles, format_func=lambda run: run.label, key="tradeoff_oracle_run")
     figure = truth_ratio_figure(result.items, point.model, oracle.model, step=point.step, oracle_step=oracle.step)
-    st.plotly_chart(figure, key="tradeoff_truth_ratio")
-    chart_downloads(figure, f"{point.model} truth ratios", key="tradeoff_truth_ratio")
+    chart(figure, f"{point.model} truth ratios", key="tradeoff_truth_ratio")
 
 
 def draw_mia(result: IngestResult, point: Point) -> None:
@@ -280,15 +248,14 @@ def draw_mia(result: IngestResult, point: Point) -> None:
     default = attacks.index(DEFAULT_ATTACK) if DEFAULT_ATTACK in attacks else 0
     attack = st.selectbox("Membership-inference attack", attacks, index=default, key="tradeoff_attack")
     figure = mia_figure(result.items, point.model, attack, step=point.step)
-    st.plotly_chart(figure, key="tradeoff_mia")
-    chart_downloads(figure, f"{point.model} {attack}", key="tradeoff_mia")
+    chart(figure, f"{point.model} {attack}", key="tradeoff_mia")
 
 
 sidebar()
 st.title("Tradeoffs")
 pick_sources()
 asked = ask_pending()
-sources = st.session_state.get("tradeoff_sources")
+sources = st.session_state.get(SOURCES)
 if sources is None:
     if not asked:
         st.info("Choose result folders above and press Load results.")
@@ -296,8 +263,8 @@ if sources is None:
 paths, oracle = sources
 write_url()
 loaded = None
-with report_errors(), st.spinner("Reading results…"):
-    loaded = load_results(paths, oracle, fingerprint([*paths, *([oracle] if oracle else [])]))
+with report_errors():
+    loaded = load_results(paths, oracle)
 if loaded is None:
     st.stop()
 draw_warnings(loaded)
@@ -309,11 +276,4 @@ if loaded.summary.empty:
 tradeoff_panel(loaded)
 with st.expander("All metrics"):
     st.dataframe(loaded.summary, hide_index=True, key="tradeoff_summary")
-    st.download_button(
-        "Download summary table (CSV)",
-        loaded.summary.to_csv(index=False),
-        file_name="tradeoff_summary.csv",
-        mime="text/csv",
-        key="tradeoff_download",
-        on_click="ignore",
-    )
+    csv_download(loaded.summary, "Download summary table (CSV)", "tradeoff_summary.csv", key="tradeoff_download")
