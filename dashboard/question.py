@@ -7,7 +7,8 @@ import streamlit as st
 from core.common.errors import UserError
 from core.common.limits import MAX_TEXT_CHARS
 from core.data.examples import Example, demo_examples
-from dashboard.state import chat_default
+from dashboard.state import keys
+from dashboard.state.pair import chat_default
 
 
 @st.cache_data(show_spinner=False)
@@ -24,13 +25,19 @@ def available_examples() -> list[Example]:
         return []
 
 
+def question_keys(prefix: str) -> tuple[str, str, str]:
+    """The session-state keys of the prompt, answer and chat inputs of page `prefix`."""
+    prompt_key, answer_key, chat_key = (keys.question_key(prefix, name) for name in keys.QUESTION_INPUTS)
+    return prompt_key, answer_key, chat_key
+
+
 def use_example(prefix: str, choices: list[Example], key: str) -> None:
     """Fill `{prefix}_prompt` and `{prefix}_answer` with the example picked in widget `key` (a widget callback: it
     runs before those inputs are drawn)."""
     picked = st.session_state.get(key)
     if picked is not None:
-        st.session_state[f"{prefix}_prompt"] = choices[picked].question
-        st.session_state[f"{prefix}_answer"] = choices[picked].answer
+        prompt_key, answer_key, _ = question_keys(prefix)
+        st.session_state[prompt_key], st.session_state[answer_key] = choices[picked].question, choices[picked].answer
 
 
 def example_picker(prefix: str, choices: list[Example]) -> None:
@@ -54,26 +61,27 @@ def question_inputs(prefix: str) -> tuple[str, str, bool]:
     is one click away here (edits made here stay until then); the chat toggle starts from the Probe page's, else the
     pair's default (demo models were taught without the template).
     """
-    probed = tuple(st.session_state.get(f"probe_{name}") or "" for name in ("prompt", "answer"))
+    prompt_key, answer_key, chat_key = question_keys(prefix)
+    probed = tuple(st.session_state.get(key) or "" for key in (keys.PROBE_PROMPT, keys.PROBE_ANSWER))
     if any(probed) and st.session_state.get(f"{prefix}_seeded") != probed:  # a new question on Probe: take it over
-        st.session_state[f"{prefix}_prompt"], st.session_state[f"{prefix}_answer"] = probed
+        st.session_state[prompt_key], st.session_state[answer_key] = probed
         st.session_state[f"{prefix}_seeded"] = probed
-    st.session_state.setdefault(f"{prefix}_chat", st.session_state.get("probe_chat", chat_default()))
+    st.session_state.setdefault(chat_key, st.session_state.get(keys.PROBE_CHAT, chat_default()))
     choices = available_examples()
     if choices:
         example_picker(prefix, choices)
     prompt = st.text_area(
         "Prompt",
-        key=f"{prefix}_prompt",
+        key=prompt_key,
         height=90,
         max_chars=MAX_TEXT_CHARS,
         placeholder="Ask something from the forget set…",
     )
     answer = st.text_input(
         "Answer",
-        key=f"{prefix}_answer",
+        key=answer_key,
         max_chars=MAX_TEXT_CHARS,
         help="The answer whose log-probability is explained.",
     )
-    chat = st.toggle("Chat template", key=f"{prefix}_chat")
+    chat = st.toggle("Chat template", key=chat_key)
     return prompt, answer, chat

@@ -16,12 +16,13 @@ from dashboard.boundary import report_errors
 from dashboard.exports import chart, table_download
 from dashboard.options import option_inputs
 from dashboard.question import question_inputs
-from dashboard.state import pair_key, require_pair, shared_model_job, sidebar
+from dashboard.state import keys
+from dashboard.state.pair import pair_key, require_pair, shared_model_job
+from dashboard.state.sidebar import sidebar
 
 # Widget keys other than attribution_<option>: n_steps's from before the options were declared (links and tests
 # use it); the IG rule's "method" would clash with the method picker's key.
 OPTION_KEYS = {"n_steps": "attribution_steps", "method": "attribution_ig_rule"}
-RESULT_KEY = "attribution_result"
 
 sidebar()
 st.title("Attribution")
@@ -46,12 +47,12 @@ per_token = cols[2].checkbox(
 chosen = option_inputs(ATTRIBUTION_METHODS.options(method), "attribution", OPTION_KEYS)
 
 if st.button("Compute", type="primary", key="attribution_compute"):
-    st.session_state.pop(RESULT_KEY, None)
+    st.session_state.pop(keys.ATTRIBUTION_RESULT, None)
     settings = AttributionSettings(per_token=per_token, granularity=granularity, **chosen)
     spinner = st.spinner(f"Attributing with {method.replace('_', ' ')} under both models…")
     with report_errors(), spinner, shared_model_job("attribution"):
         result = attribute(pair, prompt, answer, method, chat, settings)
-        st.session_state[RESULT_KEY] = (pair_key(), result.to_dict())
+        st.session_state[keys.ATTRIBUTION_RESULT] = (pair_key(), result.to_dict())
 
 
 def draw_convergence(result: AttributionResult) -> None:
@@ -95,6 +96,6 @@ def draw(result: AttributionResult) -> None:
     )
 
 
-stored = st.session_state.get(RESULT_KEY)
+stored = st.session_state.get(keys.ATTRIBUTION_RESULT)
 if stored and stored[0] == pair_key():
     draw(AttributionResult.from_dict(stored[1]))

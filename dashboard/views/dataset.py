@@ -14,7 +14,9 @@ from core.data.qa import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_datas
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import csv_download
 from dashboard.sources import typed_path
-from dashboard.state import chat_default, current_pair, pair_key, shared_model_job, sidebar
+from dashboard.state import keys
+from dashboard.state.pair import chat_default, current_pair, pair_key, shared_model_job
+from dashboard.state.sidebar import sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
@@ -123,7 +125,7 @@ def results_panel(frame: pd.DataFrame) -> None:
     min_delta = right.number_input("|Δ| at least", min_value=0.0, value=0.0, step=0.5, key="dataset_min_delta")
     shown = filter_items(frame, text, min_delta)
     event = st.dataframe(
-        shown, key="dataset_table", on_select="rerun", selection_mode="single-row", hide_index=True,
+        shown, key=keys.DATASET_TABLE, on_select="rerun", selection_mode="single-row", hide_index=True,
         column_config=COLUMN_CONFIG,
     )  # fmt: skip
     csv_download(shown, "Download per-item table (CSV)", "dataset_items.csv", key="dataset_download")
@@ -134,7 +136,7 @@ def results_panel(frame: pd.DataFrame) -> None:
     row = shown.iloc[rows[0]]
     st.text(f"{row['question']}\n→ {row['answer']}")
     if st.button("Open in Probe", type="primary"):
-        st.session_state["probe_handover"] = {"prompt": row["question"], "answer": row["answer"]}
+        st.session_state[keys.PROBE_HANDOVER] = {"prompt": row["question"], "answer": row["answer"]}
         st.switch_page(PROBE_PAGE)
 
 

@@ -24,7 +24,9 @@ from core.present.figures_views import drift_figure, hidden_knowledge_reading, l
 from dashboard.boundary import report_errors
 from dashboard.exports import chart, table_download
 from dashboard.question import available_examples, question_inputs
-from dashboard.state import chat_default, pair_key, require_pair, shared_model_job, sidebar
+from dashboard.state import keys
+from dashboard.state.pair import chat_default, pair_key, require_pair, shared_model_job
+from dashboard.state.sidebar import sidebar
 
 
 def stored(key: str) -> dict | None:
@@ -84,7 +86,7 @@ paths = {
 }
 left, right = st.columns(2)
 limit = left.number_input("Items per set", min_value=1, max_value=MAX_DRIFT_ITEMS, value=16, key="drift_limit")
-st.session_state.setdefault("drift_chat", st.session_state.get("probe_chat", chat_default()))
+st.session_state.setdefault("drift_chat", st.session_state.get(keys.PROBE_CHAT, chat_default()))
 drift_chat = right.toggle("Chat template", key="drift_chat")
 run_on_click(
     "Compute drift", "drift", "hidden-state drift", "Running both models over the forget and retain items…",

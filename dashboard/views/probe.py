@@ -20,13 +20,15 @@ from dashboard.exports import chart, csv_download
 from dashboard.links import PageLink
 from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
-from dashboard.state import busy_note, chat_default, pair_key, require_pair, shared_model_job, sidebar
+from dashboard.state import keys
+from dashboard.state.pair import busy_note, chat_default, pair_key, require_pair, shared_model_job
+from dashboard.state.sidebar import sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
 DEFAULTS = {
-    "probe_prompt": "", "probe_answer": "", "probe_topk": 5, "probe_view": "delta", "probe_new": 48,
-    "probe_sample": False, "probe_temperature": 1.0, "probe_seed": 0,
+    keys.PROBE_PROMPT: "", keys.PROBE_ANSWER: "", keys.PROBE_TOPK: 5, keys.PROBE_VIEW: "delta", keys.PROBE_NEW: 48,
+    keys.PROBE_SAMPLE: False, keys.PROBE_TEMPERATURE: 1.0, keys.PROBE_SEED: 0,
 }  # fmt: skip
 LINK = PageLink(("prompt", "answer", "chat", "topk", "view", "score"), seen_key="probe_url")
 AUTOSCORE = "probe_autoscore"  # session key: score the inputs once a pair is loaded (a link's score=1, a handover)
@@ -41,25 +43,25 @@ def restore_from_url() -> list[str]:
     if wanted is None:
         return []
     state, ignored = st.session_state, []
-    for key in ("prompt", "answer"):
+    for key, state_key in (("prompt", keys.PROBE_PROMPT), ("answer", keys.PROBE_ANSWER)):
         if key in wanted and len(wanted[key]) > MAX_TEXT_CHARS:
             ignored.append(f"{key} ({len(wanted[key]):,} characters, more than the {MAX_TEXT_CHARS:,} allowed)")
         elif key in wanted:
-            state[f"probe_{key}"] = wanted[key]
+            state[state_key] = wanted[key]
     if "chat" in wanted:
         if wanted["chat"].lower() in TRUE + FALSE:
-            state["probe_chat"] = wanted["chat"].lower() in TRUE
+            state[keys.PROBE_CHAT] = wanted["chat"].lower() in TRUE
         else:
             ignored.append(f"chat={wanted['chat']!r} (use 1 or 0)")
     if "topk" in wanted:
         low, high = TOP_K_RANGE
         if wanted["topk"].isdigit() and low <= int(wanted["topk"]) <= high:
-            state["probe_topk"] = int(wanted["topk"])
+            state[keys.PROBE_TOPK] = int(wanted["topk"])
         else:
             ignored.append(f"topk={wanted['topk']!r} (a whole number from {low} to {high})")
     if "view" in wanted:
         if wanted["view"] in VIEWS:
-            state["probe_view"] = wanted["view"]
+            state[keys.PROBE_VIEW] = wanted["view"]
         else:
             ignored.append(f"view={wanted['view']!r} (one of {', '.join(VIEWS)})")
     if wanted.get("score") == "1":
@@ -97,40 +99,42 @@ def example_pickers() -> None:
 
 def draw_inputs() -> None:
     """Prompt, answer and settings widgets (their values live in session state, so links can set them)."""
-    st.session_state.setdefault("probe_chat", chat_default())  # demo models were taught without the template
+    st.session_state.setdefault(keys.PROBE_CHAT, chat_default())  # demo models were taught without the template
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
     st.text_area(
         "Prompt",
-        key="probe_prompt",
+        key=keys.PROBE_PROMPT,
         height=100,
         max_chars=MAX_TEXT_CHARS,
         placeholder="Ask something from the forget set…",
     )
     st.text_input(
         "Reference answer (optional)",
-        key="probe_answer",
+        key=keys.PROBE_ANSWER,
         max_chars=MAX_TEXT_CHARS,
         help="Scored token by token; leave empty to score the prompt itself.",
     )
     cols = st.columns([1.4, 1, 1, 4])
-    cols[0].toggle("Chat template", key="probe_chat")
-    cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key="probe_topk")
-    cols[2].number_input("new tokens", min_value=1, max_value=256, key="probe_new")
+    cols[0].toggle("Chat template", key=keys.PROBE_CHAT)
+    cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key=keys.PROBE_TOPK)
+    cols[2].number_input("new tokens", min_value=1, max_value=256, key=keys.PROBE_NEW)
     cols[3].segmented_control(
         "Colour by",
         list(VIEWS),
         format_func=VIEW_LABELS.get,
-        key="probe_view",
+        key=keys.PROBE_VIEW,
         help="; ".join(f"{VIEW_LABELS[view]}: {text}" for view, text in VIEWS.items()),
     )
     with st.expander("Generation settings"):
         cols = st.columns(3)
-        sample = cols[0].toggle("Sample", key="probe_sample", help="Off: greedy decoding. On: sampled with the seed.")
-        cols[1].number_input(
-            "Temperature", min_value=0.05, max_value=5.0, step=0.1, key="probe_temperature", disabled=not sample
+        sample = cols[0].toggle(
+            "Sample", key=keys.PROBE_SAMPLE, help="Off: greedy decoding. On: sampled with the seed."
         )
-        cols[2].number_input("Seed", min_value=0, step=1, key="probe_seed", disabled=not sample)
+        cols[1].number_input(
+            "Temperature", min_value=0.05, max_value=5.0, step=0.1, key=keys.PROBE_TEMPERATURE, disabled=not sample
+        )
+        cols[2].number_input("Seed", min_value=0, step=1, key=keys.PROBE_SEED, disabled=not sample)
 
 
 def current_inputs() -> dict[str, Any]:
@@ -138,12 +142,12 @@ def current_inputs() -> dict[str, Any]:
     Score panel reruns on its own)."""
     state = st.session_state
     return {
-        "prompt": state["probe_prompt"],
-        "answer": state["probe_answer"],
-        "chat": bool(state["probe_chat"]),
-        "top_k": int(state["probe_topk"]),
-        "view": state["probe_view"] or "delta",
-        "max_new": int(state["probe_new"]),
+        "prompt": state[keys.PROBE_PROMPT],
+        "answer": state[keys.PROBE_ANSWER],
+        "chat": bool(state[keys.PROBE_CHAT]),
+        "top_k": int(state[keys.PROBE_TOPK]),
+        "view": state[keys.PROBE_VIEW] or "delta",
+        "max_new": int(state[keys.PROBE_NEW]),
     }
 
 
@@ -151,9 +155,9 @@ def current_settings(inputs: dict[str, Any]) -> GenerationSettings:
     state = st.session_state
     return GenerationSettings(
         max_new_tokens=inputs["max_new"],
-        do_sample=bool(state["probe_sample"]),
-        temperature=float(state["probe_temperature"]),
-        seed=int(state["probe_seed"]),
+        do_sample=bool(state[keys.PROBE_SAMPLE]),
+        temperature=float(state[keys.PROBE_TEMPERATURE]),
+        seed=int(state[keys.PROBE_SEED]),
     )
 
 
@@ -165,7 +169,7 @@ def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
     with report_errors(), busy_note("Scoring under both models…"), shared_model_job("probe"):
         request = ProbeRequest(inputs["prompt"], inputs["answer"] or None)
         result = score(pair, [request], chat=inputs["chat"], top_k=inputs["top_k"])[0]
-        st.session_state["probe_result"] = (pair_key(), result.to_dict())  # the Report page reads this pair too
+        st.session_state[keys.PROBE_RESULT] = (pair_key(), result.to_dict())  # the Report page reads this pair too
         st.session_state["probe_result_inputs"] = scored_inputs(inputs)
 
 
@@ -228,7 +232,7 @@ def score_panel(pair: ModelPair) -> None:
             generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
 
-    stored = st.session_state.get("probe_result")
+    stored = st.session_state.get(keys.PROBE_RESULT)
     current = bool(stored) and stored[0] == pair_key()
     up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
     if current:
@@ -245,9 +249,9 @@ def score_panel(pair: ModelPair) -> None:
 sidebar()
 st.title("Probe")
 ignored = restore_from_url()
-handover = st.session_state.pop("probe_handover", None)  # an item opened from the Dataset page: score it at once
+handover = st.session_state.pop(keys.PROBE_HANDOVER, None)  # an item opened from the Dataset page: score it at once
 if handover:
-    st.session_state["probe_prompt"], st.session_state["probe_answer"] = handover["prompt"], handover["answer"]
+    st.session_state[keys.PROBE_PROMPT], st.session_state[keys.PROBE_ANSWER] = handover["prompt"], handover["answer"]
     st.session_state[AUTOSCORE] = True
 if ignored:
     st.warning(f"Ignored from the link: {plain('; '.join(ignored))}.")  # the link's values, shown as typed

@@ -16,9 +16,10 @@ from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain
 from dashboard.sources import load_results, result_folder_inputs
-from dashboard.state import current_pair, shared_model_job, sidebar
+from dashboard.state import keys
+from dashboard.state.pair import current_pair, shared_model_job
+from dashboard.state.sidebar import sidebar
 
-BUILT = "report_built"  # session key: (report, html bytes, file name) of the last report built
 MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
 MAX_TITLE_CHARS = 200
 MAX_NOTES_CHARS = 20_000  # a few pages of notes
@@ -26,9 +27,9 @@ MAX_NOTES_CHARS = 20_000  # a few pages of notes
 
 def probe_default() -> str:
     """The Probe page's prompt and answer as one `prompt|answer` line (its widgets, else its last scored result)."""
-    prompt, answer = st.session_state.get("probe_prompt"), st.session_state.get("probe_answer")
+    prompt, answer = st.session_state.get(keys.PROBE_PROMPT), st.session_state.get(keys.PROBE_ANSWER)
     if not prompt:
-        stored = st.session_state.get("probe_result")
+        stored = st.session_state.get(keys.PROBE_RESULT)
         prompt, answer = (stored[1].get("prompt"), stored[1].get("answer")) if stored else (None, None)
     if not prompt:
         return ""
@@ -74,7 +75,7 @@ def build(results: IngestResult | None, sources: list[str], axes: tuple[str | No
             status.update(label="Could not build the report", state="error")
             raise
         status.update(label="Report ready", state="complete", expanded=False)
-    st.session_state[BUILT] = (report, document, f"{slug(report.title)}.html")
+    st.session_state[keys.REPORT_BUILT] = (report, document, f"{slug(report.title)}.html")
 
 
 def draw_built(report: Report, document: bytes, file_name: str) -> None:
@@ -143,6 +144,6 @@ if st.button("Build report", type="primary"):
         with report_errors(), shared_model_job("report"):
             build(results, sources, axes)
 
-built = st.session_state.get(BUILT)
+built = st.session_state.get(keys.REPORT_BUILT)
 if built is not None:
     draw_built(*built)

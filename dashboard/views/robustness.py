@@ -22,7 +22,8 @@ from dashboard.exports import chart
 from dashboard.options import option_input
 from dashboard.plain import plain
 from dashboard.sources import typed_path
-from dashboard.state import current_pair, pair_key, shared_model_job, sidebar
+from dashboard.state.pair import current_pair, pair_key, shared_model_job
+from dashboard.state.sidebar import sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6

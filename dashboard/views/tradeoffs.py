@@ -42,7 +42,8 @@ from dashboard.exports import chart, csv_download
 from dashboard.links import PageLink, Params
 from dashboard.plain import plain
 from dashboard.sources import load_results, result_folder_inputs
-from dashboard.state import sidebar
+from dashboard.state import keys
+from dashboard.state.sidebar import sidebar
 
 DEFAULT_ATTACK = "mia_min_k"
 LINK = PageLink(("folder", "oracle", "x", "y"), seen_key="tradeoff_url", repeated=("folder",))  # one folder= each
@@ -188,7 +189,7 @@ def draw_tradeoff_chart(result: IngestResult) -> Point | None:
         st.info("No run has values for both of these metrics; pick other axes.")
         return None
     figure = tradeoff_figure(result.summary, x, y, log_y=log_y)
-    event = chart(figure, f"tradeoff {y} vs {x}", key="tradeoff_chart", on_select="rerun", selection_mode="points")
+    event = chart(figure, f"tradeoff {y} vs {x}", key=keys.TRADEOFF_CHART, on_select="rerun", selection_mode="points")
     return point_from_selection(figure, event["selection"]["points"])
 
 

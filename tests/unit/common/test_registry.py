@@ -18,6 +18,7 @@ from core.common import Option, Registry, option, options_of
 from core.common.errors import UserError
 from core.evaluation import evaluate, metrics
 from core.unlearn import UNLEARNING_METHODS, demo
+from dashboard.state import keys
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -194,7 +195,7 @@ def test_building_with_nothing_to_evaluate_is_an_error(monkeypatch: pytest.Monke
 @pytest.fixture
 def attribution_page(fresh_app: None, tmp_path: Path) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     base, unlearned = save_tiny_model_dir(tmp_path / "base", seed=0), save_tiny_model_dir(tmp_path / "un", seed=1)
     next(t for t in at.text_input if t.label == "Base model").input(str(base))

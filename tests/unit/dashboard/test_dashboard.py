@@ -35,8 +35,10 @@ from core.models.pair import ModelPair
 from core.present import figures
 from core.present.highlight import default_scale, legend_html, token_html
 from core.unlearn.demo import DemoExperiment
-from dashboard import state
 from dashboard.plain import plain, shown
+from dashboard.state import demo as demo_state
+from dashboard.state import keys
+from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -76,7 +78,7 @@ def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def open_page(page: str) -> AppTest:
     """The app on `page`, without loading the default pair (the demo models may not exist yet)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     if page != "probe":
         at.switch_page(f"views/{page}.py").run()
@@ -98,12 +100,12 @@ def load_pair(at: AppTest, base: Path | str, unlearned: Path | str) -> None:
     text_input(at, "Unlearned model").input(str(unlearned))
     button(at, "Load pair").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.session_state["pair_key"][:2] == (str(base), str(unlearned))
+    assert at.session_state[keys.PAIR_KEY][:2] == (str(base), str(unlearned))
 
 
 def loaded_pair(at: AppTest) -> ModelPair:
     """The pair the sidebar loaded (st.cache_resource is shared with the test process), for direct core calls."""
-    return state.load_pair(*at.session_state["pair_key"])
+    return pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
 
 
 def charts(at: AppTest) -> dict[str, dict]:
@@ -174,7 +176,7 @@ def test_tradeoffs_click_shows_checkpoint_metrics_truth_ratios_and_mia() -> None
     result = ingest([REAL])
     spec = charts(at)["tradeoff_chart"]
     curve = next(i for i, trace in enumerate(spec["data"]) if trace["name"].endswith(FULL))
-    at.session_state["tradeoff_chart"] = {
+    at.session_state[keys.TRADEOFF_CHART] = {
         "selection": {"points": [{"curve_number": curve, "point_index": 0}], "point_indices": [0], **SELECT_NOTHING}
     }
     at.run()
@@ -306,7 +308,7 @@ def test_dataset_table_equals_probe_scores_and_opens_in_probe(
         assert (row.question, row.answer) == (question, answer)
         assert row.delta == pytest.approx(direct.delta, abs=1e-5)
         assert row.logprob_base == pytest.approx(direct.answer_logprob_base, abs=1e-5)
-    at.session_state["dataset_table"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.session_state[keys.DATASET_TABLE] = {"selection": {"rows": [1], "columns": [], "cells": []}}
     at.run()
     button(at, "Open in Probe").click().run()
     assert not at.exception and not errors(at)
@@ -370,12 +372,12 @@ def test_probe_example_fills_prompt_and_scores_like_core(tiny_pair_dirs: tuple[P
 
 def test_probe_takes_a_handover_and_keeps_it_without_a_pair() -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
-    at.session_state["probe_handover"] = {"prompt": "Where was Ana born?", "answer": "Lima"}
+    at.session_state[keys.AUTOLOAD] = False
+    at.session_state[keys.PROBE_HANDOVER] = {"prompt": "Where was Ana born?", "answer": "Lima"}
     at.run()
     assert any("Load a model pair" in info.value for info in at.info)
-    assert at.session_state["probe_prompt"] == "Where was Ana born?"
-    assert "probe_handover" not in at.session_state
+    assert at.session_state[keys.PROBE_PROMPT] == "Where was Ana born?"
+    assert keys.PROBE_HANDOVER not in at.session_state
 
 
 # ---------------------------------------------------------------------------------------------- integration
@@ -453,7 +455,7 @@ def test_sidebar_shows_what_is_loaded_and_its_memory(tiny_pair_dirs: tuple[Path,
 def probe_with_pair(pair_dirs: tuple[Path, Path], **params: str) -> AppTest:
     """The Probe page opened from a link with `params`, then a pair loaded in the sidebar."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(params)
     at.run()
     assert not at.exception
@@ -489,7 +491,7 @@ def test_probe_link_restores_inputs_scores_and_follows_changes(tiny_pair_dirs: t
 
 def test_probe_link_with_bad_values_says_what_it_ignored(tiny_pair_dirs: tuple[Path, Path]) -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(prompt="w1 w2", topk="99", view="rainbow", chat="maybe")
     at.run()
     assert not at.exception
@@ -570,7 +572,7 @@ def test_probe_example_pills_fill_the_inputs_in_one_click(tiny_pair_dirs: tuple[
 
 def tradeoffs_from_link(**params: str | list[str]) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(params)
     at.run()  # the default page (Probe, waiting for a pair) leaves other pages' parameters alone
     at.switch_page("views/tradeoffs.py").run()
@@ -623,10 +625,12 @@ def test_tradeoffs_summary_download_equals_ingested_summary() -> None:
 def _first_start_page() -> None:
     import streamlit as st
 
-    from dashboard.state import chat_default, first_start_key
+    from dashboard.state import keys
+    from dashboard.state.demo import first_start_key
+    from dashboard.state.pair import chat_default
 
     key = first_start_key(("demo:target", "demo:unlearned", "auto", "auto", False, False))
-    st.session_state["pair_key"] = key
+    st.session_state[keys.PAIR_KEY] = key
     st.write(" | ".join(key[:2]))
     st.write(f"chat default {chat_default()}")
 
@@ -635,19 +639,19 @@ def test_first_start_opens_base_vs_target_while_a_background_build_makes_the_unl
     """`make run` builds the demo in the background: the first session opens base vs target (ready first) rather
     than waiting for the default pair, and the chat toggles default to the demo's format."""
     building = {"state": "building", "stage": "npo", "fraction": 0.3, "message": "npo: step 2/18", "pid": 1}
-    monkeypatch.setattr(state, "read_demo_status", lambda: dict(building))
-    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: ["npo"])
+    monkeypatch.setattr(demo_state, "read_demo_status", lambda: dict(building))
+    monkeypatch.setattr(demo_state, "demo_stages_to_build", lambda texts: ["npo"])
     at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)
     assert not at.exception
-    assert at.markdown[0].value == "demo:base | demo:target" and at.session_state["interim_pair"] is True
+    assert at.markdown[0].value == "demo:base | demo:target" and at.session_state[keys.INTERIM_OPENED] is True
     assert at.markdown[1].value == f"chat default {DemoExperiment().recipe.chat}"
 
-    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: [])  # npo is built: the default pair
+    monkeypatch.setattr(demo_state, "demo_stages_to_build", lambda texts: [])  # npo is built: the default pair
     at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)
-    assert at.markdown[0].value == "demo:target | demo:unlearned" and "interim_pair" not in at.session_state
+    assert at.markdown[0].value == "demo:target | demo:unlearned" and keys.INTERIM_OPENED not in at.session_state
 
-    monkeypatch.setattr(state, "demo_stages_to_build", lambda texts: ["npo"])
-    monkeypatch.setattr(state, "read_demo_status", lambda: {**building, "state": "interrupted"})
+    monkeypatch.setattr(demo_state, "demo_stages_to_build", lambda texts: ["npo"])
+    monkeypatch.setattr(demo_state, "read_demo_status", lambda: {**building, "state": "interrupted"})
     at = AppTest.from_function(_first_start_page).run(timeout=TIMEOUT)  # nobody builds it: load builds it here
     assert at.markdown[0].value == "demo:target | demo:unlearned"
 
@@ -663,11 +667,13 @@ def test_build_demo_follows_a_background_builder_instead_of_queueing_behind_it(m
         def build(self, *args, **kwargs) -> None:
             raise AssertionError("the stage is being built by another process: it must not be built twice")
 
-    monkeypatch.setattr(state, "DemoExperiment", Experiment)
-    monkeypatch.setattr(state, "DEMO_REFRESH_S", 0.0)
+    monkeypatch.setattr(demo_state, "DemoExperiment", Experiment)
+    monkeypatch.setattr(demo_state, "DEMO_REFRESH_S", 0.0)
     monkeypatch.setattr(
-        state, "read_demo_status", lambda: {"state": "building", "fraction": next(statuses), "message": "m", "pid": 1}
+        demo_state,
+        "read_demo_status",
+        lambda: {"state": "building", "fraction": next(statuses), "message": "m", "pid": 1},
     )
     shown: list[float] = []
-    state.build_demo(["npo"], lambda fraction, message: shown.append(fraction))
+    demo_state.build_demo(["npo"], lambda fraction, message: shown.append(fraction))
     assert shown == [0.25, 0.5]

@@ -22,7 +22,8 @@ from core.analyses.probe import ProbeRequest, score
 from core.evaluation.ingest import ingest
 from core.evaluation.results import default_axes, metric_options
 from core.present.report import frame_to_csv, metric_table, table_metrics
-from dashboard import state
+from dashboard.state import keys
+from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -71,7 +72,7 @@ def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def open_report(**session: object) -> AppTest:
     """The app on the Report page, without loading the default pair; `session` seeds session state first."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     for key, value in session.items():
         at.session_state[key] = value
     at.run()
@@ -115,7 +116,7 @@ def test_results_report_serves_its_html_and_exports(tmp_path: Path) -> None:
     build(at)
     assert not errors(at)
     document = served(at, "Download report (HTML)").decode("utf-8")
-    _, built, name = at.session_state["report_built"]
+    _, built, name = at.session_state[keys.REPORT_BUILT]
     assert document == built.decode("utf-8") and name == "unlearning-report.html"
     assert INJECTION not in document and html.escape(INJECTION) in document
     for key in ("notes", "tradeoffs", "metrics", "appendix"):
@@ -146,8 +147,8 @@ def test_probes_on_a_loaded_pair_equal_core_scores(tiny_pair_dirs: tuple[Path, P
     at.toggle(key="report_chat").set_value(False)
     build(at)
     assert not errors(at)
-    report = at.session_state["report_built"][0]
-    pair = state.load_pair(*at.session_state["pair_key"])
+    report = at.session_state[keys.REPORT_BUILT][0]
+    pair = pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
     expected = score(pair, [ProbeRequest(f"the capital of {INJECTION}", "paris"), ProbeRequest("france is")])
     assert [[t.delta for t in p.tokens] for p in report.probes] == [[t.delta for t in p.tokens] for p in expected]
     assert [lens.answer for lens in report.lenses] == ["paris"]
@@ -172,7 +173,7 @@ def test_bad_inputs_are_messages(folders: str, probes: str, message: str) -> Non
     widget(at.text_area, "Probes, one per line: prompt|answer").input(probes)
     build(at)
     assert any(message in error for error in errors(at)), errors(at)
-    assert "report_built" not in at.session_state
+    assert keys.REPORT_BUILT not in at.session_state
 
 
 def test_probes_prefilled_from_the_probe_page() -> None:

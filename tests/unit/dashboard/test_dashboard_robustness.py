@@ -13,7 +13,8 @@ from tiny_models import save_tiny_model_dir
 
 from core.attacks.robustness import RobustnessSettings, recovery_figure, relearning_figure, run_attacks
 from core.data.qa import load_demo_splits
-from dashboard import state
+from dashboard.state import keys
+from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -42,7 +43,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def open_page() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     at.switch_page("views/robustness.py").run()
     assert not at.exception
@@ -81,7 +82,7 @@ def test_charts_and_table_equal_core_for_the_same_settings(tiny_dirs) -> None:
     at = open_page()
     load(at, *tiny_dirs)
     run(at, ATTACKS, items=4)
-    pair = state.load_pair(*at.session_state["pair_key"])
+    pair = pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
     settings = RobustnessSettings(max_items=4, relearn_steps=(1, 2))
     expected = run_attacks(pair, load_demo_splits(), ATTACKS, settings)
     charts = chart_data(at)

@@ -16,8 +16,9 @@ from core.analyses.lens import hidden_state_drift, logit_lens, weight_change
 from core.data.examples import demo_examples
 from core.models.pair import ModelPair
 from core.present.figures_views import hidden_knowledge_reading
-from dashboard import state
 from dashboard.plain import shown
+from dashboard.state import keys
+from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -40,7 +41,7 @@ def open_page(page: str, dirs: tuple[Path, Path] | None = None, **session: objec
     """The app on `page` (after loading the pair `dirs` on the Probe page, if given); `session` is put in
     session_state first. The default pair is never loaded (the demo models may not exist yet)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     for key, value in session.items():
         at.session_state[key] = value
     at.run()
@@ -69,7 +70,7 @@ def load_pair(at: AppTest, base: Path, unlearned: Path) -> None:
 
 def loaded_pair(at: AppTest) -> ModelPair:
     """The pair the sidebar loaded (st.cache_resource is shared with the test process), for direct core calls."""
-    return state.load_pair(*at.session_state["pair_key"])
+    return pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
 
 
 def open_with_pair(page: str, dirs: tuple[Path, Path]) -> tuple[AppTest, ModelPair]:
@@ -196,8 +197,8 @@ def test_attribution_draws_cores_maps(method: str, per_token: bool, tiny_pair_di
 def test_attribution_result_is_kept_per_pair(tiny_pair_dirs) -> None:
     at, _ = open_with_pair("attribution", tiny_pair_dirs)
     compute_attribution(at, "input_x_gradient", per_token=False)
-    key, stored = at.session_state["attribution_result"]
-    assert key == at.session_state["pair_key"] and isinstance(stored, dict)
+    key, stored = at.session_state[keys.ATTRIBUTION_RESULT]
+    assert key == at.session_state[keys.PAIR_KEY] and isinstance(stored, dict)
     json.dumps(stored)  # plain data, no tensors
     load_pair(at, tiny_pair_dirs[1], tiny_pair_dirs[0])  # another pair: the old maps are not shown for it
     assert "attribution_heatmap" not in charts(at)
@@ -218,7 +219,7 @@ def test_attribution_bad_input_is_a_message(answer: str, baseline: str, message:
     button(at, "Compute").click().run()
     assert not at.exception
     assert any(message in text for text in errors(at)), errors(at)
-    assert not charts(at) and "attribution_result" not in at.session_state
+    assert not charts(at) and keys.ATTRIBUTION_RESULT not in at.session_state
 
 
 # ---------------------------------------------------------------------------------------------- layers

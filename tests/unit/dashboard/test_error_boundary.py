@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.common.errors import UserError
 from core.evaluation import results
+from dashboard.state import keys
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -35,7 +36,7 @@ def isolated(fresh_app: None) -> None:
 
 def open_app() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     assert not at.exception
     return at

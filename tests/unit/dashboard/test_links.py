@@ -22,6 +22,7 @@ from core.common.limits import MAX_RELEARN_POINTS, MAX_RELEARN_STEP
 from core.evaluation import results
 from core.evaluation.results import EXAMPLE_RESULTS
 from dashboard.plain import plain, shown
+from dashboard.state import keys
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -68,7 +69,7 @@ def shows_secret(at: AppTest) -> bool:
 def tradeoffs_link(**params: str | list[str]) -> AppTest:
     """The app opened on Tradeoffs from a link with `params`, as tests/test_dashboard.py does."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(params)
     at.run()
     at.switch_page("views/tradeoffs.py").run()
@@ -161,7 +162,7 @@ def test_typed_folders_load_with_one_click(secret: Path) -> None:
 
 def test_a_markdown_value_in_a_link_is_shown_as_typed() -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(chat=HOSTILE_CHAT, topk="9999")
     at.run()
     assert not at.exception
@@ -174,13 +175,13 @@ def test_a_markdown_value_in_a_link_is_shown_as_typed() -> None:
 
 def test_a_prompt_longer_than_the_bound_is_ignored(monkeypatch) -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.query_params.update(prompt="w" * 20_001, answer="paris")
     at.run()
     assert [w.value for w in at.warning] == [
         f"Ignored from the link: {plain('prompt (20,001 characters, more than the 20,000 allowed)')}."
     ]
-    assert at.session_state["probe_answer"] == "paris" and "probe_prompt" not in at.session_state
+    assert at.session_state[keys.PROBE_ANSWER] == "paris" and keys.PROBE_PROMPT not in at.session_state
 
 
 @pytest.mark.parametrize(
@@ -257,7 +258,7 @@ def test_a_walk_is_reused_by_reruns(tmp_path: Path, monkeypatch) -> None:
 
 def test_relearning_steps_beyond_the_bound_are_refused() -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     at.switch_page("views/robustness.py").run()
     at.text_input(key="robustness_steps").set_value("1,1000000000").run()
@@ -280,7 +281,7 @@ def test_an_uploaded_set_is_parsed_once(monkeypatch) -> None:
         core.analyses.item_scores, "load_uploaded_dataset", lambda name, data: parsed.append(name) or real(name, data)
     )
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     at.run()
     at.switch_page("views/dataset.py").run()
     at.radio(key="dataset_source").set_value("Upload").run()

@@ -27,7 +27,8 @@ from core.models.pair import (
     operator_opt_ins,
     resolve_spec,
 )
-from dashboard import state
+from dashboard.state import keys
+from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = ROOT / "dashboard" / "app.py"
@@ -110,7 +111,7 @@ def test_opt_ins_come_from_the_environment(monkeypatch, trust, pickle, expected)
 
 def sidebar_app() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["autoload"] = False
+    at.session_state[keys.AUTOLOAD] = False
     return at.run()
 
 
@@ -135,12 +136,12 @@ def test_sidebar_loads_with_the_operators_opt_ins(monkeypatch, tmp_path):
 
     refused = load(sidebar_app())
     assert any("no safetensors weights" in e.value for e in refused.error), [e.value for e in refused.error]
-    assert "pair_key" not in refused.session_state
+    assert keys.PAIR_KEY not in refused.session_state
 
     monkeypatch.setenv("ULENS_ALLOW_PICKLE", "1")
     at = load(sidebar_app())
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.session_state["pair_key"][4:] == (False, True)
+    assert at.session_state[keys.PAIR_KEY][4:] == (False, True)
     assert any("pickle weights: **allowed**" in c.value for c in at.sidebar.caption)
 
 
@@ -252,13 +253,13 @@ def test_the_dashboard_says_what_it_waits_for(tiny_llama, tiny_tokenizer, monkey
             self.shown.append(None)
 
     slot = Slot()
-    monkeypatch.setattr(state.st, "empty", lambda: slot)
+    monkeypatch.setattr(pair_state.st, "empty", lambda: slot)
     pair = ModelPair.from_models(tiny_llama, tiny_llama, tiny_tokenizer)
     release, holder = hold_side(pair, "base", "attribution")
     finished = threading.Event()
 
     def page() -> None:
-        with state.shared_model_job("probe"), pair.use("base"):
+        with pair_state.shared_model_job("probe"), pair.use("base"):
             finished.set()
 
     thread = threading.Thread(target=page)
