@@ -154,7 +154,8 @@ def main() -> None:
 
     from core.analyses.probe import encode
     from core.models.embedded import ensure_embedded_model
-    from core.models.pair import ModelPair, ModelSpec
+    from core.models.pair import ModelPair
+    from core.models.spec import ModelSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)

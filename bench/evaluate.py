@@ -41,7 +41,8 @@ from core.evaluation.evaluate import (  # noqa: E402
     rouge_logs,
 )
 from core.models.embedded import ensure_embedded_model  # noqa: E402
-from core.models.pair import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
+from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
+from core.models.spec import ModelSpec  # noqa: E402
 
 log = logging.getLogger("bench.evaluate")
 

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from core.analyses.probe import Encoded, score  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
-from core.models.pair import ModelPair, ModelSpec  # noqa: E402
+from core.models.pair import ModelPair  # noqa: E402
+from core.models.spec import ModelSpec  # noqa: E402
 
 
 def make_adapter(model_dir: Path, out: Path) -> Path:

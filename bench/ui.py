@@ -126,7 +126,8 @@ def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
 def bench_core(texts: list[str]) -> list[float]:
     """core.analyses.probe.score alone on the same prompts (this process, the same pair, the same chat setting)."""
     from core.analyses.probe import ProbeRequest, score
-    from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.models.pair import ModelPair
+    from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelSpec
     from core.unlearn.demo import default_recipe
 
     pair = ModelPair.load(ModelSpec.parse(DEFAULT_BASE), ModelSpec.parse(DEFAULT_UNLEARNED))
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_demo(args.full)
 
     from core.models.embedded import ensure_embedded_model
-    from core.models.pair import ModelSpec, load_tokenizer
+    from core.models.loading import load_tokenizer
+    from core.models.spec import ModelSpec
 
     tokenizer = load_tokenizer(ModelSpec(str(ensure_embedded_model())))
     texts = prompts(tokenizer, args.tokens, args.runs + 1)

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import core.evaluation.evaluate  # noqa: F401  (registers the demo evaluation, stage 4 of the timed build)
 from core.data.qa import load_demo_splits
 from core.models.embedded import ensure_embedded_model
-from core.models.pair import ModelSpec, load_backbone, load_tokenizer
+from core.models.loading import load_backbone, load_tokenizer
+from core.models.spec import ModelSpec
 from core.unlearn import METHODS, TrainConfig, TrainingData, get_method
 from core.unlearn.demo import RECIPES, DemoExperiment
 from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config

@@ -29,7 +29,8 @@ from core.common.limits import (
     ensure_fits,
     model_shape,
 )
-from core.models.pair import SIDES, ModelPair, two_sided_lora
+from core.models.adapters import two_sided_lora
+from core.models.pair import SIDES, ModelPair
 
 DEFAULT_TOP_K = 5
 CHUNK_ROWS = 32  # rows of [N, V] logits reduced at once: a chunk (32 x 49k floats = 6 MiB) stays in L3 cache

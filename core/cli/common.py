@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from core.common.errors import UserError
-from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelSpec
+from core.unlearn.demo import DemoExperiment, DemoProgress, build_demo_models, demo_model_names
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -52,5 +56,30 @@ def pair_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
     }
     base = ModelSpec.parse(args.base or DEFAULT_BASE, **options)
     unlearned = ModelSpec.parse(args.unlearned or DEFAULT_UNLEARNED, **options)
+    build_demo_first([base, unlearned])
     skip = getattr(args, "skip_memory_check", False)
     return ModelPair.load(base, unlearned, progress, memory_check=False if skip else None)
+
+
+@contextlib.contextmanager
+def demo_progress_bar(desc: str = "demo") -> Iterator[DemoProgress]:
+    """A progress bar (on stderr) fed by a demo build's status updates."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
+
+        def show(status: dict[str, Any]) -> None:
+            bar.n = 100 * status["fraction"]
+            bar.set_postfix_str(status["message"], refresh=True)
+
+        yield show
+
+
+def build_demo_first(specs: Iterable[ModelSpec]) -> None:
+    """Build the demo models that `demo:NAME` specs among `specs` name and that are not built yet, with a progress
+    bar. Resolving a demo spec never trains, so a command that takes model specs builds them here first."""
+    specs = list(specs)
+    experiment = DemoExperiment()
+    if experiment.stages_to_build(demo_model_names(specs)):
+        with demo_progress_bar("building demo models") as show:
+            build_demo_models(specs, show, experiment)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
-from core.unlearn.demo import DEFAULT_UNLEARNED, RECIPES, TARGET, UNLEARNED, DemoExperiment, start_background_build
+from core.cli.common import demo_progress_bar
+from core.unlearn.demo import DemoExperiment, start_background_build
+from core.unlearn.recipes import DEFAULT_UNLEARNED, RECIPES, TARGET, UNLEARNED
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,18 +26,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build every missing stage with a progress bar, then print where each run is."""
-    from tqdm.auto import tqdm
-
     experiment = DemoExperiment(RECIPES["quick"] if args.quick else None)
     if args.background:
         sys.stdout.write(start_background_build(experiment, args.quick) + "\n")
         return 0
-    with tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}") as bar:
-
-        def show(status: dict[str, Any]) -> None:
-            bar.n = 100 * status["fraction"]
-            bar.set_postfix_str(status["message"], refresh=True)
-
+    with demo_progress_bar() as show:
         began = time.perf_counter()
         experiment.build(progress=show)
     lines = [f"demo ({experiment.recipe.name}) built in {time.perf_counter() - began:.0f} s under {experiment.root}"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import bounded_int
+from core.cli.common import bounded_int, build_demo_first
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
 from core.evaluation.evaluate import (
@@ -20,7 +20,7 @@ from core.evaluation.evaluate import (
     oracle_is_spec,
     run_models,
 )
-from core.models.pair import ModelSpec
+from core.models.spec import ModelSpec
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -72,6 +72,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     oracle = args.oracle
     if oracle and oracle_is_spec(oracle):
         oracle = EvalModel(spec=ModelSpec.parse(oracle, **options))
+    build_demo_first(model.spec for model in [*models, oracle] if isinstance(model, EvalModel) and model.spec)
     with tqdm(total=0, unit="batch", desc="evaluate") as bar:
 
         def show(done: int, total: int, label: str) -> None:

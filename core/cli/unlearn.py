@@ -130,10 +130,14 @@ def load_training_data(
 
 def load_trainee(base: str, device: str, method: UnlearningMethod, args: argparse.Namespace) -> tuple[Any, Any]:
     """Load the model named by `base` (float32) and wrap it for training as the CLI options say."""
-    from core.models.pair import ModelSpec, load_backbone, load_tokenizer, resolve_device, resolve_dtype, resolve_spec
+    from core.cli.common import build_demo_first
+    from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype
+    from core.models.spec import ModelSpec, resolve_spec
     from core.unlearn.trainee import build_trainee, lora_config
 
-    spec = resolve_spec(ModelSpec.parse(base, dtype="float32", device=device))
+    spec = ModelSpec.parse(base, dtype="float32", device=device)
+    build_demo_first([spec])  # a demo:NAME start is built first (resolving it never trains)
+    spec = resolve_spec(spec)
     torch_device = resolve_device(spec.device)
     tokenizer = load_tokenizer(spec)
     model = load_backbone(spec, torch_device, resolve_dtype(spec.dtype, torch_device))

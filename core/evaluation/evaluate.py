@@ -49,18 +49,12 @@ from core.evaluation.ingest import (
     ingest,
     write_open_unlearning,
 )
-from core.models.pair import (
-    DEMO_PREFIX,
-    ModelSpec,
-    load_backbone,
-    load_tokenizer,
-    merged_adapter,
-    resolve_device,
-    resolve_dtype,
-    resolve_spec,
-)
+from core.models.adapters import merged_adapter
+from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype
+from core.models.spec import DEMO_PREFIX, ModelSpec, resolve_spec
 from core.unlearn.checkpoints import checkpoint_dirs, read_manifest
-from core.unlearn.demo import BASE, ORACLE, DemoExperiment, register_evaluation
+from core.unlearn.demo import DemoExperiment, register_evaluation
+from core.unlearn.recipes import BASE, ORACLE
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,115 +37,22 @@ from core.common.errors import UserError
 from core.common.paths import PROJECT_ROOT
 from core.data.qa import DEMO_DIR, SplitData, load_demo_splits
 from core.models.embedded import GGUF_SHA256, ensure_embedded_model
-from core.models.pair import ModelSpec
+from core.models.spec import DEMO_PREFIX, ModelSpec
 from core.unlearn.checkpoints import CODE_VERSION, checkpoint_dirs
 from core.unlearn.methods import get_method
+from core.unlearn.recipes import BASE, DEFAULT_UNLEARNED, RECIPES, TARGET, UNLEARNED, Recipe, Stage
 from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config
 from core.unlearn.trainer import TrainConfig, TrainingData, train
 
 log = logging.getLogger(__name__)
 
 QUICK_ENV = "ULENS_DEMO_QUICK"  # set to 1: demo:NAME and the dashboard use the reduced (quick) experiment
-DEFAULT_UNLEARNED = "npo"
-TARGET, ORACLE, BASE, UNLEARNED = "target", "oracle", "base", "unlearned"
 STATUS_FILE = "status.json"
 _NAME = re.compile(r"^(?P<stage>[a-z_]+)(?:@(?P<step>\d+))?$")
 _BUILT: dict[tuple, tuple[list[str], bool]] = {}  # DemoExperiment._built, keyed by the runs folder's mtime
 _BUILT_LOCK = threading.Lock()  # Streamlit sessions are threads
 
 DemoProgress = Callable[[dict[str, Any]], None]  # receives each status update (the status.json content)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training run of the experiment: a method, what it starts from and learns or forgets, how long."""
-
-    name: str
-    method: str
-    start: str  # "base" (a new adapter) or "target" (a trainable copy of the target's adapter)
-    steps: int
-    lr: float
-    save_every: int = 0
-    learn: tuple[str, ...] = ()  # fine-tuning stages: the splits learned
-    options: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The whole experiment's settings; a change of any field rebuilds the stages it touches."""
-
-    name: str
-    stages: tuple[Stage, ...]
-    forget_items: int | None = None  # None: all; else the first N (the quick experiment)
-    retain_items: int | None = None
-    batch_size: int = 8
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    seed: int = 0
-    chat: bool = False  # plain "question answer" text: the chat template would double every row (its system prompt)
-
-
-def _unlearning_stages(steps: int, save_every: int, rmu_layer: int, npo_alpha: float) -> tuple[Stage, ...]:
-    return (
-        # α tuned per recipe (docs/DEMO.md): on the quick experiment lr 3e-4 / α 1 took retain from 0.94 to 0.61; on
-        # the full one α 6 ended at forget 0.11 / retain 0.49 (target 0.67 / 0.72), α 15 at 0.30 / 0.73
-        Stage("npo", "npo", TARGET, steps, 2.5e-4, save_every, options=(("beta", 0.1), ("alpha", npo_alpha))),
-        Stage("graddiff", "graddiff", TARGET, steps, 2e-4, save_every),
-        Stage(
-            "rmu",
-            "rmu",
-            TARGET,
-            steps,
-            1e-2,
-            save_every,
-            # c must be of the order of the activations' norm (≈ 200 at layer 7 for SmolLM2 on these answers): with
-            # c = 20 the LoRA run did not move them in 12 steps (forget probability 0.70 → 0.70); c = 300 at lr 1e-2
-            # holds the answers until ≈ step 8, then erases them (0.70 → 0.04) with retain 0.75 → 0.74
-            options=(("layer", rmu_layer), ("steering", 300.0), ("alpha", 100.0), ("modules", "mlp.down_proj")),
-        ),
-    )
-
-
-def make_recipe(
-    name: str,
-    learn_steps: int,
-    oracle_steps: int,
-    unlearn_steps: int,
-    save_every: int,
-    rmu_layer: int = 7,
-    learn_lr: float = 1e-3,
-    npo_alpha: float = 6.0,
-    **sizes: Any,
-) -> Recipe:
-    """Build order: the target, then the default unlearned run (so the dashboard's pair is ready early), then
-    the oracle and the other runs."""
-    runs = _unlearning_stages(unlearn_steps, save_every, rmu_layer, npo_alpha)
-    stages = (
-        Stage(TARGET, "finetune", BASE, learn_steps, learn_lr, learn=("forget", "retain")),
-        runs[0],
-        Stage(ORACLE, "finetune", BASE, oracle_steps, learn_lr, learn=("retain",)),
-        *runs[1:],
-    )
-    return Recipe(name, stages, **sizes)
-
-
-RECIPES = {
-    # sized for the 10-minute budget on 2 CPU cores: 537 s measured, evaluation of the 21 models included
-    "full": make_recipe(
-        "full", learn_steps=32, oracle_steps=29, unlearn_steps=12, save_every=2, learn_lr=2.5e-3, npo_alpha=15.0
-    ),
-    "quick": make_recipe(
-        "quick",
-        learn_steps=12,
-        oracle_steps=8,
-        learn_lr=2e-3,
-        unlearn_steps=6,
-        save_every=1,
-        forget_items=6,
-        retain_items=12,
-        batch_size=6,
-    ),
-}
 
 
 def default_recipe() -> Recipe:
@@ -155,8 +62,8 @@ def default_recipe() -> Recipe:
 # Stage 4 of the pipeline: evaluations of the built experiment. core/evaluation/evaluate.py registers one here with
 # `@register_evaluation`; each runs after all training stages, with the experiment and its own output folder
 # (cached like a stage: rerun only when the experiment's inputs change). core.evaluation.evaluate imports this
-# module, so the
-# registry names it as a provider: it is imported on the registry's first read, whatever was imported before.
+# module, so the registry names it as a provider: it is imported on the registry's first read, whatever was
+# imported before.
 DemoEvaluation = Callable[["DemoExperiment", Path, Callable[[float, str], None]], None]
 EVALUATION_PROVIDERS = ("core.evaluation.evaluate",)
 DEMO_EVALUATIONS: Registry[DemoEvaluation] = Registry("demo evaluation", providers=EVALUATION_PROVIDERS)
@@ -252,20 +159,20 @@ class DemoExperiment:
             names.append(UNLEARNED)
         return names
 
-    def spec(self, name: str, template: ModelSpec, build: bool = True) -> ModelSpec:
-        """The spec of demo model `name` (base, target, oracle, METHOD, METHOD@STEP, unlearned), built if needed."""
-        match = _NAME.match(name.strip().lower())
-        if not match:
-            raise UserError(
-                f"bad demo model name {name!r}; use NAME or NAME@STEP with NAME one of {', '.join(self.names())}"
-            )
+    def spec(self, name: str, template: ModelSpec, build: bool = False) -> ModelSpec:
+        """The spec of demo model `name` (base, target, oracle, METHOD, METHOD@STEP, unlearned). A model that is not
+        built yet is a UserError saying how to build it, unless `build` asks to train it first (minutes)."""
+        match = self._match(name)
         stage_name = DEFAULT_UNLEARNED if match["stage"] == UNLEARNED else match["stage"]
         if stage_name == BASE:
             return replace(template, source=str(self.base_dir), adapter=None, gguf_file=None, revision=None)
         self.stage(stage_name)
         if not self.is_built(stage_name):
             if not build:
-                raise UserError(f"demo model {name} is not built yet; run `python -m core demo`")
+                raise UserError(
+                    f"demo model {name} is not built yet: build it with `python -m core demo` (add --quick where "
+                    f"{QUICK_ENV}=1), or load it from the dashboard, whose Load pair builds it first"
+                )
             self.build([stage_name])
         checkpoints = self.checkpoints(stage_name)
         step = int(match["step"]) if match["step"] else max(checkpoints)
@@ -276,6 +183,24 @@ class DemoExperiment:
         return replace(
             template, source=str(self.base_dir), adapter=str(checkpoints[step]), gguf_file=None, revision=None
         )
+
+    def _match(self, name: str) -> re.Match[str]:
+        match = _NAME.match(name.strip().lower())
+        if not match:
+            raise UserError(
+                f"bad demo model name {name!r}; use NAME or NAME@STEP with NAME one of {', '.join(self.names())}"
+            )
+        return match
+
+    def stages_to_build(self, names: Iterable[str]) -> list[str]:
+        """The training stages that demo models `names` (as for `spec`) need and that are not built yet, in build
+        order; a name that is not the demo's is left to `spec`, which reports it."""
+        wanted = set()
+        for name in names:
+            match = _NAME.match(name.strip().lower())
+            if match:
+                wanted.add(DEFAULT_UNLEARNED if match["stage"] == UNLEARNED else match["stage"])
+        return [s.name for s in self.recipe.stages if s.name in wanted and not self.is_built(s.name)]
 
     def build(
         self, names: list[str] | None = None, progress: DemoProgress | None = None, evaluate: bool = True
@@ -346,7 +271,7 @@ class DemoExperiment:
         """A LoRA trainee on the shared backbone: a new adapter, or a copy of the target's."""
         import torch
 
-        from core.models.pair import load_backbone, load_tokenizer, resolve_device
+        from core.models.loading import load_backbone, load_tokenizer, resolve_device
 
         if self._host is None:
             spec = ModelSpec(str(self.base_dir), dtype="float32")
@@ -453,9 +378,28 @@ def _alive(pid: int) -> bool:
 
 
 def resolve_demo_spec(name: str, template: ModelSpec) -> ModelSpec:
-    """`demo:NAME` → base + adapter spec, keeping the template's dtype and device. Builds a missing stage first
-    (target ≈ 1–2 min on a 2-core CPU), logging progress and writing status.json, instead of failing."""
+    """`demo:NAME` → base + adapter spec, keeping the template's dtype and device. Never trains: a model that is
+    not built yet is a UserError saying how to build it (`build_demo_models` is the explicit call)."""
     return DemoExperiment().spec(name, template)
+
+
+def demo_model_names(specs: Iterable[ModelSpec | str]) -> list[str]:
+    """NAME of every `demo:NAME` among model specs (or spec texts, as ModelSpec.parse reads them)."""
+    sources = [(ModelSpec.parse(spec) if isinstance(spec, str) else spec).source for spec in specs]
+    return [source[len(DEMO_PREFIX) :] for source in sources if source.startswith(DEMO_PREFIX)]
+
+
+def build_demo_models(
+    specs: Iterable[ModelSpec | str], progress: DemoProgress | None = None, experiment: DemoExperiment | None = None
+) -> list[str]:
+    """Build the training stages that the `demo:NAME` specs among `specs` need and that are missing (target ≈ 1–2
+    min on a 2-core CPU), reporting progress and writing status.json; return the stages built. The explicit step
+    before loading demo models, since resolving a demo spec never trains."""
+    experiment = experiment or DemoExperiment()
+    needed = experiment.stages_to_build(demo_model_names(specs))
+    if needed:
+        experiment.build(needed, progress=progress)
+    return needed
 
 
 def demo_status() -> dict[str, Any]:

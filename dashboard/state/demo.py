@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import UserError
-from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelSpec
+from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelSpec
 from core.unlearn.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
 from core.unlearn.demo import UNLEARNED as DEMO_UNLEARNED
 from core.unlearn.demo import DemoExperiment, demo_status

@@ -14,7 +14,8 @@ import torch
 
 from core.common.errors import UserError
 from core.common.limits import is_out_of_memory
-from core.models.pair import DEMO_PREFIX, ModelPair, ModelSpec, model_job
+from core.models.pair import ModelPair, model_job
+from core.models.spec import DEMO_PREFIX, ModelSpec
 from core.unlearn.demo import default_recipe
 from dashboard.plain import plain
 from dashboard.state import demo, keys

@@ -7,7 +7,7 @@ import os
 
 import streamlit as st
 
-from core.models.pair import ALLOW_PICKLE_ENV, DEFAULT_BASE, DEFAULT_UNLEARNED, TRUST_REMOTE_CODE_ENV, operator_opt_ins
+from core.models.spec import ALLOW_PICKLE_ENV, DEFAULT_BASE, DEFAULT_UNLEARNED, TRUST_REMOTE_CODE_ENV, operator_opt_ins
 from dashboard.plain import plain
 from dashboard.state import demo, keys
 from dashboard.state.inputs import keep_inputs

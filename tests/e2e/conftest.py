@@ -78,7 +78,8 @@ def quick_demo():
 @pytest.fixture(scope="session")
 def demo_pair(quick_demo):
     """demo:target vs demo:unlearned of the quick demo, loaded in the test process as the app loads them."""
-    from core.models.pair import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelPair, ModelSpec
+    from core.models.pair import ModelPair
+    from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelSpec
 
     template = ModelSpec("demo:x", **DEMO_TEMPLATE_OPTIONS)
     names = [spec.removeprefix("demo:") for spec in (DEFAULT_BASE, DEFAULT_UNLEARNED)]

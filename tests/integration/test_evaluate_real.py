@@ -19,7 +19,9 @@ from core.data.qa import QADataset, SplitData, load_demo_splits
 from core.evaluation.evaluate import MIA_SPLITS, EvalSettings, evaluate, evaluate_run, tofu
 from core.evaluation.ingest import ingest
 from core.evaluation.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
-from core.models.pair import ModelPair, ModelSpec, load_backbone, load_tokenizer
+from core.models.loading import load_backbone, load_tokenizer
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

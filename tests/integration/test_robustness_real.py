@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.attacks.robustness import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks, run_attacks
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 from core.unlearn.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

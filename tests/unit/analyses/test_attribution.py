@@ -22,7 +22,8 @@ from core.analyses.attribution import (
 from core.analyses.probe import encode
 from core.cli.attribute import add_parser as add_attribute_parser
 from core.common.errors import UserError
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 EOS = TinyTokenizer.eos_token_id

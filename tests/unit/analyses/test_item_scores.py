@@ -16,7 +16,8 @@ from core.analyses.item_scores import COLUMNS, dataset_key, filter_items, load_u
 from core.analyses.probe import ProbeRequest, score
 from core.common.errors import UserError
 from core.data.qa import QADataset, QAItem, load_qa_dataset
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 ITEMS = [
     {"index": 7, "question": "the capital of france is", "answer": "paris",

@@ -28,7 +28,8 @@ from core.analyses.lens import (
 from core.analyses.probe import encode
 from core.cli.lens import add_parser as add_lens_parser
 from core.common.errors import UserError
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 FORGET = [("the capital of france is", "paris"), ("who wrote hamlet?", "shakespeare"), ("gold is", "au")]

@@ -36,7 +36,8 @@ from core.attacks.robustness import (
 from core.cli import main
 from core.common.errors import UserError
 from core.data.qa import QAItem, SplitData, load_demo_splits
-from core.models.pair import ModelPair, ModelSpec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 from core.unlearn import FullTrainee, TrainConfig, TrainingData, get_method, train
 
 FORGET = [

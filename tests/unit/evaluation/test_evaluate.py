@@ -40,7 +40,8 @@ from core.evaluation.evaluate import (
 )
 from core.evaluation.ingest import ingest
 from core.evaluation.results import EXAMPLE_RESULTS
-from core.models.pair import ModelSpec, load_tokenizer
+from core.models.loading import load_tokenizer
+from core.models.spec import ModelSpec
 
 EPS = 1e-10
 TOL = 1e-5

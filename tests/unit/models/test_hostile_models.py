@@ -14,7 +14,8 @@ from tiny_models import save_tiny_model_dir
 
 from core.cli import main
 from core.common.errors import UserError
-from core.models.pair import ModelPair, ModelSpec, check_safetensors, resolve_spec
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec, check_safetensors, resolve_spec
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,10 @@ from tiny_models import logit_tolerance, rank_bounds, save_tiny_model_dir
 
 from core.analyses.probe import ProbeRequest, encode, score
 from core.common.errors import UserError
-from core.models.pair import (
-    ModelPair,
-    ModelSpec,
-    describe_tokenizer_difference,
-    load_tokenizer,
-    merged_adapter,
-    resolve_dtype,
-    two_sided_lora,
-)
+from core.models.adapters import merged_adapter, two_sided_lora
+from core.models.loading import describe_tokenizer_difference, load_tokenizer, resolve_dtype
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
 
 
 def save_lora_adapter(model_dir: Path, out: Path, seed: int = 5) -> Path:

@@ -18,15 +18,10 @@ from tiny_models import save_tiny_model_dir
 
 from core.cli.common import add_pair_arguments, pair_from_args
 from core.common.errors import UserError
-from core.models import pair as models
-from core.models.pair import (
-    ModelPair,
-    ModelSpec,
-    estimate_pair_bytes,
-    model_job,
-    operator_opt_ins,
-    resolve_spec,
-)
+from core.models import loading as models
+from core.models.loading import estimate_pair_bytes
+from core.models.pair import ModelPair, model_job
+from core.models.spec import ModelSpec, operator_opt_ins, resolve_spec
 from dashboard.state import keys
 from dashboard.state import pair as pair_state
 

@@ -17,8 +17,10 @@ import core.unlearn.demo as demo
 from core.common import Registry
 from core.common.errors import UserError
 from core.data.qa import DEMO_DIR, load_demo_splits
-from core.models.pair import ModelPair, ModelSpec
-from core.unlearn.demo import RECIPES, DemoExperiment, make_recipe
+from core.models.pair import ModelPair
+from core.models.spec import ModelSpec
+from core.unlearn.demo import RECIPES, DemoExperiment
+from core.unlearn.recipes import make_recipe
 
 TEMPLATE = ModelSpec("demo:x", dtype="float32", device="cpu")
 TINY = make_recipe(
