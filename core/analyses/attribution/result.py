@@ -1,0 +1,70 @@
+"""AttributionResult: the maps of both sides and Δ, with the numbers that check them, as tables and JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from core.analyses.attribution.settings import AttributionSettings
+
+
+@dataclass
+class AttributionResult:
+    """Attribution maps per side (rows: answer tokens/words or the whole answer; columns: prompt tokens/words,
+    then the answer's own earlier tokens with `include_answer_prefix`) and Δ.
+
+    `convergence_delta[side][row]` (integrated gradients only) is Σ attributions − (F(input) − F(baseline)),
+    the quadrature error of the completeness axiom; `logprob` and `baseline_logprob` are F at both ends.
+    """
+
+    method: str
+    prompt: str
+    answer: str
+    chat: bool
+    settings: AttributionSettings
+    prompt_tokens: list[str]
+    answer_tokens: list[str]
+    base: list[list[float]]
+    unlearned: list[list[float]]
+    delta: list[list[float]]
+    logprob: dict[str, list[float]]
+    baseline_logprob: dict[str, list[float]]
+    convergence_delta: dict[str, list[float]] | None = None
+    contrast_exact: bool = False  # True when Δ was attributed itself (perturbation methods)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: one row per (answer row, prompt feature) with the base, unlearned and Δ attributions."""
+        records = [
+            {
+                "row": r,
+                "answer_token": answer,
+                "feature": f,
+                "prompt_token": token,
+                "base": self.base[r][f],
+                "unlearned": self.unlearned[r][f],
+                "delta": self.delta[r][f],
+            }
+            for r, answer in enumerate(self.answer_tokens)
+            for f, token in enumerate(self.prompt_tokens)
+        ]
+        columns = ["row", "answer_token", "feature", "prompt_token", "base", "unlearned", "delta"]
+        return pd.DataFrame(records, columns=columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttributionResult:
+        fields_ = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields_["settings"] = AttributionSettings(**data["settings"])
+        return cls(**fields_)
+
+    @classmethod
+    def from_json(cls, text: str) -> AttributionResult:
+        return cls.from_dict(json.loads(text))
