@@ -1,7 +1,7 @@
 """Download buttons any page can put under a chart or a table: PNG / SVG / PDF images and CSV.
 
 Images are rendered only when their button is clicked (Streamlit's deferred download data), by the one warm export
-browser of core.present.report.
+browser of core.present.report.export.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.present.report import EXPORT_FORMATS, export_available, figure_bytes, frame_to_csv, slug
+from core.present.report.export import EXPORT_FORMATS, export_available, figure_bytes
+from core.present.report.parts import frame_to_csv, slug
 
 
 def chart_downloads(figure: go.Figure, name: str, *, key: str | None = None) -> None:

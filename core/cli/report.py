@@ -13,7 +13,9 @@ from core.cli.common import add_pair_arguments, pair_from_args
 from core.common.errors import UserError
 from core.evaluation.ingest import ingest
 from core.models.pair import ModelPair
-from core.present.report import EXPORT_FORMATS, build_report, export_all, parse_probe
+from core.present.report.export import EXPORT_FORMATS, export_all
+from core.present.report.model import build_report
+from core.present.report.parts import parse_probe
 
 log = logging.getLogger(__name__)
 

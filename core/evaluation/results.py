@@ -295,7 +295,7 @@ class Point:
 def point_from_selection(figure: go.Figure, points: Sequence[Mapping[str, Any]]) -> Point | None:
     """The checkpoint behind the first selected point, read from the clicked trace's customdata in `figure`.
 
-    core.present.figures puts (escaped model, escaped method, step label) in every tradeoff point's customdata.
+    core.present.figures.tradeoffs puts (escaped model, escaped method, step label) in every point's customdata.
     """
     for point in points:
         curve, index = point.get("curve_number"), point.get("point_index", point.get("point_number"))

@@ -11,7 +11,7 @@ from core.analyses.attribution import (
     AttributionSettings,
     attribute,
 )
-from core.present.figures_views import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
+from core.present.figures.attribution import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart, table_download
 from dashboard.options import option_inputs

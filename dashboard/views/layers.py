@@ -20,7 +20,7 @@ from core.analyses.lens import (
     weight_change,
 )
 from core.common.limits import MAX_DRIFT_ITEMS, MAX_PATH_CHARS
-from core.present.figures_views import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
+from core.present.figures.layers import drift_figure, hidden_knowledge_reading, logit_lens_figure, weight_change_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart, table_download
 from dashboard.question import available_examples, question_inputs

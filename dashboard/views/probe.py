@@ -13,7 +13,7 @@ import streamlit as st
 from core.analyses.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from core.common.limits import MAX_TEXT_CHARS
 from core.models.pair import ModelPair
-from core.present.figures import token_shift_figure
+from core.present.figures.probe import token_shift_figure
 from core.present.highlight import VIEWS, default_scale, legend_html, token_html
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart, csv_download

@@ -11,7 +11,8 @@ from core.evaluation.results import (
     our_result_folders,
     result_paths,
 )
-from core.present.report import Report, build_report, parse_probes, slug
+from core.present.report.model import Report, build_report
+from core.present.report.parts import parse_probes, slug
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain

@@ -30,7 +30,7 @@ from core.evaluation.results import (
     split_bar_metrics,
     truth_ratio_oracles,
 )
-from core.present.figures import (
+from core.present.figures.tradeoffs import (
     forget_quality_utility_figure,
     mia_figure,
     split_bars_figure,

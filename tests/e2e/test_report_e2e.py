@@ -12,7 +12,7 @@ from tiny_models import TinyTokenizer, make_tiny_llama
 from core.analyses.probe import ProbeRequest
 from core.evaluation.ingest import ingest
 from core.models.pair import ModelPair
-from core.present.report import Report, build_report
+from core.present.report.model import Report, build_report
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ingest"

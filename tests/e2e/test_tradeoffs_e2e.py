@@ -18,7 +18,7 @@ from core.evaluation.results import (
     our_result_folders,
     result_paths,
 )
-from core.present.figures import tradeoff_points
+from core.present.figures.tradeoffs import tradeoff_points
 
 
 def test_tradeoff_chart_from_the_example_results(page: Page, app_url: str, shot_dir):

@@ -256,7 +256,7 @@ def test_an_oversized_upload_is_refused_before_it_is_stored(tmp_path: Path, monk
 def test_results_with_a_single_usable_metric_are_a_message_not_a_key_error() -> None:
     """default_axes offers (m, m) when one metric is usable; the tradeoff figure failed with KeyError 'x'."""
     from core.evaluation.results import default_axes, metric_options
-    from core.present.figures import tradeoff_figure
+    from core.present.figures.tradeoffs import tradeoff_figure
 
     row = {"model": "run", "method": "NPO", "step": None, "split": "forget", "source": "s"}
     summary = pd.DataFrame([{**row, "metric": "forget_Q_A_Prob", "value": 0.3}], columns=ingest.SUMMARY_COLUMNS)

@@ -32,7 +32,7 @@ from core.data.qa import load_demo_splits
 from core.evaluation.ingest import ingest
 from core.evaluation.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
 from core.models.pair import ModelPair
-from core.present import figures
+from core.present.figures import tradeoffs as figures
 from core.present.highlight import default_scale, legend_html, token_html
 from core.unlearn.demo import DemoExperiment
 from dashboard.plain import plain, shown

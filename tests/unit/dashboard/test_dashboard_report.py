@@ -21,7 +21,7 @@ from tiny_models import save_tiny_model_dir
 from core.analyses.probe import ProbeRequest, score
 from core.evaluation.ingest import ingest
 from core.evaluation.results import default_axes, metric_options
-from core.present.report import frame_to_csv, metric_table, table_metrics
+from core.present.report.parts import frame_to_csv, metric_table, table_metrics
 from dashboard.state import keys
 from dashboard.state import pair as pair_state
 

@@ -15,7 +15,7 @@ from core.analyses.attribution import AttributionSettings, attribute
 from core.analyses.lens import hidden_state_drift, logit_lens, weight_change
 from core.data.examples import demo_examples
 from core.models.pair import ModelPair
-from core.present.figures_views import hidden_knowledge_reading
+from core.present.figures.layers import hidden_knowledge_reading
 from dashboard.plain import shown
 from dashboard.state import keys
 from dashboard.state import pair as pair_state

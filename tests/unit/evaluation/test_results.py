@@ -14,7 +14,7 @@ from core.common.errors import UserError
 from core.evaluation import results
 from core.evaluation.ingest import SUMMARY_COLUMNS, IngestResult, ingest
 from core.evaluation.results import Point
-from core.present import figures
+from core.present.figures import tradeoffs as figures
 
 REAL = results.EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"

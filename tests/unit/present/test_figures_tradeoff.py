@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve
 from core.common.errors import UserError
 from core.evaluation.ingest import SUMMARY_COLUMNS, IngestResult, ingest
 from core.evaluation.results import EXAMPLE_RESULTS
-from core.present import figures
+from core.present.figures import tradeoffs as figures
 
 FULL = "tofu_Llama-3.2-1B-Instruct_full"
 RETAIN90 = "tofu_Llama-3.2-1B-Instruct_retain90"

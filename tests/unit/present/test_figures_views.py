@@ -15,14 +15,13 @@ from core.analyses.attribution import AttributionSettings, attribute
 from core.analyses.lens import LensResult, LensSide, hidden_state_drift, logit_lens, weight_change
 from core.common.errors import UserError
 from core.models.pair import ModelPair
-from core.present.figures_views import (
+from core.present.figures.attribution import attribution_heatmap, attribution_matrix_figure
+from core.present.figures.common import token_label
+from core.present.figures.layers import (
     HIDDEN_RANK,
-    attribution_heatmap,
-    attribution_matrix_figure,
     drift_figure,
     hidden_knowledge_reading,
     logit_lens_figure,
-    token_label,
     weight_change_figure,
 )
 

@@ -26,24 +26,12 @@ from core.cli import main
 from core.common.errors import UserError
 from core.evaluation.ingest import REFERENCE_METHODS, ingest
 from core.models.pair import ModelPair
-from core.present import report as report_module
-from core.present.figures import tradeoff_figure
-from core.present.report import (
-    DEFAULT_SIZE,
-    PNG_SCALE,
-    SECTIONS,
-    Report,
-    _ExportServer,
-    build_report,
-    export_all,
-    export_figure,
-    figure_bytes,
-    frame_to_csv,
-    metric_table,
-    notes_html,
-    parse_probe,
-    parse_probes,
-)
+from core.present.figures.tradeoffs import tradeoff_figure
+from core.present.report import export as report_module
+from core.present.report.export import DEFAULT_SIZE, PNG_SCALE, _ExportServer, export_all, export_figure, figure_bytes
+from core.present.report.model import Report, build_report
+from core.present.report.parts import frame_to_csv, metric_table, parse_probe, parse_probes
+from core.present.report.render import SECTIONS, notes_html
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest"

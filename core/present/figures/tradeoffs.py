@@ -1,40 +1,26 @@
-"""Plotly figure builders shared by the dashboard and the reports; they take tidy frames and result dataclasses.
-
-Plotly renders titles, legend names, axis titles and hover templates as HTML, so every string that comes from
-data (model, method and metric names) is passed through `html.escape` before it goes into a figure.
-"""
+"""Figures of the Tradeoffs page: forget vs utility with the Pareto front, truth-ratio and MIA distributions,
+metrics by split."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from core.analyses.probe import ProbeResult
 from core.common.errors import UserError
 from core.evaluation import metrics
 from core.evaluation.ingest import REFERENCE_METHODS, forget_truth_ratios
-from core.present.highlight import NEGATIVE_RGB, POSITIVE_RGB, mix
+from core.present.figures.common import PALETTE, esc
 
-# ============================================================================================== shared helpers
-
-PALETTE = qualitative.Plotly
 REFERENCE_STYLE = {  # method → (marker symbol, colour, legend label)
     "target": ("star", "#222222", "target (before unlearning)"),
     "base": ("square", "#7f7f7f", "base"),
     "oracle": ("diamond", "#2ca02c", "oracle (retrained without forget set)"),
 }
-
-
-def esc(text: Any) -> str:
-    """Data string made safe for plotly's HTML rendering."""
-    return html.escape(str(text))
 
 
 def _step_label(step: Any) -> str:
@@ -60,9 +46,6 @@ def _require_metrics(summary: pd.DataFrame, names: Sequence[str]) -> None:
 def _rows_at(frame: pd.DataFrame, model: str, step: int | None) -> pd.DataFrame:
     steps = frame["step"].isna() if step is None else frame["step"].eq(step).fillna(False)
     return frame[frame["model"].eq(model) & steps]
-
-
-# ============================================================================================== tradeoffs and metrics
 
 
 def pareto_front(x_better: np.ndarray, y_better: np.ndarray) -> np.ndarray:
@@ -270,31 +253,4 @@ def split_bars_figure(
         barmode="group",
         yaxis_title="value",
     )
-    return figure
-
-
-# ============================================================================================== probe
-
-
-def token_shift_figure(result: ProbeResult) -> go.Figure:
-    """Per-token Δ log-prob as bars (hover: both log-probs and ranks), red below zero."""
-    labels = [f"{i}:{t.token}" for i, t in enumerate(result.tokens)]
-    colours = [mix(NEGATIVE_RGB if t.delta < 0 else POSITIVE_RGB, 0.85) for t in result.tokens]
-    hover = [
-        esc(
-            f"{t.token!r}: base {t.logprob_base:.3f} (rank {t.rank_base}), "
-            f"unlearned {t.logprob_unlearned:.3f} (rank {t.rank_unlearned}), KL {t.kl:.3f}"
-        )
-        for t in result.tokens
-    ]
-    figure = go.Figure(
-        go.Bar(x=labels, y=[t.delta for t in result.tokens], marker_color=colours, hovertext=hover, hoverinfo="text")
-    )
-    figure.update_layout(
-        height=300,
-        margin={"l": 40, "r": 10, "t": 30, "b": 40},
-        yaxis_title="Δ log-prob",
-        title="Per-token shift (unlearned − base)",
-    )
-    figure.update_xaxes(tickvals=labels, ticktext=[esc(t.token) for t in result.tokens])
     return figure

@@ -1,9 +1,5 @@
-"""Plotly figures of the attribution and layer views: they take AttributionResult, LensResult, DriftResult and
-WeightChangeResult (never tensors), for the dashboard's Attribution and Layers pages and the reports.
-
-Tokens sit on numeric axes (position 0, 1, …) with escaped tick labels, so a repeated token keeps its own cell and
-the prompt's order, and a token such as `<script>` shows as text: plotly renders tick labels and hover text as HTML.
-"""
+"""Figures of the Layers page: the logit lens read in words and drawn (LensResult), hidden-state drift (DriftResult)
+and weight change per module and layer (WeightChangeResult)."""
 
 from __future__ import annotations
 
@@ -15,7 +11,6 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.analyses.attribution import AttributionResult
 from core.analyses.lens import (
     DriftResult,
     HiddenKnowledge,
@@ -26,126 +21,19 @@ from core.analyses.lens import (
 )
 from core.common.errors import UserError
 from core.models.pair import SIDES
-from core.present.figures import PALETTE, esc
-from core.present.highlight import NEGATIVE_RGB, POSITIVE_RGB
+from core.present.figures.common import PALETTE, esc, token_axis, token_label
 
-MATRIX_SIDES = {"base": "base model", "unlearned": "unlearned model", "delta": "Δ (unlearned − base)"}
 SIDE_COLOURS = {"base": "#7f7f7f", "unlearned": "#d62728"}
 SET_COLOURS = {"forget": "#d62728", "retain": "#2ca02c"}  # drift sets; any other set takes a palette colour
 # Hidden knowledge worth a note: the unlearned model's answer tokens reach this mean rank in some middle layer and
 # lose at least this many nats per token between that layer and the output.
 HIDDEN_RANK = 10.0
 HIDDEN_SCORE = 1.0
-# Red for negative, white at 0, blue for positive: the Probe page's colours (core.present.highlight).
-DIVERGING = [[0.0, f"rgb{NEGATIVE_RGB}"], [0.5, "rgb(255, 255, 255)"], [1.0, f"rgb{POSITIVE_RGB}"]]
-_VISIBLE = str.maketrans({"\n": "↵", "\t": "→", "\r": "␍"})
-
-
-def token_label(text: str) -> str:
-    """A token as an escaped, visible tick label (newline and tab shown as symbols, the empty string as ∅)."""
-    return esc(text.translate(_VISIBLE)) if text else "∅"
-
-
-def _token_axis(tokens: Sequence[str]) -> dict:
-    """Numeric positions with the tokens as tick labels: duplicates stay apart and in order."""
-    return {"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [token_label(t) for t in tokens]}
 
 
 def _layer_axis(layers: Sequence[int]) -> dict:
     """Whole layer numbers, about 15 ticks at most."""
     return {"title_text": "layer (0 = embeddings)", "tick0": 0, "dtick": max(1, math.ceil(len(layers) / 15))}
-
-
-def _limit(*matrices: Sequence[Sequence[float]]) -> float:
-    """Symmetric colour limit: the largest |value| (1 when all are zero, so the scale stays valid)."""
-    largest = max((abs(v) for matrix in matrices for row in matrix for v in row), default=0.0)
-    return largest or 1.0
-
-
-# ============================================================================================== attribution
-
-
-def prompt_attributions(result: AttributionResult) -> dict[str, list[float]]:
-    """Per prompt feature, the whole answer's attribution for base, unlearned and Δ.
-
-    Answer rows split the answer's log-prob into a sum, and every method is linear in its outputs, so the whole
-    answer's map is the sum of the rows (a single row when the result is not per token).
-    """
-    return {side: np.asarray(getattr(result, side), dtype=float).sum(axis=0).tolist() for side in MATRIX_SIDES}
-
-
-def _hover_tokens(result: AttributionResult) -> list[str]:
-    return [f"{i}: {token_label(token)}" for i, token in enumerate(result.prompt_tokens)]
-
-
-def attribution_heatmap(result: AttributionResult) -> go.Figure:
-    """Three rows over the prompt tokens: base, unlearned (one shared scale) and Δ (its own scale), all centred on 0."""
-    rows = prompt_attributions(result)
-    figure = make_subplots(
-        rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=list(MATRIX_SIDES.values())
-    )
-    hover = _hover_tokens(result)
-    for i, side in enumerate(MATRIX_SIDES, start=1):
-        figure.add_trace(
-            go.Heatmap(
-                z=[rows[side]],
-                x=list(range(len(result.prompt_tokens))),
-                y=[MATRIX_SIDES[side]],
-                text=[hover],
-                hovertemplate="%{text}<br>%{z:.4g}<extra>" + side + "</extra>",
-                coloraxis="coloraxis2" if side == "delta" else "coloraxis",
-                name=side,
-            ),
-            row=i,
-            col=1,
-        )
-        figure.update_yaxes(showticklabels=False, row=i, col=1)
-    sides_limit = _limit([rows["base"]], [rows["unlearned"]])
-    delta_limit = _limit([rows["delta"]])
-    figure.update_layout(
-        title=f"Attribution to the prompt ({esc(result.method)}, {esc(result.settings.granularity)} level)",
-        coloraxis={"colorscale": DIVERGING, "cmin": -sides_limit, "cmax": sides_limit,
-                   "colorbar": {"title": {"text": "base / unl."}, "y": 0.7, "len": 0.6}},
-        coloraxis2={"colorscale": DIVERGING, "cmin": -delta_limit, "cmax": delta_limit,
-                    "colorbar": {"title": {"text": "Δ"}, "y": 0.14, "len": 0.32, "nticks": 4}},
-        height=420,
-        margin={"l": 20, "r": 20, "t": 70, "b": 40},
-    )  # fmt: skip
-    figure.update_xaxes(**_token_axis(result.prompt_tokens), row=3, col=1)
-    return figure
-
-
-def attribution_matrix_figure(result: AttributionResult, side: str) -> go.Figure:
-    """Answer rows (top to bottom) × prompt features for one side ("base", "unlearned" or "delta"), centred on 0."""
-    if side not in MATRIX_SIDES:
-        raise UserError(f"unknown side {side!r}; choose one of {', '.join(MATRIX_SIDES)}")
-    matrix = getattr(result, side)
-    limit = _limit(matrix)
-    prompt = _hover_tokens(result)
-    text = [[f"{token_label(answer)} ← {p}" for p in prompt] for answer in result.answer_tokens]
-    figure = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            x=list(range(len(result.prompt_tokens))),
-            y=list(range(len(result.answer_tokens))),
-            text=text,
-            hovertemplate="%{text}<br>%{z:.4g}<extra></extra>",
-            colorscale=DIVERGING,
-            zmin=-limit,
-            zmax=limit,
-        )
-    )
-    figure.update_layout(
-        title=f"Per answer {esc(result.settings.granularity)}: {MATRIX_SIDES[side]}",
-        xaxis={**_token_axis(result.prompt_tokens), "title": "prompt"},
-        yaxis={**_token_axis(result.answer_tokens), "title": "answer", "autorange": "reversed"},
-        height=max(260, 60 + 28 * len(result.answer_tokens)),
-        margin={"l": 20, "r": 20, "t": 50, "b": 40},
-    )
-    return figure
-
-
-# ============================================================================================== logit lens
 
 
 def mean_rank(lens: LensSide) -> list[float]:
@@ -312,7 +200,7 @@ def weight_change_figure(weight_result: WeightChangeResult) -> go.Figure:
     figure.update_layout(
         title="Weight change per module and layer",
         xaxis={"title": "layer", "type": "category"},
-        yaxis={**_token_axis(modules), "autorange": "reversed"},
+        yaxis={**token_axis(modules), "autorange": "reversed"},
         height=max(300, 80 + 22 * len(modules)),
     )
     return figure

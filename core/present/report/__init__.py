@@ -1,0 +1,9 @@
+"""Reports for people who were not in the room: one self-contained HTML file, chart images and CSV tables.
+
+`model` holds what a report shows (Report, built by `build_report`), `parts` its charts and tables, `render` the
+HTML and `export` the chart images and files. The HTML holds plotly.js once (inlined, so it opens offline) and every
+chart as JSON drawn by `Plotly.newPlot`; the charts are the dashboard's own (core.present.figures). Every model- or
+user-produced string is escaped: figure JSON sits in `application/json` script elements with `<`, `>` and `&`
+written as JSON escapes, and all other text goes through `html.escape`. Chart images come from kaleido driving the
+system Chromium; one warm export browser serves the whole process.
+"""
