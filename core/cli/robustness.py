@@ -6,15 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.attacks.robustness import (
-    DEFAULT_EPSILON,
-    RobustnessResult,
-    RobustnessSettings,
-    check_attacks,
-    describe_attacks,
-    load_robustness_data,
-    run_attacks,
-)
+from core.attacks.base import DEFAULT_EPSILON, RobustnessSettings, describe_attacks
+from core.attacks.runner import RobustnessResult, check_attacks, load_robustness_data, run_attacks
 from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
 from core.common.cache import atomic_write_text
 from core.common.errors import UserError

@@ -6,17 +6,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.attacks.robustness import (
-    ATTACKS,
-    RobustnessResult,
-    RobustnessSettings,
-    available_attacks,
-    load_robustness_data,
-    recovery_figure,
-    relearning_figure,
-    run_attacks,
-)
+from core.attacks.base import ATTACKS, RobustnessSettings, available_attacks
+from core.attacks.runner import RobustnessResult, load_robustness_data, run_attacks
 from core.data.qa import SplitData
+from core.present.figures.robustness import recovery_figure, relearning_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart
 from dashboard.options import option_input

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from core.attacks.robustness import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks, run_attacks
+from core.attacks.base import NOTHING_FORGOTTEN, RobustnessSettings, available_attacks
+from core.attacks.runner import run_attacks
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
 from core.unlearn.demo import QUICK_ENV, RECIPES, TARGET, DemoExperiment, Stage

@@ -14,30 +14,18 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
 
-from core.attacks.robustness import (
-    ALL_VARIANTS,
-    ATTACKS,
-    NOTHING_FORGOTTEN,
-    InContext,
-    RobustnessResult,
-    RobustnessSettings,
-    context_examples,
-    merged_copy,
-    quantized_int8_copy,
-    recovery_figure,
-    recovery_percent,
-    relearning_figure,
-    run_attacks,
-    translate,
-)
-from core.attacks.robustness import (
-    ATTACK_ASSETS as ASSETS,
-)
+from core.attacks.base import ALL_VARIANTS, ATTACKS, NOTHING_FORGOTTEN, RobustnessSettings, recovery_percent
+from core.attacks.copies import merged_copy
+from core.attacks.prompts import ATTACK_ASSETS as ASSETS
+from core.attacks.prompts import InContext, context_examples, translate
+from core.attacks.quantize import quantized_int8_copy
+from core.attacks.runner import RobustnessResult, run_attacks
 from core.cli import main
 from core.common.errors import UserError
 from core.data.qa import QAItem, SplitData, load_demo_splits
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
+from core.present.figures.robustness import recovery_figure, relearning_figure
 from core.unlearn import FullTrainee, TrainConfig, TrainingData, get_method, train
 
 FORGET = [
@@ -183,7 +171,7 @@ def test_in_context_prompts_restate_other_items_never_the_answer(pair) -> None:
 
 
 def _context(pair: ModelPair):
-    from core.attacks.robustness import AttackContext
+    from core.attacks.base import AttackContext
 
     return AttackContext(pair, list(FORGET), list(RETAIN), RobustnessSettings(), {})
 

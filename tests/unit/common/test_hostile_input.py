@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.attacks.robustness import RobustnessResult
+from core.attacks.runner import RobustnessResult
 from core.common import limits
 from core.common.errors import UserError
 from core.data import qa as data
@@ -377,7 +377,7 @@ def test_attribution_steps_and_samples_are_bounded_in_the_library(pair, settings
     ids=["billion", "just-over", "one-point-too-many", "megabyte-string", "million-list"],
 )
 def test_relearning_steps_are_bounded(steps, message: str) -> None:
-    from core.attacks.robustness import RobustnessSettings
+    from core.attacks.base import RobustnessSettings
 
     with pytest.raises(UserError, match=message):
         RobustnessSettings(relearn_steps=steps)
@@ -386,7 +386,7 @@ def test_relearning_steps_are_bounded(steps, message: str) -> None:
 
 
 def test_batch_sizes_and_new_tokens_are_bounded() -> None:
-    from core.attacks.robustness import RobustnessSettings
+    from core.attacks.base import RobustnessSettings
     from core.evaluation.evaluate import EvalSettings
 
     with pytest.raises(UserError, match="batch size"):
@@ -468,7 +468,8 @@ def test_module_bytes_counts_shared_storage_once_and_converts_dtypes() -> None:
 def test_a_copy_that_does_not_fit_is_refused_and_the_pair_is_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     from tiny_models import TinyTokenizer, make_tiny_llama
 
-    from core.attacks.robustness import ensure_copy_fits, run_attacks
+    from core.attacks.copies import ensure_copy_fits
+    from core.attacks.runner import run_attacks
     from core.models.pair import ModelPair
 
     model = make_tiny_llama()

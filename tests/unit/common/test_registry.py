@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
 from core.analyses.attribution import run as attribution
-from core.attacks import robustness
+from core.attacks import base as robustness
 from core.common import Option, Registry, option, options_of
 from core.common.errors import UserError
 from core.evaluation import evaluate, metrics

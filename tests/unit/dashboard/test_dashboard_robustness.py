@@ -1,4 +1,4 @@
-"""The Robustness page through AppTest on a tiny pair: its charts and table equal what core.attacks.robustness
+"""The Robustness page through AppTest on a tiny pair: its charts and table equal what core.attacks.runner
 computes for
 the same settings; base against itself says there is nothing to recover; a bad option is a message."""
 
@@ -11,8 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
-from core.attacks.robustness import RobustnessSettings, recovery_figure, relearning_figure, run_attacks
+from core.attacks.base import RobustnessSettings
+from core.attacks.runner import run_attacks
 from core.data.qa import load_demo_splits
+from core.present.figures.robustness import recovery_figure, relearning_figure
 from dashboard.state import keys
 from dashboard.state import pair as pair_state
 
