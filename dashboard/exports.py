@@ -1,7 +1,7 @@
 """Download buttons any page can put under a chart or a table: PNG / SVG / PDF images and CSV.
 
 Images are rendered only when their button is clicked (Streamlit's deferred download data), by the one warm export
-browser of core.present.report.export.export.
+browser of core.present.report.export.
 """
 
 from __future__ import annotations
