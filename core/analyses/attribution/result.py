@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from core.analyses.attribution.settings import AttributionSettings
+from core.common.serial import JsonResult
 
 
 @dataclass
-class AttributionResult:
+class AttributionResult(JsonResult):
     """Attribution maps per side (rows: answer tokens/words or the whole answer; columns: prompt tokens/words,
     then the answer's own earlier tokens with `include_answer_prefix`) and Δ.
 
@@ -53,18 +53,8 @@ class AttributionResult:
         columns = ["row", "answer_token", "feature", "prompt_token", "base", "unlearned", "delta"]
         return pd.DataFrame(records, columns=columns)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttributionResult:
         fields_ = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields_["settings"] = AttributionSettings(**data["settings"])
         return cls(**fields_)
-
-    @classmethod
-    def from_json(cls, text: str) -> AttributionResult:
-        return cls.from_dict(json.loads(text))

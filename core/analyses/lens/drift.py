@@ -3,9 +3,8 @@ over a forget set and a retain set (RMU's own diagnostic), and the sets it reads
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -23,6 +22,7 @@ from core.common.limits import (
     ensure_fits,
     model_shape,
 )
+from core.common.serial import JsonResult
 from core.data.examples import Example, demo_examples
 from core.data.qa import load_qa_dataset
 from core.models.pair import SIDES, ModelPair
@@ -42,7 +42,7 @@ class DriftSet:
 
 
 @dataclass
-class DriftResult:
+class DriftResult(JsonResult):
     """Hidden-state drift per named set (e.g. forget, retain); layer 0 is the embedding stream."""
 
     layers: list[int]
@@ -63,19 +63,9 @@ class DriftResult:
         ]
         return pd.DataFrame(records)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriftResult:
         return cls(data["layers"], {name: DriftSet(**s) for name, s in data["sets"].items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> DriftResult:
-        return cls.from_dict(json.loads(text))
 
 
 def hidden_state_drift(

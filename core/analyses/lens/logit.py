@@ -3,7 +3,6 @@ answer token's probability and rank per layer for both models; the hidden-knowle
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ import torch
 from core.analyses.lens.architecture import final_norm, residual_stream, unembedding
 from core.analyses.probe import encode
 from core.common.errors import UserError
+from core.common.serial import JsonResult
 from core.models.pair import SIDES, ModelPair
 
 LENS_CHUNK_ELEMENTS = 1 << 25  # logits per lens chunk (layers × answer tokens × vocabulary): bounds memory
@@ -48,7 +48,7 @@ class HiddenKnowledge:
 
 
 @dataclass
-class LensResult:
+class LensResult(JsonResult):
     """The logit lens of one prompt + answer under both models. Layer 0 is the embedding stream."""
 
     prompt: str
@@ -90,19 +90,12 @@ class LensResult:
         data["hidden_knowledge"] = {side: asdict(h) for side, h in self.hidden_knowledge().items()}
         return data
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LensResult:
         fields_ = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for side in SIDES:
             fields_[side] = LensSide(**data[side])
         return cls(**fields_)
-
-    @classmethod
-    def from_json(cls, text: str) -> LensResult:
-        return cls.from_dict(json.loads(text))
 
 
 def hidden_knowledge_score(result: LensResult, side: str = "unlearned") -> HiddenKnowledge:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ import pandas as pd
 import torch
 
 from core.common.errors import UserError
+from core.common.serial import JsonResult
 from core.models.pair import SIDES, ModelPair
 
 _LAYER_NAME = re.compile(r"^(?:.*\.)?(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
@@ -30,7 +30,7 @@ class WeightChange:
 
 
 @dataclass
-class WeightChangeResult:
+class WeightChangeResult(JsonResult):
     """‖ΔW‖/‖W‖ for every parameter of the pair."""
 
     changes: list[WeightChange]
@@ -38,19 +38,9 @@ class WeightChangeResult:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.changes], columns=list(WeightChange.__dataclass_fields__))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightChangeResult:
         return cls([WeightChange(**c) for c in data["changes"]])
-
-    @classmethod
-    def from_json(cls, text: str) -> WeightChangeResult:
-        return cls.from_dict(json.loads(text))
 
 
 @dataclass
