@@ -152,10 +152,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from core.analyses.probe import encode
     from core.models.embedded import ensure_embedded_model
     from core.models.pair import ModelPair
     from core.models.spec import ModelSpec
+    from core.scoring.encoding import encode
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.analyses.probe import collate, selected_logits  # noqa: E402
 from core.data.qa import QADataset, SplitData, load_demo_splits  # noqa: E402
 from core.evaluation.evaluate import (  # noqa: E402
     EvalModel,
@@ -43,6 +42,8 @@ from core.evaluation.evaluate import (  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 from core.models.spec import ModelSpec  # noqa: E402
+from core.scoring.encoding import collate  # noqa: E402
+from core.scoring.forward import selected_logits  # noqa: E402
 
 log = logging.getLogger("bench.evaluate")
 

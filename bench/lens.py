@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from core.analyses.lens import hidden_state_drift, logit_lens, weight_change  # noqa: E402
-from core.analyses.probe import collate, encode  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.pair import ModelPair  # noqa: E402
 from core.models.spec import ModelSpec  # noqa: E402
+from core.scoring.encoding import collate, encode  # noqa: E402
 
 PROMPT = (
     "Question: Which city is the capital of France, the country famous for wine, cheese and the Eiffel tower? Answer:"

@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.analyses.probe import Encoded, score  # noqa: E402
+from core.analyses.probe import score  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.pair import ModelPair  # noqa: E402
 from core.models.spec import ModelSpec  # noqa: E402
+from core.scoring.encoding import Encoded  # noqa: E402
 
 
 def make_adapter(model_dir: Path, out: Path) -> Path:

@@ -6,7 +6,6 @@ scored token (log-prob, rank, entropy, top-k, and KL between the two next-token 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import threading
@@ -25,174 +24,17 @@ from core.common.limits import (
     MAX_TOP_K,
     activation_bytes,
     check_range,
-    check_text,
     ensure_fits,
     model_shape,
 )
 from core.models.adapters import two_sided_lora
 from core.models.pair import SIDES, ModelPair
+from core.scoring.encoding import Batch, Encoded, collate, encode, encode_ids
+from core.scoring.forward import selected_logits
+from core.scoring.statistics import CHUNK_ROWS, token_statistics
 
 DEFAULT_TOP_K = 5
-CHUNK_ROWS = 32  # rows of [N, V] logits reduced at once: a chunk (32 x 49k floats = 6 MiB) stays in L3 cache
 _SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
-
-
-@dataclass
-class Encoded:
-    """One prompt (+ answer) as token ids; tokens from `score_from` on are scored."""
-
-    input_ids: list[int]
-    score_from: int
-    truncated: bool = False
-
-
-@dataclass
-class Batch:
-    """Right-padded ids (positions match the unbatched run), and which positions predict a scored token."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    predict_mask: torch.Tensor  # [B, T] True at position t when token t+1 is scored
-    targets: torch.Tensor  # [N] the scored tokens, row-major over predict_mask
-    rows: list[Encoded]
-
-
-def encode(
-    tokenizer: Any, prompt: str, answer: str | None = None, chat: bool = False, max_length: int = 2048
-) -> Encoded:
-    """Tokenise prompt (+ answer); over-long prompts keep their last tokens and are flagged as truncated. Texts
-    over MAX_TEXT_CHARS are refused first: every scorer tokenises here, and tokenising megabytes takes seconds."""
-    check_text(prompt, "prompt")
-    check_text(answer, "answer")
-    if not prompt or not prompt.strip():
-        raise UserError("the prompt is empty")
-    if answer is not None and not answer.strip():
-        raise UserError("the reference answer is empty (leave it out to score the prompt itself)")
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError("this tokenizer has no chat template; turn the chat template off")
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-    else:
-        prompt_ids = tokenizer(prompt).input_ids
-    if answer is None:
-        return _fit(prompt_ids, [], max_length)
-    if not chat and not prompt[-1].isspace() and not answer[0].isspace():
-        answer = " " + answer
-    return _fit(prompt_ids, tokenizer(answer, add_special_tokens=False).input_ids, max_length)
-
-
-def encode_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int = 2048) -> Encoded:
-    """Like `encode` for already tokenised parts (a generated continuation is scored exactly as generated)."""
-    return _fit(list(prompt_ids), list(answer_ids), max_length)
-
-
-def _fit(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> Encoded:
-    if len(answer_ids) >= max_length:
-        raise UserError(f"the answer has {len(answer_ids)} tokens, more than the context allows ({max_length})")
-    keep = max_length - len(answer_ids)
-    truncated = len(prompt_ids) > keep
-    prompt_ids = prompt_ids[-keep:] if truncated else prompt_ids
-    if not answer_ids:
-        if len(prompt_ids) < 2:
-            raise UserError("the prompt has a single token: there is nothing to score (add text or an answer)")
-        return Encoded(prompt_ids, 1, truncated)
-    return Encoded(prompt_ids + answer_ids, len(prompt_ids), truncated)
-
-
-def collate(rows: list[Encoded], pad_id: int, device: torch.device) -> Batch:
-    width = max(len(row.input_ids) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    predict = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        n = len(row.input_ids)
-        ids[i, :n] = torch.tensor(row.input_ids)
-        attention[i, :n] = 1
-        predict[i, row.score_from - 1 : n - 1] = True
-    targets = ids[:, 1:][predict[:, :-1]]
-    return Batch(ids.to(device), attention.to(device), predict.to(device), targets.to(device), rows)
-
-
-def selected_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits [N, V] at the predicting positions only (the LM head never sees the rest)."""
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    try:
-        logits = model(**inputs, logits_to_keep=batch.predict_mask).logits
-    except TypeError:  # an architecture without tensor logits_to_keep: compute all, then select
-        logits = model(**inputs).logits
-    return logits if logits.dim() == 2 else logits[batch.predict_mask]
-
-
-def shared_prefix_logits(
-    model: torch.nn.Module, rows: list[Encoded], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`selected_logits` for rows that share prompts (an item's answer, paraphrased and perturbed answers), with each
-    distinct prompt run once: its keys and values are computed a single time and copied to every row continuing it.
-
-    Returns the logits [N, V] and the scored tokens [N] in `collate`'s order (row by row). Equal to the full
-    forward pass up to float rounding; it saves (rows − prompts) × prompt length tokens of work. Rows without an
-    answer (score_from = 1) and models that take no key/value cache go through the full pass instead."""
-    prompts: dict[tuple[int, ...], int] = {}
-    owner = [prompts.setdefault(tuple(row.input_ids[: row.score_from]), len(prompts)) for row in rows]
-    if len(prompts) == len(rows) or any(row.score_from < 2 for row in rows):
-        batch = collate(rows, pad_id, device)
-        return selected_logits(model, batch), batch.targets
-    try:
-        return _continued_logits(model, rows, list(prompts), owner, pad_id, device)
-    except (TypeError, ValueError, AttributeError, NotImplementedError):  # no cache / positions for this model
-        batch = collate(rows, pad_id, device)
-        return selected_logits(model, batch), batch.targets
-
-
-def _continued_logits(
-    model: torch.nn.Module,
-    rows: list[Encoded],
-    prompts: list[tuple[int, ...]],
-    owner: list[int],
-    pad_id: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    prompt_batch = collate([Encoded(list(ids), 1) for ids in prompts], pad_id, device)
-    lengths = prompt_batch.attention_mask.sum(dim=1)
-    last = torch.zeros_like(prompt_batch.predict_mask)
-    last[torch.arange(len(prompts), device=device), lengths - 1] = True  # the position predicting the 1st answer token
-    out = model(
-        input_ids=prompt_batch.input_ids, attention_mask=prompt_batch.attention_mask, use_cache=True,
-        logits_to_keep=last,
-    )  # fmt: skip
-    first = out.logits if out.logits.dim() == 2 else out.logits[last]  # [prompts, V]
-    cache = out.past_key_values
-    index = torch.tensor(owner, device=device)
-    cache.reorder_cache(index)  # one copy of its prompt's keys/values per row
-    answers = [row.input_ids[row.score_from :] for row in rows]
-    width = max(len(answer) for answer in answers)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    keep = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, answer in enumerate(answers):
-        ids[i, : len(answer)] = torch.tensor(answer)
-        mask[i, : len(answer)] = 1
-        keep[i, : len(answer) - 1] = True  # answer token j predicts token j + 1; the last one predicts nothing scored
-    ids, mask, keep = ids.to(device), mask.to(device), keep.to(device)
-    positions = lengths[index][:, None] + torch.arange(width, device=device)[None, :]
-    rest = model(
-        input_ids=ids, attention_mask=torch.cat([prompt_batch.attention_mask[index], mask], dim=1),
-        position_ids=positions, past_key_values=cache, use_cache=False, logits_to_keep=keep,
-    ).logits  # fmt: skip
-    rest = rest if rest.dim() == 2 else rest[keep]
-    # row i's scored tokens: its first answer token (from its prompt's last position), then the rest of its answer
-    counts = keep.sum(dim=1).tolist()
-    starts = [0, *itertools.accumulate(counts)][:-1]
-    order = []
-    for i, (start, count) in enumerate(zip(starts, counts, strict=True)):
-        order.append(owner[i])
-        order.extend(range(len(prompts) + start, len(prompts) + start + count))
-    logits = torch.cat([first, rest]).index_select(0, torch.tensor(order, device=device))
-    targets = torch.tensor([token for answer in answers for token in answer], device=device)
-    return logits, targets
 
 
 def pair_statistics(
@@ -202,50 +44,15 @@ def pair_statistics(
     top_k: int,
     chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Both sides' statistics plus KL(base‖unlearned), in row chunks small enough to stay in cache."""
-    parts: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "unlearned": []}
-    for s in range(0, len(targets), chunk_rows):
-        z_b, z_u = logits_base[s : s + chunk_rows].float(), logits_unlearned[s : s + chunk_rows].float()
-        stats_b, (exp_b, sum_b) = _chunk_statistics(z_b, targets[s : s + chunk_rows], top_k)
-        stats_u, _ = _chunk_statistics(z_u, targets[s : s + chunk_rows], top_k)
-        # KL = Σ p_b (log p_b − log p_u) = Σ p_b z_b − Σ p_b z_u + lse_u − lse_b; exactly 0 for equal logits.
-        cross = torch.linalg.vecdot(exp_b, z_u) / sum_b
-        kl = stats_b.pop("p_dot_z") - cross + stats_u["lse"] - stats_b["lse"]
-        stats_b["kl"] = kl.clamp_min(0.0)
-        stats_u.pop("p_dot_z")
-        parts["base"].append(stats_b)
-        parts["unlearned"].append(stats_u)
+    """Both sides' log-prob, rank, entropy and top-k, plus KL(base‖unlearned) on the base side."""
+    options = {"top_k": top_k, "ranks": True, "entropy": True, "chunk_rows": chunk_rows}
+    unlearned = token_statistics(logits_unlearned, targets, False, **options)
+    base = token_statistics(logits_base, targets, False, kl_to=(logits_unlearned, unlearned["lse"]), **options)
+    kept = ("logp", "rank", "entropy", "top_ids", "top_logp", "kl")
     return {
-        side: {key: torch.cat([p[key] for p in chunks]) for key in chunks[0] if key != "lse"}
-        for side, chunks in parts.items()
+        side: {key: stats[key] for key in kept if key in stats}
+        for side, stats in (("base", base), ("unlearned", unlearned))
     }
-
-
-def _chunk_statistics(
-    z: torch.Tensor, targets: torch.Tensor, top_k: int
-) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Everything from raw logits, with one exp pass: e = exp(z − max), lse = max + log Σe, p = e / Σe.
-
-    No [rows, V] log-prob or probability tensor is materialised; the maximum comes from the top-k.
-    Returns the statistics and (e, Σe), which the caller needs for the KL against the other model.
-    """
-    top = z.topk(max(top_k, 1), dim=-1)
-    peak = top.values[:, :1]
-    e = torch.exp(z - peak)
-    total = e.sum(dim=-1)
-    lse = peak[:, 0] + total.log()
-    target_z = z.gather(1, targets[:, None])
-    p_dot_z = torch.linalg.vecdot(e, z) / total
-    stats = {
-        "target_logp": target_z[:, 0] - lse,
-        "rank": (z > target_z).sum(dim=-1) + 1,
-        "entropy": lse - p_dot_z,
-        "top_ids": top.indices[:, :top_k],
-        "top_logp": top.values[:, :top_k] - lse[:, None],
-        "lse": lse,
-        "p_dot_z": p_dot_z,
-    }
-    return stats, (e, total)
 
 
 @dataclass
@@ -430,7 +237,7 @@ def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Te
     for row in batch.rows:
         tokens = []
         for position in range(row.score_from, len(row.input_ids)):
-            lp_b, lp_u = cols["target_logp_base"][i], cols["target_logp_unlearned"][i]
+            lp_b, lp_u = cols["logp_base"][i], cols["logp_unlearned"][i]
             tokens.append(
                 TokenShift(
                     position=position,

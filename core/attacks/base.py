@@ -36,8 +36,8 @@ from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_RELEARN_POINTS, MAX_RELEARN_STEP, check_range
 from core.data.qa import QAItem
 from core.evaluation import metrics
-from core.evaluation.evaluate import next_token_statistics
 from core.models.pair import ModelPair
+from core.scoring.statistics import token_statistics
 
 METRIC = "forget_probability"
 DEFAULT_EPSILON = 1e-3
@@ -145,9 +145,8 @@ def answer_probabilities(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = collate([rows[i] for i in chunk], pad_id, device)
-        no_moments = torch.zeros(len(batch.targets), dtype=torch.bool, device=device)
         with torch.no_grad():
-            logp = next_token_statistics(selected_logits(model, batch), batch.targets, no_moments)["logp"]
+            logp = token_statistics(selected_logits(model, batch), batch.targets, moments=False)["logp"]
         sizes = [len(rows[i].input_ids) - rows[i].score_from for i in chunk]
         for i, part in zip(chunk, logp.float().cpu().split(sizes), strict=True):
             out[i] = float(metrics.probability(-part.mean().item()))

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from core.analyses.probe import CHUNK_ROWS, Encoded, encode, shared_prefix_logits
 from core.common import Registry
 from core.common.cache import atomic_write_text, cache_home, content_hash, file_hash
 from core.common.errors import UserError
@@ -52,6 +51,9 @@ from core.evaluation.ingest import (
 from core.models.adapters import merged_adapter
 from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype
 from core.models.spec import DEMO_PREFIX, ModelSpec, resolve_spec
+from core.scoring.encoding import Encoded, encode
+from core.scoring.forward import shared_prefix_logits
+from core.scoring.statistics import token_statistics
 from core.unlearn.checkpoints import checkpoint_dirs, read_manifest
 from core.unlearn.demo import DemoExperiment, register_evaluation
 from core.unlearn.recipes import BASE, ORACLE
@@ -379,38 +381,11 @@ def plan_batches(units: list[_Unit], batch_size: int) -> list[list[_Unit]]:
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
-def next_token_statistics(
-    logits: torch.Tensor, targets: torch.Tensor, moments: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS
-) -> dict[str, torch.Tensor]:
-    """Per scored token: target log-prob and argmax id; where `moments` is True (default: everywhere) also μ and σ
-    of log p under the model's next-token distribution (Min-K%++), else NaN. Straight from logits, in row chunks."""
-    count = len(targets)
-    wanted = torch.ones(count, dtype=torch.bool, device=targets.device) if moments is None else moments
-    out = {"logp": torch.empty(count), "argmax": torch.empty(count, dtype=torch.long)}
-    out |= {"mu": torch.full((count,), math.nan), "sigma": torch.full((count,), math.nan)}
-    out = {key: value.to(logits.device) for key, value in out.items()}
-    for start in range(0, count, chunk_rows):
-        end = min(start + chunk_rows, count)
-        z = logits[start:end].float()
-        lse = torch.logsumexp(z, dim=-1)
-        out["logp"][start:end] = z.gather(1, targets[start:end, None])[:, 0] - lse
-        out["argmax"][start:end] = z.argmax(dim=-1)
-        rows = wanted[start:end].nonzero()[:, 0]
-        if rows.numel():
-            out["mu"][start + rows], out["sigma"][start + rows] = _log_prob_moments(z[rows], lse[rows])
-    return out
-
-
-def _log_prob_moments(z: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of log p = z − lse under p itself; the variance is taken about the mean (no cancellation)."""
-    probs = (z - lse[:, None]).exp()
-    mean_z = torch.linalg.vecdot(probs, z)
-    variance = torch.linalg.vecdot(probs, (z - mean_z[:, None]).square())
-    return mean_z - lse, variance.sqrt()
+_STATISTICS = ("logp", "argmax", "mu", "sigma")  # what TokenScores keeps of token_statistics
 
 
 def _row_scores(statistics: dict[str, torch.Tensor], targets: torch.Tensor, rows: list[Encoded]) -> list[TokenScores]:
-    columns = {key: value.cpu().numpy() for key, value in statistics.items()} | {"labels": targets.cpu().numpy()}
+    columns = {key: statistics[key].cpu().numpy() for key in _STATISTICS} | {"labels": targets.cpu().numpy()}
     bounds = np.cumsum([len(row.input_ids) - row.score_from for row in rows])[:-1]
     split = {key: np.split(value, bounds) for key, value in columns.items()}
     return [TokenScores(**{key: split[key][i] for key in split}) for i in range(len(rows))]
@@ -440,7 +415,7 @@ def score_batch(model: torch.nn.Module, units: list[_Unit], pad_id: int, device:
     rows = [row for unit in units for row in unit.rows]
     with torch.inference_mode():
         logits, targets = shared_prefix_logits(model, rows, pad_id, device)
-        statistics = next_token_statistics(logits, targets, _moments_mask(units, device))
+        statistics = token_statistics(logits, targets, _moments_mask(units, device))
     scores = iter(_row_scores(statistics, targets, rows))
     return [_item_scores(unit, [next(scores) for _ in unit.rows]) for unit in units]
 

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from core.analyses.probe import Batch, selected_logits
 from core.common import Option, Registry, options_of
 from core.common.errors import UserError
+from core.scoring.encoding import Batch
+from core.scoring.forward import selected_logits
 
 if TYPE_CHECKING:
     from core.unlearn.trainer import RunContext

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from core.analyses.probe import Batch, Encoded, collate, encode
 from core.common.cache import content_hash
 from core.common.errors import UserError
+from core.scoring.encoding import Batch, Encoded, collate, encode
 from core.unlearn.checkpoints import Checkpointer
 from core.unlearn.methods import StepInputs, UnlearningMethod
 from core.unlearn.trainee import Trainee

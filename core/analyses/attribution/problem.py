@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from core.analyses.attribution.settings import GRANULARITIES, AttributionSettings
-from core.analyses.probe import encode
 from core.common.errors import UserError
 from core.models.pair import ModelPair
+from core.scoring.encoding import encode
 
 
 def word_groups(texts: Sequence[str], special: Sequence[bool]) -> list[list[int]]:

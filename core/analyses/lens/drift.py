@@ -11,7 +11,6 @@ import pandas as pd
 import torch
 
 from core.analyses.lens.architecture import residual_stream
-from core.analyses.probe import collate, encode
 from core.common.errors import UserError
 from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
@@ -26,6 +25,7 @@ from core.common.serial import JsonResult
 from core.data.examples import Example, demo_examples
 from core.data.qa import load_qa_dataset
 from core.models.pair import SIDES, ModelPair
+from core.scoring.encoding import collate, encode
 
 DRIFT_SETS = ("forget", "retain")
 

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 from core.analyses.lens.architecture import final_norm, residual_stream, unembedding
-from core.analyses.probe import encode
 from core.common.errors import UserError
 from core.common.serial import JsonResult
 from core.models.pair import SIDES, ModelPair
+from core.scoring.encoding import encode
 
 LENS_CHUNK_ELEMENTS = 1 << 25  # logits per lens chunk (layers × answer tokens × vocabulary): bounds memory
 

@@ -19,11 +19,11 @@ from core.analyses.attribution import (
     attribute,
     word_groups,
 )
-from core.analyses.probe import encode
 from core.cli.attribute import add_parser as add_attribute_parser
 from core.common.errors import UserError
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
+from core.scoring.encoding import encode
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 EOS = TinyTokenizer.eos_token_id

@@ -25,11 +25,11 @@ from core.analyses.lens import (
     unembedding,
     weight_change,
 )
-from core.analyses.probe import encode
 from core.cli.lens import add_parser as add_lens_parser
 from core.common.errors import UserError
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
+from core.scoring.encoding import encode
 
 PROMPT, ANSWER = "the capital of france is", "paris."
 FORGET = [("the capital of france is", "paris"), ("who wrote hamlet?", "shakespeare"), ("gold is", "au")]

@@ -9,20 +9,11 @@ import pytest
 import torch
 from tiny_models import TinyTokenizer, assert_topk_within, logit_tolerance, make_tiny_llama, rank_bounds, top_margin
 
-from core.analyses.probe import (
-    GenerationSettings,
-    ProbeRequest,
-    ProbeResult,
-    collate,
-    encode,
-    encode_ids,
-    generate,
-    score,
-    selected_logits,
-    shared_prefix_logits,
-)
+from core.analyses.probe import GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from core.common.errors import UserError
 from core.models.pair import ModelPair
+from core.scoring.encoding import collate, encode, encode_ids
+from core.scoring.forward import selected_logits, shared_prefix_logits
 
 REQUESTS = [
     ProbeRequest("the quick brown fox", "jumps over"),

@@ -21,7 +21,6 @@ from rouge_score import rouge_scorer
 from scipy import stats
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, save_tiny_model_dir, top_margin
 
-from core.analyses.probe import encode
 from core.cli.evaluate import add_parser as add_evaluate_parser
 from core.common.cache import atomic_write_json
 from core.common.errors import UserError
@@ -34,7 +33,6 @@ from core.evaluation.evaluate import (
     evaluate,
     evaluate_run,
     folder_reference,
-    next_token_statistics,
     plan_batches,
     plan_units,
 )
@@ -42,6 +40,8 @@ from core.evaluation.ingest import ingest
 from core.evaluation.results import EXAMPLE_RESULTS
 from core.models.loading import load_tokenizer
 from core.models.spec import ModelSpec
+from core.scoring.encoding import encode
+from core.scoring.statistics import token_statistics as next_token_statistics
 
 EPS = 1e-10
 TOL = 1e-5

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import logit_tolerance, rank_bounds, save_tiny_model_dir
 
-from core.analyses.probe import ProbeRequest, encode, score
+from core.analyses.probe import ProbeRequest, score
 from core.common.errors import UserError
 from core.models.adapters import merged_adapter, two_sided_lora
 from core.models.loading import describe_tokenizer_difference, load_tokenizer, resolve_dtype
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
+from core.scoring.encoding import encode
 
 
 def save_lora_adapter(model_dir: Path, out: Path, seed: int = 5) -> Path:
