@@ -41,7 +41,7 @@ from core.common.limits import (
 from core.data.qa import SPLIT_NAMES, QAItem, SplitData, load_demo_splits, load_split_folder
 from core.evaluation import metrics
 from core.evaluation.ingest import (
-    RunContext,
+    RunIdentity,
     forget_truth_ratios,
     infer_method,
     infer_run,
@@ -179,12 +179,12 @@ def _candidate(entry: EvalModel) -> _Candidate:
     return _Candidate(name, entry.method or infer_method(name), step, spec_identity(spec), entry)
 
 
-def _demo_run(source: str) -> RunContext | None:
+def _demo_run(source: str) -> RunIdentity | None:
     """`demo:npo@3` is run npo at step 3 and `demo:oracle` the model oracle (not their cache folders' names)."""
     if not source.startswith(DEMO_PREFIX):
         return None
     name, _, step = source[len(DEMO_PREFIX) :].strip().lower().partition("@")
-    return RunContext(name, infer_method(name), int(step) if step.isdigit() else None)
+    return RunIdentity(name, infer_method(name), int(step) if step.isdigit() else None)
 
 
 def _candidates(models: Sequence[ModelInput]) -> list[_Candidate]:

@@ -24,7 +24,8 @@ from core.common.errors import UserError
 from core.common.paths import ASSETS
 from core.data.uploads import store_files, upload_root
 from core.evaluation import metrics
-from core.evaluation.ingest import IngestResult, forget_truth_ratios
+from core.evaluation.ingest import forget_truth_ratios
+from core.evaluation.tables import IngestResult, rows_at
 
 log = logging.getLogger(__name__)
 
@@ -316,11 +317,6 @@ def run_points(summary: pd.DataFrame) -> list[Point]:
     return [Point(model, method, None if pd.isna(step) else int(step)) for model, method, step in rows]
 
 
-def _at(frame: pd.DataFrame, point: Point) -> pd.DataFrame:
-    steps = frame["step"].isna() if point.step is None else frame["step"].eq(point.step).fillna(False)
-    return frame[frame["model"].eq(point.model) & steps]
-
-
 def _direction(name: str) -> str:
     info = metrics.describe(name)
     if info.higher_is_better is True:
@@ -332,7 +328,7 @@ def _direction(name: str) -> str:
 
 def checkpoint_metrics(summary: pd.DataFrame, point: Point) -> pd.DataFrame:
     """The checkpoint's metrics: split, metric, value, better direction and the file it came from."""
-    rows = _at(summary, point)
+    rows = rows_at(summary, point.model, point.step)
     if rows.empty:
         raise UserError(f"no metrics for {point.label}")
     table = rows[["split", "metric", "value", "source"]].copy()
@@ -346,7 +342,7 @@ def split_bar_metrics(summary: pd.DataFrame, point: Point) -> list[str]:
 
     Unbounded ones (privleak in percent, mean MIA scores) are left out: one of them would flatten every other bar.
     """
-    rows = _at(summary, point)
+    rows = rows_at(summary, point.model, point.step)
     per_split = rows["split"].isin(metrics.SPLIT_PREFIXES.values()) & ~rows["metric"].str.contains("/")
     bounded = rows["value"].between(0.0, 1.0)
     return rows.loc[per_split & bounded, "metric"].tolist()
@@ -364,7 +360,7 @@ def has_truth_ratios(result: IngestResult, point: Point) -> bool:
 
 def mia_attacks(items: pd.DataFrame, point: Point) -> list[str]:
     """MIA attacks (e.g. mia_min_k) with per-item scores on both the forget and the holdout split at `point`."""
-    rows = _at(items, point)
+    rows = rows_at(items, point.model, point.step)
     names = rows.loc[rows["field"].eq("score"), "metric"].unique()
     splits: dict[str, set[str]] = {}
     for name in names:
