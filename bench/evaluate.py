@@ -31,14 +31,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from core.data.qa import QADataset, SplitData, load_demo_splits  # noqa: E402
-from core.evaluation.evaluate import (  # noqa: E402
-    EvalModel,
-    EvalSettings,
-    evaluate,
-    plan_batches,
-    plan_units,
-    rouge_logs,
-)
+from core.evaluation.evaluate import evaluate  # noqa: E402
+from core.evaluation.rouge import rouge_logs  # noqa: E402
+from core.evaluation.scores import plan_batches, plan_units  # noqa: E402
+from core.evaluation.settings import EvalModel, EvalSettings  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 from core.models.spec import ModelSpec  # noqa: E402

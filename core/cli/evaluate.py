@@ -9,17 +9,8 @@ from pathlib import Path
 from core.cli.common import bounded_int, build_demo_first
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
-from core.evaluation.evaluate import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_NEW_TOKENS,
-    EvalModel,
-    EvalSettings,
-    default_out_dir,
-    evaluate,
-    load_eval_data,
-    oracle_is_spec,
-    run_models,
-)
+from core.evaluation.evaluate import default_out_dir, evaluate, load_eval_data, oracle_is_spec, run_models
+from core.evaluation.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, EvalModel, EvalSettings
 from core.models.spec import ModelSpec
 
 

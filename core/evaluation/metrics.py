@@ -373,7 +373,7 @@ def mcq_accuracy(choice_logliks: ArrayLike, answers: Sequence[int] | np.ndarray)
 
 # ---------------------------------------------------------------------------------------------- reported names
 
-SPLIT_PREFIXES = {
+SPLIT_BY_PREFIX = {  # prefix of a stored metric name → its split (evaluation names them by the inverse)
     "forget": "forget",
     "retain": "retain",
     "ra": "real_authors",
@@ -415,8 +415,8 @@ def _split_of(name: str) -> str:
     if sub:
         return head
     prefix = head.split("_", 1)[0]
-    if prefix in SPLIT_PREFIXES:
-        return SPLIT_PREFIXES[prefix]
+    if prefix in SPLIT_BY_PREFIX:
+        return SPLIT_BY_PREFIX[prefix]
     if head in _FORGET_SET_METRICS:
         return "forget"
     return "utility" if head == "model_utility" else "other"

@@ -343,7 +343,7 @@ def split_bar_metrics(summary: pd.DataFrame, point: Point) -> list[str]:
     Unbounded ones (privleak in percent, mean MIA scores) are left out: one of them would flatten every other bar.
     """
     rows = rows_at(summary, point.model, point.step)
-    per_split = rows["split"].isin(metrics.SPLIT_PREFIXES.values()) & ~rows["metric"].str.contains("/")
+    per_split = rows["split"].isin(metrics.SPLIT_BY_PREFIX.values()) & ~rows["metric"].str.contains("/")
     bounded = rows["value"].between(0.0, 1.0)
     return rows.loc[per_split & bounded, "metric"].tolist()
 

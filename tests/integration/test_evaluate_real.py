@@ -16,9 +16,10 @@ from scipy import stats
 import core.evaluation.evaluate as evaluate_module
 from core.analyses.probe import ProbeRequest, score
 from core.data.qa import QADataset, SplitData, load_demo_splits
-from core.evaluation.evaluate import MIA_SPLITS, EvalSettings, evaluate, evaluate_run, tofu
+from core.evaluation.evaluate import EvalSettings, evaluate, evaluate_run, tofu
 from core.evaluation.ingest import ingest
 from core.evaluation.metrics import MIN_K_PLUS_PLUS_MIN_SIGMA
+from core.evaluation.settings import MIA_SPLITS
 from core.models.loading import load_backbone, load_tokenizer
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec

@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from core.common.errors import UserError
 from core.evaluation import metrics
 from core.evaluation.ingest import REFERENCE_METHODS, forget_truth_ratios
+from core.evaluation.tables import rows_at
 from core.present.figures.common import PALETTE, esc
 
 REFERENCE_STYLE = {  # method → (marker symbol, colour, legend label)
@@ -41,11 +42,6 @@ def _require_metrics(summary: pd.DataFrame, names: Sequence[str]) -> None:
     if missing:
         available = ", ".join(sorted(summary["metric"].unique()))
         raise UserError(f"no values for metric {', '.join(missing)}; available: {available}")
-
-
-def _rows_at(frame: pd.DataFrame, model: str, step: int | None) -> pd.DataFrame:
-    steps = frame["step"].isna() if step is None else frame["step"].eq(step).fillna(False)
-    return frame[frame["model"].eq(model) & steps]
 
 
 def pareto_front(x_better: np.ndarray, y_better: np.ndarray) -> np.ndarray:
@@ -193,7 +189,7 @@ def truth_ratio_figure(
 
 def mia_scores(items: pd.DataFrame, model: str, attack: str, split: str, step: int | None = None) -> np.ndarray:
     """Per-item scores of an MIA attack (e.g. mia_min_k) on the forget or holdout split."""
-    rows = _rows_at(items, model, step)
+    rows = rows_at(items, model, step)
     rows = rows[rows["metric"].eq(f"{attack}/{split}") & rows["field"].eq("score")]
     return _require(rows["value"].to_numpy(), f"{attack} {split} scores of {model}")
 
@@ -222,7 +218,7 @@ def mia_figure(items: pd.DataFrame, model: str, attack: str = "mia_min_k", *, st
 
 
 def _without_split(metric: str, split: str) -> str:
-    prefixes = [prefix for prefix, name in metrics.SPLIT_PREFIXES.items() if name == split]
+    prefixes = [prefix for prefix, name in metrics.SPLIT_BY_PREFIX.items() if name == split]
     return metric.removeprefix(f"{prefixes[0]}_") if prefixes else metric
 
 
@@ -230,12 +226,12 @@ def split_bars_figure(
     summary: pd.DataFrame, model: str, *, step: int | None = None, metric_names: Sequence[str] | None = None
 ) -> go.Figure:
     """Bars of one model's metrics grouped by split (forget, retain, real authors, world facts, holdout)."""
-    rows = _rows_at(summary, model, step)
+    rows = rows_at(summary, model, step)
     if metric_names is not None:
         _require_metrics(rows, metric_names)
         rows = rows[rows["metric"].isin(metric_names)]
     else:
-        per_split = rows["split"].isin(metrics.SPLIT_PREFIXES.values()) & ~rows["metric"].str.contains("/")
+        per_split = rows["split"].isin(metrics.SPLIT_BY_PREFIX.values()) & ~rows["metric"].str.contains("/")
         rows = rows[per_split & rows["value"].notna()]
     if rows.empty:
         raise UserError(f"no per-split metrics for {model} at step {_step_label(step)}")

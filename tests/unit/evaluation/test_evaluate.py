@@ -25,19 +25,11 @@ from core.cli.evaluate import add_parser as add_evaluate_parser
 from core.common.cache import atomic_write_json
 from core.common.errors import UserError
 from core.data.qa import QADataset, QAItem, SplitData
-from core.evaluation.evaluate import (
-    EvalModel,
-    EvalResult,
-    EvalSettings,
-    derived_logs,
-    evaluate,
-    evaluate_run,
-    folder_reference,
-    plan_batches,
-    plan_units,
-)
+from core.evaluation.derived import derived_logs, folder_reference
+from core.evaluation.evaluate import EvalModel, EvalResult, EvalSettings, evaluate, evaluate_run
 from core.evaluation.ingest import ingest
 from core.evaluation.results import EXAMPLE_RESULTS
+from core.evaluation.scores import plan_batches, plan_units
 from core.models.loading import load_tokenizer
 from core.models.spec import ModelSpec
 from core.scoring.encoding import encode
@@ -523,7 +515,7 @@ def run_dir(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_evaluate_run_writes_each_checkpoint_and_loads_the_backbone_once(run_dir, monkeypatch) -> None:
-    import core.evaluation.evaluate as evaluate_module
+    import core.evaluation.loading as evaluate_module
 
     base, run = run_dir
     loads = []
