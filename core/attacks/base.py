@@ -30,13 +30,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from core.analyses.probe import Encoded, collate, encode, selected_logits
 from core.common import Option, Registry
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_RELEARN_POINTS, MAX_RELEARN_STEP, check_range
 from core.data.qa import QAItem
 from core.evaluation import metrics
 from core.models.pair import ModelPair
+from core.scoring.encoding import Encoded, collate, encode
+from core.scoring.forward import selected_logits
 from core.scoring.statistics import token_statistics
 
 METRIC = "forget_probability"

@@ -12,7 +12,6 @@ from typing import Any
 
 import pandas as pd
 
-from core.analyses.probe import encode
 from core.attacks.base import (
     ATTACKS,
     METRIC,
@@ -27,6 +26,7 @@ from core.common.errors import UserError
 from core.common.limits import loads
 from core.data.qa import QAItem, SplitData, load_split_folder
 from core.models.pair import SIDES, ModelPair
+from core.scoring.encoding import encode
 
 log = logging.getLogger(__name__)
 

@@ -450,6 +450,14 @@ def describe(name: str) -> ReportedMetric:
     return ReportedMetric(name, split, metric, direction, metric.ideal)
 
 
+def direction_arrow(name: str) -> str:
+    """The better direction of a stored metric as shown next to its name: "↑", "↓", "→ ideal", or "" if unknown."""
+    info = describe(name)
+    if info.higher_is_better is not None:
+        return "↑" if info.higher_is_better else "↓"
+    return f"→ {info.ideal:g}" if info.ideal is not None else ""
+
+
 def orient(name: str, values: ArrayLike) -> np.ndarray:
     """`values` of a stored metric turned so that higher is better (negated, or −|v − ideal|)."""
     info = describe(name)

@@ -248,8 +248,7 @@ def metric_options(summary: pd.DataFrame) -> list[str]:
 
 
 def _has_direction(name: str) -> bool:
-    info = metrics.describe(name)
-    return info.higher_is_better is not None or info.ideal is not None
+    return bool(metrics.direction_arrow(name))
 
 
 def _split_rank(name: str) -> int:
@@ -317,22 +316,13 @@ def run_points(summary: pd.DataFrame) -> list[Point]:
     return [Point(model, method, None if pd.isna(step) else int(step)) for model, method, step in rows]
 
 
-def _direction(name: str) -> str:
-    info = metrics.describe(name)
-    if info.higher_is_better is True:
-        return "↑"
-    if info.higher_is_better is False:
-        return "↓"
-    return f"→ {info.ideal:g}" if info.ideal is not None else ""
-
-
 def checkpoint_metrics(summary: pd.DataFrame, point: Point) -> pd.DataFrame:
     """The checkpoint's metrics: split, metric, value, better direction and the file it came from."""
     rows = rows_at(summary, point.model, point.step)
     if rows.empty:
         raise UserError(f"no metrics for {point.label}")
     table = rows[["split", "metric", "value", "source"]].copy()
-    table.insert(3, "better", table["metric"].map(_direction))
+    table.insert(3, "better", table["metric"].map(metrics.direction_arrow))
     order = table["metric"].map(_split_rank)
     return table.assign(_order=order).sort_values(["_order", "metric"]).drop(columns="_order").reset_index(drop=True)
 

@@ -29,12 +29,10 @@ def _step_label(step: Any) -> str:
 
 
 def _direction_hint(metric: str) -> str:
-    info = metrics.describe(metric)
-    if info.higher_is_better is True:
-        return " (↑ better)"
-    if info.higher_is_better is False:
-        return " (↓ better)"
-    return f" (closer to {info.ideal:g} better)" if info.ideal is not None else ""
+    arrow = metrics.direction_arrow(metric)
+    if not arrow:
+        return ""
+    return f" (closer to {arrow.removeprefix('→ ')} better)" if arrow.startswith("→") else f" ({arrow} better)"
 
 
 def _require_metrics(summary: pd.DataFrame, names: Sequence[str]) -> None:
