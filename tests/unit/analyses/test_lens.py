@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import pair_args
 from tiny_models import TinyTokenizer, logit_tolerance, make_tiny_llama, rank_bounds, save_tiny_model_dir
 
 from core.analyses.lens import (
@@ -275,14 +276,7 @@ def test_cli_json(tmp_path, capsys):
     args = parser.parse_args(
         [
             "lens",
-            "--base",
-            str(base),
-            "--unlearned",
-            str(unlearned),
-            "--prompt",
-            "the capital of france is",
-            "--answer",
-            "paris",
+            *pair_args(base, unlearned, "the capital of france is", "paris"),
             "--json",
         ]
     )
@@ -339,21 +333,3 @@ def test_cli_views_bad_input_is_a_user_error(tmp_path, capsys):
         drift_sets({}, 0)
     with pytest.raises(UserError, match="demo retain set is missing"):
         drift_sets({"forget": str(write_jsonl(tmp_path / "f.jsonl", FORGET))}, 2, demo=[])
-
-
-@pytest.mark.integration
-def test_smollm2_lens_ends_at_the_probe_scores(embedded_model_dir):
-    """Last lens layer = the probe's teacher-forced log-probs; the model knows Paris (rank 1 at the last layer)."""
-    from core.analyses.probe import ProbeRequest, score
-
-    spec = ModelSpec(str(embedded_model_dir), dtype="float32", device="cpu")
-    pair = ModelPair.load(spec, spec)
-    result = logit_lens(pair, "The capital of France is", "Paris")
-    probe = score(pair, [ProbeRequest("The capital of France is", "Paris")])[0]
-    assert result.layers == list(range(31)) and result.answer_tokens == [" Paris"]
-    assert result.base.logprob[-1] == pytest.approx([t.logprob_base for t in probe.tokens], abs=1e-4)
-    assert result.base.rank[-1] == [1]
-    base, unlearned = result.hidden_knowledge().values()
-    assert (base.peak_layer, base.score) == (unlearned.peak_layer, unlearned.score)
-    drift = hidden_state_drift(pair, {"forget": [("The capital of France is", "Paris")]})
-    assert drift.sets["forget"].cosine == pytest.approx([1.0] * 31, abs=1e-5)

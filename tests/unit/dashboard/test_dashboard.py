@@ -2,9 +2,8 @@
 
 Charts are compared with core.present.figures built from core.evaluation.ingest on the same folders (trace data
 parsed from the chart's
-spec); tables with core.analyses.probe.score. Model pairs are tiny random models saved to disk (unit tier) or the
-embedded
-SmolLM2 (integration tier), loaded through the sidebar as a user would.
+spec); tables with core.analyses.probe.score. Model pairs are tiny random models saved to disk, loaded through the
+sidebar as a user would (the embedded SmolLM2: tests/integration/test_dashboard_real.py).
 """
 
 from __future__ import annotations
@@ -23,30 +22,26 @@ import pandas as pd
 import psutil
 import pytest
 import streamlit.testing.v1.app_test as app_test
+from apptest_pages import APP, TIMEOUT, button, charts, errors, load_checked_pair, loaded_pair, text_input
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
-from tiny_models import save_tiny_model_dir
 
 from core.analyses.probe import GenerationSettings, ProbeRequest, generate, score
 from core.data.qa import load_demo_splits
 from core.evaluation.ingest import ingest
 from core.evaluation.results import EXAMPLE_RESULTS, Point, split_bar_metrics, store_result_uploads
-from core.models.pair import ModelPair
 from core.present.figures import tradeoffs as figures
 from core.present.highlight import default_scale, legend_html, token_html
 from core.unlearn.demo import DemoExperiment
 from dashboard.plain import plain, shown
 from dashboard.state import demo as demo_state
 from dashboard.state import keys
-from dashboard.state import pair as pair_state
 
 ROOT = Path(__file__).resolve().parents[3]
-APP = ROOT / "dashboard" / "app.py"
 REAL = EXAMPLE_RESULTS  # real open-unlearning outputs (assets/examples/README.md)
 FULL, RETAIN90 = "tofu_Llama-3.2-1B-Instruct_full", "tofu_Llama-3.2-1B-Instruct_retain90"
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 GRADDIFF = "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"
-TIMEOUT = 180
 SELECT_NOTHING = {"box": [], "lasso": []}
 
 
@@ -69,12 +64,6 @@ def isolated(fresh_app: None, monkeypatch: pytest.MonkeyPatch) -> None:
     RecordingStorage.files.clear()
 
 
-@pytest.fixture(scope="module")
-def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
-
-
 def open_page(page: str) -> AppTest:
     """The app on `page`, without loading the default pair (the demo models may not exist yet)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
@@ -86,40 +75,8 @@ def open_page(page: str) -> AppTest:
     return at
 
 
-def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
-
-
-def text_input(at: AppTest, label: str):
-    return next(t for t in at.text_input if t.label == label)
-
-
-def load_pair(at: AppTest, base: Path | str, unlearned: Path | str) -> None:
-    """Type both models into the sidebar and press Load pair, as a user does."""
-    text_input(at, "Base model").input(str(base))
-    text_input(at, "Unlearned model").input(str(unlearned))
-    button(at, "Load pair").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.session_state[keys.PAIR_KEY][:2] == (str(base), str(unlearned))
-
-
-def loaded_pair(at: AppTest) -> ModelPair:
-    """The pair the sidebar loaded (st.cache_resource is shared with the test process), for direct core calls."""
-    return pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    """Plotly charts on the page by key, as the spec Streamlit sends to the browser."""
-    return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
-
-
 def same_data(spec: dict, figure) -> bool:
     return spec["data"] == json.loads(figure.to_json())["data"]
-
-
-def errors(at: AppTest) -> list[str]:
-    """The error messages as the page shows them (they are escaped markdown: dashboard/plain.py)."""
-    return [shown(error.value) for error in at.error]
 
 
 def downloaded_csv(at: AppTest, label: str) -> pd.DataFrame:
@@ -284,7 +241,7 @@ def test_dataset_table_equals_probe_scores_and_opens_in_probe(
     tmp_path: Path, tiny_pair_dirs: tuple[Path, Path]
 ) -> None:
     at = open_page("dataset")
-    load_pair(at, *tiny_pair_dirs)
+    load_checked_pair(at, *tiny_pair_dirs)
     at.radio(key="dataset_source").set_value("File path").run()
     text_input(at, "File path").input(str(write_items(tmp_path / "forget.jsonl"))).run()
     button(at, "Compute per-item metrics").click().run()
@@ -356,7 +313,7 @@ def test_dataset_missing_path_is_a_message() -> None:
 
 def test_probe_example_fills_prompt_and_scores_like_core(tiny_pair_dirs: tuple[Path, Path]) -> None:
     at = open_page("probe")
-    load_pair(at, *tiny_pair_dirs)
+    load_checked_pair(at, *tiny_pair_dirs)
     demo = load_demo_splits()
     picker = at.selectbox(key="probe_example")
     assert len(picker.options) == len(demo.forget) + len(demo.retain)
@@ -378,25 +335,6 @@ def test_probe_takes_a_handover_and_keeps_it_without_a_pair() -> None:
     assert any("Load a model pair" in info.value for info in at.info)
     assert at.session_state[keys.PROBE_PROMPT] == "Where was Ana born?"
     assert keys.PROBE_HANDOVER not in at.session_state
-
-
-# ---------------------------------------------------------------------------------------------- integration
-
-
-@pytest.mark.integration
-def test_dataset_scores_demo_forget_items_with_the_embedded_model(embedded_model_dir: Path) -> None:
-    at = open_page("dataset")
-    load_pair(at, embedded_model_dir, embedded_model_dir)
-    at.number_input(key="dataset_limit").set_value(2)
-    button(at, "Compute per-item metrics").click().run()
-    assert not at.exception and not errors(at)
-    table = next(df for df in at.dataframe if df.key == "dataset_table").value
-    forget = load_demo_splits().forget.items[:2]
-    direct = score(loaded_pair(at), [ProbeRequest(item.question, item.answer) for item in forget], chat=True)
-    assert table["delta"].tolist() == [0.0, 0.0]  # one model on both sides: exactly no shift
-    expected = [math.exp(np.mean([t.logprob_base for t in result.tokens])) for result in direct]
-    assert table["prob_base"].tolist() == pytest.approx(expected, rel=1e-4)
-    assert table["truth_ratio_base"].notna().all()
 
 
 # ---------------------------------------------------------------------------------------------- sidebar
@@ -436,7 +374,7 @@ def test_sidebar_says_when_the_demo_build_stopped() -> None:
 
 def test_sidebar_shows_what_is_loaded_and_its_memory(tiny_pair_dirs: tuple[Path, Path]) -> None:
     at = open_page("dataset")
-    load_pair(at, *tiny_pair_dirs)
+    load_checked_pair(at, *tiny_pair_dirs)
     pair = loaded_pair(at)
     captions = [caption.value for caption in at.sidebar.caption]
     info = pair.describe()
@@ -459,7 +397,7 @@ def probe_with_pair(pair_dirs: tuple[Path, Path], **params: str) -> AppTest:
     at.query_params.update(params)
     at.run()
     assert not at.exception
-    load_pair(at, *pair_dirs)
+    load_checked_pair(at, *pair_dirs)
     return at
 
 
@@ -500,7 +438,7 @@ def test_probe_link_with_bad_values_says_what_it_ignored(tiny_pair_dirs: tuple[P
         "unlearned)"
     )
     assert [warning.value for warning in at.warning] == [f"Ignored from the link: {plain(ignored)}."]
-    load_pair(at, *tiny_pair_dirs)
+    load_checked_pair(at, *tiny_pair_dirs)
     assert at.text_area(key="probe_prompt").value == "w1 w2"  # the good values are kept, the others default
     assert (at.number_input(key="probe_topk").value, at.toggle(key="probe_chat").value) == (5, True)
     assert at.segmented_control(key="probe_view").value == "delta"

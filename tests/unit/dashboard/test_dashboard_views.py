@@ -8,89 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_pages import ask, button, charts, errors, load_pair, open_page, open_with_pair, text_input
 from streamlit.testing.v1 import AppTest
-from tiny_models import save_tiny_model_dir
 
 from core.analyses.attribution import AttributionSettings, attribute
 from core.analyses.lens import hidden_state_drift, logit_lens, weight_change
 from core.data.examples import demo_examples
-from core.models.pair import ModelPair
 from core.present.figures.layers import hidden_knowledge_reading
-from dashboard.plain import shown
 from dashboard.state import keys
-from dashboard.state import pair as pair_state
 
-ROOT = Path(__file__).resolve().parents[3]
-APP = ROOT / "dashboard" / "app.py"
-TIMEOUT = 180
 PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 
 
 @pytest.fixture(autouse=True)
 def isolated(fresh_app: None) -> None:
     """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
-
-
-def open_page(page: str, dirs: tuple[Path, Path] | None = None, **session: object) -> AppTest:
-    """The app on `page` (after loading the pair `dirs` on the Probe page, if given); `session` is put in
-    session_state first. The default pair is never loaded (the demo models may not exist yet)."""
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state[keys.AUTOLOAD] = False
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    if dirs is not None:
-        load_pair(at, *dirs)
-    at.switch_page(f"views/{page}.py").run()
-    assert not at.exception
-    return at
-
-
-def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
-
-
-def text_input(at: AppTest, label: str):
-    return next(t for t in at.text_input if t.label == label)
-
-
-def load_pair(at: AppTest, base: Path, unlearned: Path) -> None:
-    """Type both models into the sidebar and press Load pair, as a user does."""
-    text_input(at, "Base model").input(str(base))
-    text_input(at, "Unlearned model").input(str(unlearned))
-    button(at, "Load pair").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-
-
-def loaded_pair(at: AppTest) -> ModelPair:
-    """The pair the sidebar loaded (st.cache_resource is shared with the test process), for direct core calls."""
-    return pair_state.load_pair(*at.session_state[keys.PAIR_KEY])
-
-
-def open_with_pair(page: str, dirs: tuple[Path, Path]) -> tuple[AppTest, ModelPair]:
-    at = open_page(page, dirs)
-    return at, loaded_pair(at)
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    """Plotly charts on the page by key, as the spec Streamlit sends to the browser."""
-    return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
-
-
-def errors(at: AppTest) -> list[str]:
-    """The error messages as the page shows them (they are escaped markdown: dashboard/plain.py)."""
-    return [shown(error.value) for error in at.error]
-
-
-def ask(at: AppTest, prefix: str, prompt: str, answer: str) -> None:
-    at.text_area(key=f"{prefix}_prompt").input(prompt)
-    at.text_input(key=f"{prefix}_answer").input(answer)
 
 
 def downloads(at: AppTest) -> dict[str, str]:
@@ -318,38 +250,3 @@ def test_weight_map_equals_core(tiny_pair_dirs) -> None:
     table = next(df.value for df in at.dataframe if "relative_change" in df.value.columns)
     assert sorted(table["name"]) == sorted(c.name for c in changes)
     assert table["relative_change"].is_monotonic_decreasing
-
-
-# ---------------------------------------------------------------------------------------------- integration
-
-
-@pytest.mark.integration
-def test_views_of_the_embedded_model_against_itself(embedded_model_dir: Path) -> None:
-    """One SmolLM2 on both sides: the pages show core's maps and ranks, with exactly no Δ and no weight change."""
-    at, pair = open_with_pair("attribution", (embedded_model_dir, embedded_model_dir))
-    question = next(e for e in demo_examples() if e.split == "forget")
-    answer = question.answer.split()[0]
-    ask(at, "attribution", question.question, answer)
-    at.selectbox(key="attribution_method").set_value("integrated_gradients")
-    at.number_input(key="attribution_steps").set_value(4)
-    button(at, "Compute").click().run()
-    assert not at.exception and not errors(at), errors(at)
-    direct = attribute(
-        pair, question.question, answer, chat=True, settings=AttributionSettings(granularity="word", n_steps=4)
-    )
-    rows = {trace["name"]: trace["z"][0] for trace in charts(at)["attribution_heatmap"]["data"]}
-    assert rows["delta"] == [0.0] * len(direct.prompt_tokens)
-    limit = 1e-3 * max(abs(v) for v in direct.base[0])  # fp32 sums in another thread (docs/PERFORMANCE-attribution.md)
-    np.testing.assert_allclose(rows["base"], direct.base[0], atol=limit, rtol=0)
-
-    at.switch_page("views/layers.py").run()
-    ask(at, "lens", question.question, answer)
-    button(at, "Run the logit lens").click().run()
-    button(at, "Compute weight change").click().run()
-    assert not at.exception and not errors(at), errors(at)
-    lens = logit_lens(pair, question.question, answer, chat=True)
-    traces = charts(at)["lens_chart"]["data"]
-    assert traces[0]["y"] == traces[2]["y"] == pytest.approx(np.mean(lens.base.rank, axis=1).tolist())
-    assert hidden_knowledge_reading(lens).text in [element.value for element in (*at.info, *at.warning)]
-    (weights,) = charts(at)["weights_chart"]["data"]
-    assert {value for row in weights["z"] for value in row} <= {0.0, None}

@@ -11,7 +11,6 @@ import html
 import io
 import json
 import re
-import struct
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -19,47 +18,37 @@ import numpy as np
 import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
-from tiny_models import TinyTokenizer, make_tiny_llama, save_tiny_model_dir
+from report_inputs import GRADDIFF, INJECTION, ORACLE, build_full_report, ingested_results, tiny_pair
+from tiny_models import save_tiny_model_dir
 
 from core.analyses.probe import ProbeRequest, score
 from core.cli import main
 from core.common.errors import UserError
-from core.evaluation.ingest import REFERENCE_METHODS, ingest
+from core.evaluation.ingest import REFERENCE_METHODS
 from core.models.pair import ModelPair
 from core.present.figures.tradeoffs import tradeoff_figure
 from core.present.report import export as report_module
-from core.present.report.export import DEFAULT_SIZE, PNG_SCALE, _ExportServer, export_all, export_figure, figure_bytes
+from core.present.report.export import _ExportServer
 from core.present.report.model import Report, build_report
 from core.present.report.parts import frame_to_csv, metric_table, parse_probe, parse_probes
 from core.present.report.render import SECTIONS, notes_html
 
-ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
-GRADDIFF = FIXTURES / "tofu_Llama-3.2-1B-Instruct_forget10_GradDiff"
-ORACLE = FIXTURES / "tofu_Llama-3.2-1B-Instruct_retain90"
-LEGACY = FIXTURES / "legacy"
-INJECTION = "<script>window.__pwned = 1; alert(1)</script>"
 FIGURE_SCRIPT = re.compile(r'<script type="application/json" id="figure-(\d+)">(.*?)</script>', re.S)
 
 
 @pytest.fixture(scope="module")
 def pair() -> ModelPair:
-    return ModelPair.from_models(make_tiny_llama(seed=0), make_tiny_llama(seed=1), TinyTokenizer())
+    return tiny_pair()
 
 
 @pytest.fixture(scope="module")
 def results():
-    return ingest([GRADDIFF, LEGACY], oracle=ORACLE)
+    return ingested_results()
 
 
 @pytest.fixture(scope="module")
 def full_report(pair: ModelPair, results) -> Report:
-    probes = [ProbeRequest(f"Who wrote {INJECTION}?", "Jane Doe"), ProbeRequest("The sky is", None)]
-    return build_report(
-        pair, results=results, sources=[str(GRADDIFF), f"{LEGACY}{INJECTION}"], probes=probes,
-        with_attribution=True, with_lens=True, notes=f"# Summary\nFirst line {INJECTION}\n\n- one\n- two",
-        title=f"Report {INJECTION}",
-    )  # fmt: skip
+    return build_full_report(pair, results)
 
 
 @pytest.fixture(scope="module")
@@ -266,35 +255,6 @@ def test_cli_report_without_inputs_is_a_user_error(tmp_path: Path, capsys: pytes
 
 
 # ---------------------------------------------------------------------------------------------- exports
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
-
-@pytest.mark.slow
-def test_exports_png_svg_pdf(full_report: Report, tmp_path: Path) -> None:
-    figure = full_report.charts()[0].figure
-    written = {fmt: export_figure(figure, tmp_path / f"chart.{fmt}") for fmt in ("png", "svg", "pdf")}
-    png, svg, pdf = (written[fmt].read_bytes() for fmt in ("png", "svg", "pdf"))
-    assert png_size(png) == (DEFAULT_SIZE[0] * PNG_SCALE, DEFAULT_SIZE[1] * PNG_SCALE)
-    assert b"<svg" in svg[:500] and svg.rstrip().endswith(b"</svg>")
-    assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-1024:]
-    assert all(len(data) > 1024 for data in (png, svg, pdf))
-    # one warm browser serves every export of the process
-    server_loop = report_module.EXPORT_SERVER._loop
-    assert png_size(figure_bytes(figure, "png", width=400, height=300, scale=1)) == (400, 300)
-    assert report_module.EXPORT_SERVER._loop is server_loop
-    with pytest.raises(UserError, match="unknown image format"):
-        figure_bytes(figure, "gif")
-
-
-@pytest.mark.slow
-def test_export_all_writes_every_chart_and_table(full_report: Report, tmp_path: Path) -> None:
-    written = sorted(path.name for path in export_all(full_report, tmp_path, ["svg"]))
-    expected = sorted([f"{c.name}.svg" for c in full_report.charts()] + [f"{t.name}.csv" for t in full_report.tables()])
-    assert written == expected == sorted(path.name for path in tmp_path.iterdir())
 
 
 def test_export_without_chromium_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
