@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from common import make_adapter  # noqa: E402
 
 from core.analyses.lens import hidden_state_drift, logit_lens, weight_change  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
@@ -43,17 +44,6 @@ def cpu_time(fn, repeats: int) -> float:
         fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
-
-
-def make_adapter(model_dir: Path, out: Path) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
 
 
 def bare_forwards(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor) -> None:

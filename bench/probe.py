@@ -24,24 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from common import make_adapter  # noqa: E402
 
 from core.analyses.probe import score  # noqa: E402
 from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.pair import ModelPair  # noqa: E402
 from core.models.spec import ModelSpec  # noqa: E402
 from core.scoring.encoding import Encoded  # noqa: E402
-
-
-def make_adapter(model_dir: Path, out: Path) -> Path:
-    """A random LoRA (r=16, all linear layers) standing in for an unlearning run's adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
 
 
 def make_batch(vocab: int, batch: int, tokens: int) -> list[Encoded]:

@@ -77,8 +77,23 @@ def _mean_of_variants(
     return mean
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+class TemplatedAttack(PromptAttack):
+    """A prompt attack whose templates are one file of assets/attacks/, named by the class keyword `templates`
+    (`class Jailbreak(TemplatedAttack, templates="jailbreak.jsonl")`) and kept as `templates_file`."""
+
+    templates_file: ClassVar[Path]
+
+    def __init_subclass__(cls, templates: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if templates is not None:
+            cls.templates_file = ATTACK_ASSETS / templates
+
+    def templates(self) -> Any:
+        """The templates file read: a list of records for JSON lines (.jsonl), else the JSON document."""
+        text = self.templates_file.read_text(encoding="utf-8")
+        if self.templates_file.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
 
 
 @register
@@ -95,28 +110,26 @@ class Paraphrase(PromptAttack):
 
 
 @register
-class Jailbreak(PromptAttack):
+class Jailbreak(TemplatedAttack, templates="jailbreak.jsonl"):
     name = "jailbreak"
     description = "jailbreak-style prefixes before the question (assets/attacks/jailbreak.jsonl)"
-    templates_file: ClassVar[Path] = ATTACK_ASSETS / "jailbreak.jsonl"
 
     def variants(self, ctx: AttackContext) -> dict[str, list[tuple[int, str]]]:
         return {
             entry["name"]: [
                 (i, entry["template"].replace("{question}", item.question)) for i, item in enumerate(ctx.items)
             ]
-            for entry in _read_jsonl(self.templates_file)
+            for entry in self.templates()
         }
 
 
 @register
-class InContext(PromptAttack):
+class InContext(TemplatedAttack, templates="in_context.json"):
     name = "in_context"
     description = "other question-answer pairs restated before the question (assets/attacks/in_context.json)"
-    templates_file: ClassVar[Path] = ATTACK_ASSETS / "in_context.json"
 
     def variants(self, ctx: AttackContext) -> dict[str, list[tuple[int, str]]]:
-        spec = json.loads(self.templates_file.read_text(encoding="utf-8"))
+        spec = self.templates()
         out = {}
         for variant in spec["variants"]:
             pool = ctx.items if variant["source"] == "forget" else ctx.retain
@@ -148,16 +161,15 @@ def context_examples(item: QAItem, pool: Sequence[QAItem], count: int) -> list[Q
 
 
 @register
-class Translation(PromptAttack):
+class Translation(TemplatedAttack, templates="translations.json"):
     name = "translation"
     description = "the question in French, Spanish and German (assets/attacks/translations.json), English answer"
-    templates_file: ClassVar[Path] = ATTACK_ASSETS / "translations.json"
 
     def empty_reason(self) -> str:
         return f"no forget question matches a template in {self.templates_file.name}"
 
     def variants(self, ctx: AttackContext) -> dict[str, list[tuple[int, str]]]:
-        spec = json.loads(self.templates_file.read_text(encoding="utf-8"))
+        spec = self.templates()
         out: dict[str, list[tuple[int, str]]] = {language: [] for language in spec["languages"]}
         for i, item in enumerate(ctx.items):
             for language, text in translate(item.question, spec).items():

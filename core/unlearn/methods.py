@@ -155,6 +155,15 @@ def with_retain_nll(
     return StepLoss(total, terms)
 
 
+def logsigmoid_loss(
+    run: RunContext, inputs: StepInputs, options: Any, margin: torch.Tensor, term: str, **extra: float
+) -> StepLoss:
+    """The NPO/SimNPO/IdK objective: γ·mean(−(2/β)·logσ(margin)) on forget, logged as `term` (then `extra`), plus
+    α·NLL_retain; γ, β and α are the method's `options`."""
+    forget = (-2.0 / options.beta * F.logsigmoid(margin)).mean()
+    return with_retain_nll(run, inputs, options.gamma * forget, {term: forget.item(), **extra}, options.alpha)
+
+
 class _StopForward(Exception):
     """Raised by a hook once the wanted layer has run: the rest of the network is not computed."""
 
@@ -270,9 +279,7 @@ class NPO(_ReferenceLogprobs):
     def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
         beta = self.options.beta
         log_ratio = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
-        forget = (-2.0 / beta * F.logsigmoid(-beta * log_ratio)).mean()
-        total, terms = self.options.gamma * forget, {"npo": forget.item(), "log_ratio": log_ratio.mean().item()}
-        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
+        return logsigmoid_loss(run, inputs, self.options, -beta * log_ratio, "npo", log_ratio=log_ratio.mean().item())
 
 
 @dataclass
@@ -292,9 +299,7 @@ class SimNPO(UnlearningMethod):
     def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
         beta, delta = self.options.beta, self.options.delta
         normalised = sequence_logprob(run.model, inputs.forget) / answer_lengths(inputs.forget)
-        forget = (-2.0 / beta * F.logsigmoid(-beta * normalised - beta * delta)).mean()
-        total, terms = self.options.gamma * forget, {"simnpo": forget.item()}
-        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
+        return logsigmoid_loss(run, inputs, self.options, -beta * normalised - beta * delta, "simnpo")
 
 
 @register
@@ -318,9 +323,7 @@ class IdK(_ReferenceLogprobs):
         refusals = run.collate(refusal_rows)
         chosen = sequence_logprob(run.model, refusals) - reference_values(run, refusals, sequence_logprob)
         rejected = sequence_logprob(run.model, inputs.forget) - self.reference_logp[inputs.forget_rows]
-        forget = (-2.0 / beta * F.logsigmoid(beta * (chosen - rejected))).mean()
-        total, terms = self.options.gamma * forget, {"dpo": forget.item()}
-        return with_retain_nll(run, inputs, total, terms, self.options.alpha)
+        return logsigmoid_loss(run, inputs, self.options, beta * (chosen - rejected), "dpo")
 
 
 @dataclass
