@@ -23,13 +23,12 @@ test: setup-dev chromium model
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The tiers one at a time. Unit: tiny models built in the tests, no real SmolLM2, no Chromium (a few tests in
-# tests/unit still use them and are marked integration or slow: they run in test-integration).
+# The tiers one at a time (a tier is a folder). Unit: tiny models built in the tests, no real SmolLM2, no Chromium.
 test-unit: setup-dev
-	$(BIN)/python -m pytest tests/unit -m "not integration and not slow"
+	$(BIN)/python -m pytest tests/unit
 
-test-integration: setup-dev chromium model
-	$(BIN)/python -m pytest tests/unit tests/integration -m "integration or slow"
+test-integration: setup-dev model
+	$(BIN)/python -m pytest tests/integration
 
 test-e2e: setup-dev chromium model
 	$(BIN)/python -m pytest tests/e2e
