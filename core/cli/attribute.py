@@ -8,10 +8,10 @@ import sys
 
 import pandas as pd
 
-from core.analyses.attribution import ATTRIBUTION_METHODS, BASELINES, GRANULARITIES, AttributionSettings, attribute
-from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
+from core.analyses.attribution import ATTRIBUTION_METHODS, GRANULARITIES, AttributionSettings, attribute
+from core.cli.common import add_option_arguments, add_pair_arguments, pair_from_args
+from core.common import options_of
 from core.common.errors import UserError
-from core.common.limits import MAX_IG_STEPS, MAX_SHAPLEY_SAMPLES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,21 +22,12 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--answer")
     parser.add_argument("--method", default="integrated_gradients", help="see --list")
     parser.add_argument("--per-token", action="store_true", help="one row per answer token (else the whole answer)")
-    parser.add_argument(
-        "--n-steps", type=bounded_int(1, MAX_IG_STEPS), default=AttributionSettings.n_steps,
-        help=f"integrated gradients steps (1..{MAX_IG_STEPS})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--n-samples", type=bounded_int(1, MAX_SHAPLEY_SAMPLES), default=AttributionSettings.n_samples,
-        help=f"Shapley orders (1..{MAX_SHAPLEY_SAMPLES})",
-    )  # fmt: skip
-    parser.add_argument("--window", type=int, default=AttributionSettings.window, help="occlusion window")
-    parser.add_argument("--baseline", default=AttributionSettings.baseline, help=f"one of {', '.join(BASELINES)}")
+    # the methods' own knobs, as the methods declare them (the Attribution page draws the same options)
+    add_option_arguments(parser, options_of(AttributionSettings, "baseline", "n_steps", "n_samples", "window", "seed"))
     parser.add_argument("--granularity", choices=GRANULARITIES, default="token")
     parser.add_argument("--include-answer-prefix", action="store_true", help="also attribute to earlier answer tokens")
     parser.add_argument("--attribute-special", action="store_true", help="attribute to special tokens (BOS…) too")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object (AttributionResult.from_json)")
     parser.add_argument("--list", action="store_true", help="list the attribution methods and exit")
     parser.set_defaults(handler=run_attribute)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from core.common import Option
 from core.common.errors import UserError
 from core.models.pair import ModelPair
 from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelSpec
@@ -27,6 +29,23 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 
     parse.__name__ = "whole number"
     return parse
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """One `--name` flag per declared option (core.common.options), typed, bounded and explained by the declaration:
+    the command line offers what the registry's entries declare, as the dashboard's controls do."""
+    for spec in options:
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = f"{spec.help} ({spec.range})" if spec.range else spec.help
+        if spec.type is bool:
+            parser.add_argument(flag, action="store_true", default=spec.default, help=spec.help)
+        elif spec.choices:
+            parser.add_argument(flag, choices=spec.choices, type=spec.type, default=spec.default, help=spec.help)
+        elif spec.type is int and spec.min is not None:
+            high = int(spec.max) if spec.max is not None else sys.maxsize
+            parser.add_argument(flag, type=bounded_int(int(spec.min), high), default=spec.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=spec.type, default=spec.default, help=help_text)
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.attacks.base import DEFAULT_EPSILON, RobustnessSettings, describe_attacks
+from core.attacks.base import ATTACKS, DEFAULT_EPSILON, RobustnessSettings, describe_attacks
 from core.attacks.runner import RobustnessResult, check_attacks, load_robustness_data, run_attacks
-from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
+from core.cli.common import add_option_arguments, add_pair_arguments, bounded_int, pair_from_args
 from core.common.cache import atomic_write_text
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE
@@ -34,10 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
     parser.add_argument("--no-attack-base", action="store_true", help="do not also apply the attacks to the base")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="smallest base−unlearned gap measured")
-    parser.add_argument("--relearn-items", type=int, default=RobustnessSettings.relearn_items)
-    parser.add_argument("--relearn-steps", default="1,2,4,8", help="evaluation steps of the relearning curve")
-    parser.add_argument("--relearn-lr", type=float, default=RobustnessSettings.relearn_lr)
-    parser.add_argument("--lora-rank", type=int, default=RobustnessSettings.lora_rank)
+    add_option_arguments(parser, ATTACKS.options("relearn"))  # as the relearning attack declares them
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the attacks and exit")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")

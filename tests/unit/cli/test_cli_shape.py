@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 from pathlib import Path
 
 import pytest
 
+from core.analyses.attribution import AttributionSettings
+from core.attacks.base import ATTACKS
 from core.cli import build_parser
+from core.common import options_of
 
 CORE = Path(__file__).resolve().parents[3] / "core"
 CLI = CORE / "cli"
@@ -46,3 +50,30 @@ def test_help_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args([*argv, "--help"])
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m core {' '.join(argv)}".rstrip())
+
+
+def command_flags(command: str) -> dict[str, argparse.Action]:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag: action for action in subparsers.choices[command]._actions for flag in action.option_strings}
+
+
+@pytest.mark.parametrize(
+    ("command", "declared"),
+    [
+        ("attribute", lambda: options_of(AttributionSettings, "baseline", "n_steps", "n_samples", "window", "seed")),
+        ("robustness", lambda: ATTACKS.options("relearn")),
+    ],
+)
+def test_the_cli_offers_what_the_registry_declares(command: str, declared) -> None:
+    """Each declared option is a flag with its default, choices and bounds (the dashboard draws the same ones)."""
+    flags = command_flags(command)
+    for spec in declared():
+        action = flags["--" + spec.name.replace("_", "-")]
+        assert action.default == spec.default and spec.help.split(";")[0] in (action.help or ""), spec.name
+        if spec.choices:
+            assert tuple(action.choices) == tuple(spec.choices)
+        if spec.type is int and spec.max is not None:
+            with pytest.raises(argparse.ArgumentTypeError):
+                action.type(str(int(spec.max) + 1))
+            assert action.type(str(int(spec.max))) == spec.max
