@@ -1,4 +1,4 @@
-"""The project reads nothing outside its own tree: a user's clone has no sibling folders (no `../shared`)."""
+"""The project reads nothing outside its own tree: a user's clone has no sibling folders beside it."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_no_path_anchored_on_a_source_file_leaves_the_repository() -> None:
 def test_the_scan_catches_a_path_that_leaves() -> None:
     """The checker itself: parents[2] from tests/x.py leaves the tree, parents[1] does not."""
     probe = ROOT / "tests" / "x.py"
-    leaves = ast.parse('A = Path(__file__).resolve().parents[2] / "shared"\nB = Path(__file__).parent.parent')
+    leaves = ast.parse('A = Path(__file__).resolve().parents[2] / "sibling"\nB = Path(__file__).parent.parent')
     assert [target for _, target in file_anchored_paths(leaves, probe)] == [ROOT.parent, ROOT]
 
 
