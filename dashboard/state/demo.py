@@ -12,10 +12,9 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import UserError
-from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, DEMO_PREFIX, ModelSpec
-from core.unlearn.demo import DEFAULT_UNLEARNED as DEMO_DEFAULT_RUN
+from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED
 from core.unlearn.demo import UNLEARNED as DEMO_UNLEARNED
-from core.unlearn.demo import DemoExperiment, demo_status
+from core.unlearn.demo import DemoExperiment, demo_model_names, demo_status
 from dashboard.boundary import fragment
 from dashboard.plain import plain
 from dashboard.state import keys
@@ -26,20 +25,9 @@ INTERIM_PAIR = ("demo:base", "demo:target")  # what a first start opens while th
 
 
 def demo_stages_to_build(texts: list[str]) -> list[str]:
-    """The demo training stages the typed specs need that are not built yet (bad names are left to load_pair,
-    which reports them)."""
-    experiment = DemoExperiment()
-    stages = {stage.name for stage in experiment.recipe.stages}
-    needed = []
-    for text in texts:
-        source = ModelSpec.parse(text).source
-        if not source.startswith(DEMO_PREFIX):
-            continue
-        name = source[len(DEMO_PREFIX) :].split("@")[0].strip().lower()
-        name = DEMO_DEFAULT_RUN if name == DEMO_UNLEARNED else name
-        if name in stages and name not in needed and not experiment.is_built(name):
-            needed.append(name)
-    return needed
+    """The demo training stages the typed specs need that are not built yet, in build order (bad names are left to
+    load_pair, which reports them)."""
+    return DemoExperiment().stages_to_build(demo_model_names(texts))
 
 
 def build_demo(names: list[str], show: Callable[[float, str], None]) -> None:
