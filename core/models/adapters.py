@@ -143,3 +143,76 @@ def _two_sided_forward(layer: Any, names: Sequence[str]) -> Callable[..., torch.
         return result
 
     return forward
+
+
+@contextlib.contextmanager
+def n_sided_lora(peft_model: Any, names: Sequence[str]) -> Iterator[bool]:
+    """`two_sided_lora` for any number of sides: a batch of len(names) equal blocks, block i taking adapter
+    `names[i]` ("__base__": no adapter), each LoRA layer computing every block's low-rank term in two batched
+    matmuls (`bmm` over the blocks that carry an adapter at that layer, their A and B·scaling stacked and
+    zero-padded to the largest rank), while the shared base matmul sees the whole batch once. So N adapter
+    checkpoints on one backbone (an unlearning run's trajectory) cost one pass of N blocks, not N passes.
+
+    While inside, call the model *without* `adapter_names`; the batch must hold len(names) blocks of equal size.
+    Yields False and changes nothing (the caller then uses PEFT's mixed batch) under the same conditions as
+    `two_sided_lora`: a layer that is not plain LoRA on a linear layer, a merged adapter, training mode, or no
+    names."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    used = [[name for name in names if name in m.lora_A] for m in layers]
+    plain = all(_plain_lora(layer, adapters) for layer, adapters in zip(layers, used, strict=True))
+    if not names or not layers or not plain:
+        yield False
+        return
+    try:
+        for layer, adapters in zip(layers, used, strict=True):
+            # a layer no side adapts runs its base layer alone
+            layer.forward = _n_sided_forward(layer, names) if adapters else layer.get_base_layer().forward
+        yield True
+    finally:
+        for layer in layers:
+            if "forward" in vars(layer):
+                del layer.forward  # back to the class's forward
+
+
+def _plain_lora(layer: Any, adapters: list[str]) -> bool:
+    """Whether `layer` is plain LoRA on an unmerged linear layer in eval mode for every adapter in `adapters`."""
+    usable = isinstance(layer.get_base_layer(), torch.nn.Linear) and not layer.merged and not layer.training
+    return usable and all(
+        name not in getattr(layer, "lora_variant", {})
+        and not getattr(layer, "lora_bias", {}).get(name, False)
+        and not getattr(layer, "fan_in_fan_out", False)
+        for name in adapters
+    )
+
+
+def _n_sided_forward(layer: Any, names: Sequence[str]) -> Callable[..., torch.Tensor]:
+    """The forward of one LoRA layer for a batch of len(names) blocks (see `n_sided_lora`)."""
+    base = layer.get_base_layer()
+    sides = [i for i, name in enumerate(names) if name in layer.lora_A]
+    dtype = layer.lora_A[names[sides[0]]].weight.dtype
+    ranks = [layer.lora_A[names[i]].weight.shape[0] for i in sides]
+    rank = max(ranks)
+    device = base.weight.device
+    # A as [S, in, r] and B·scaling as [S, r, out] for the S blocks that carry an adapter here; lower ranks padded
+    a = torch.zeros(len(sides), base.in_features, rank, dtype=dtype, device=device)
+    b = torch.zeros(len(sides), rank, base.out_features, dtype=dtype, device=device)
+    with torch.no_grad():
+        for j, (i, r) in enumerate(zip(sides, ranks, strict=True)):
+            a[j, :, :r] = layer.lora_A[names[i]].weight.t()
+            b[j, :r, :] = layer.lora_B[names[i]].weight.t() * layer.scaling[names[i]]
+    every = len(sides) == len(names)
+    index = torch.tensor(sides, device=device)
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = base(x, *args, **kwargs)
+        blocks = x.to(dtype).reshape(len(names), -1, x.shape[-1])
+        out = result.view(len(names), -1, result.shape[-1])
+        if every:
+            out += torch.bmm(torch.bmm(blocks, a), b).to(result.dtype)
+        else:  # only the blocks whose adapter has this layer get a low-rank term
+            out.index_add_(0, index, torch.bmm(torch.bmm(blocks.index_select(0, index), a), b).to(result.dtype))
+        return result
+
+    return forward
