@@ -220,3 +220,48 @@ def test_bad_requests_are_user_errors():
         patch_curve(pair, PROMPT, ANSWER, positions="middle")
     with pytest.raises(UserError, match="non-empty"):
         depth_over_sets(pair, {"forget": []})
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    import argparse
+
+    from core.cli.lens import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lens", *argv])
+    status = args.handler(args)
+    return status, capsys.readouterr().out
+
+
+def test_cli_patching_and_depth_views_equal_the_library(tmp_path, capsys):
+    import json
+
+    from core.analyses.patching import DepthResult, PatchingResult
+    from core.models.spec import ModelSpec
+    from tests.cli_args import pair_args
+    from tests.tiny_models import save_tiny_model_dir
+
+    base, unlearned = save_tiny_model_dir(tmp_path / "a", seed=0), save_tiny_model_dir(tmp_path / "b", seed=1)
+    argv = [*pair_args(base, unlearned, "the capital of france is", "paris"), "--view", "patching"]
+    status, out = _run_cli([*argv, "--json", "--oracle", str(base)], capsys)
+    payload = json.loads(out)
+    assert status == 0 and payload["layers"] == [0, 1, 2] and len(payload["patched_logprob"]) == 3
+    pair = ModelPair.load(ModelSpec(str(base)), ModelSpec(str(unlearned)))
+    direct = patch_curve(pair, "the capital of france is", "paris")
+    got = PatchingResult.from_dict(payload)
+    assert got.patched_logprob == pytest.approx(direct.patched_logprob, abs=1e-5)
+    assert got.base_logprob == pytest.approx(direct.base_logprob, abs=1e-5)
+    assert got.oracle_logprob == pytest.approx(direct.base_logprob, abs=1e-5)  # the oracle given is the base
+    status, table = _run_cli(argv, capsys)
+    assert status == 0 and "depth score" in table and len(table.splitlines()) == 3 + 2
+    forget, retain = tmp_path / "f.jsonl", tmp_path / "r.jsonl"
+    forget.write_text(json.dumps({"question": "the capital of", "answer": "paris"}) + "\n")
+    retain.write_text(json.dumps({"question": "france is", "answer": "the"}) + "\n")
+    sets = ["--view", "depth", "--forget", str(forget), "--retain", str(retain), "--base", str(base)]
+    status, out = _run_cli([*sets, "--unlearned", str(unlearned), "--json"], capsys)
+    depth = DepthResult.from_dict(json.loads(out))
+    expected = depth_over_sets(pair, {"forget": [("the capital of", "paris")], "retain": [("france is", "the")]})
+    assert depth.sets["forget"].depth == pytest.approx(expected.sets["forget"].depth, abs=1e-6)
+    with pytest.raises(UserError, match="--oracle"):
+        _run_cli([*pair_args(base, unlearned, "a", "b"), "--oracle", str(base)], capsys)
