@@ -8,7 +8,9 @@ Adding a method is adding one class with `@register` (into `UNLEARNING_METHODS`)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -169,12 +171,23 @@ class _StopForward(Exception):
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's list of transformer blocks (the ModuleList as long as config.num_hidden_layers)."""
+    """The model's list of transformer blocks: the layer view's layouts (core.analyses.lens.architecture), else the
+    ModuleList as long as config.num_hidden_layers; a UserError naming the architecture where neither is found."""
+    from core.analyses.lens.architecture import decoder_layers as known_layers
+
+    with contextlib.suppress(UserError):
+        return known_layers(model)
     count = model.config.num_hidden_layers
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise UserError("could not find the model's list of decoder layers")
+    raise UserError(f"could not find the decoder layers of {type(model).__name__}")
+
+
+# The MLP's output projection under each family's name: RMU's default "mlp.down_proj" (Llama, Mistral, Qwen2, Gemma,
+# OLMo) means the same matrix in GPT-2 (mlp.c_proj), Phi (mlp.fc2), OPT (fc2) and GPT-NeoX (mlp.dense_4h_to_h).
+MLP_OUTPUT_NAMES = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "fc2", "mlp.dense_4h_to_h")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 def layer_activations(model: torch.nn.Module, batch: Batch, layer: int) -> torch.Tensor:
@@ -348,9 +361,30 @@ class RMU(UnlearningMethod):
         return True
 
     def trainable(self, name: str) -> bool:
+        match = _LAYER_INDEX.search(name.replace(".base_layer", ""))
         layers = range(max(0, self.options.layer - 2), self.options.layer + 1)
-        modules = [m.strip() for m in self.options.modules.split(",") if m.strip()]
-        return any(f"layers.{i}." in name for i in layers) and any(f".{m}." in name for m in modules)
+        modules = getattr(self, "_modules", None) or self._named_modules()
+        return bool(match) and int(match.group(1)) in layers and any(f".{m}." in name for m in modules)
+
+    def _named_modules(self) -> list[str]:
+        return [m.strip() for m in self.options.modules.split(",") if m.strip()]
+
+    def _resolve_modules(self, model: torch.nn.Module) -> list[str]:
+        """The option's module names; the default MLP output projection ("mlp.down_proj") is read under the model's
+        own name for it (MLP_OUTPUT_NAMES) where the model has no module of that name. A UserError naming the
+        architecture and its layer's modules where none of the names is found in layer ℓ."""
+        names = self._named_modules()
+        layer = decoder_layers(model)[self.options.layer]
+        own = {name for name, _ in layer.named_modules()}
+        if names == ["mlp.down_proj"] and "mlp.down_proj" not in own:
+            names = [next((m for m in MLP_OUTPUT_NAMES if m in own), "mlp.down_proj")]
+        if not any(m in own for m in names):
+            listed = ", ".join(n for n, m in layer.named_modules() if n and not list(m.children()))
+            raise UserError(
+                f"rmu: no module {', '.join(names)} in layer {self.options.layer} of {type(model).__name__}; "
+                f"its modules include {listed[:300]}"
+            )
+        return names
 
     @staticmethod
     def random_direction(hidden_size: int, seed: int) -> torch.Tensor:
@@ -360,12 +394,13 @@ class RMU(UnlearningMethod):
         return u / u.norm()
 
     def check(self, model: torch.nn.Module) -> None:
-        layers = model.config.num_hidden_layers
+        layers = len(decoder_layers(model))
         if not 0 <= self.options.layer < layers:
             raise UserError(f"rmu layer {self.options.layer} is outside the model's 0..{layers - 1}")
+        self._modules = self._resolve_modules(model)
 
     def prepare(self, run: RunContext) -> None:
-        self.direction = self.random_direction(run.model.config.hidden_size, run.seed).to(run.device)
+        self.direction = self.random_direction(_hidden_size(run.model), run.seed).to(run.device)
 
     def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
         if inputs.retain is None:
@@ -391,3 +426,9 @@ class FineTune(UnlearningMethod):
     def loss(self, run: RunContext, inputs: StepInputs) -> StepLoss:
         nll = mean_nll(run.model, inputs.forget)
         return StepLoss(nll, {"nll": nll.item()})
+
+
+def _hidden_size(model: torch.nn.Module) -> int:
+    """The residual stream's width (config.hidden_size; n_embd for GPT-2)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)

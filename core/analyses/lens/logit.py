@@ -1,5 +1,6 @@
-"""Logit lens: the residual stream after every layer, read through the final norm and the unembedding, gives each
-answer token's probability and rank per layer for both models; the hidden-knowledge score summarises it."""
+"""Logit lens: the residual stream after every layer, read through the model's own head (final norm, unembedding and
+whatever post-processing the model applies), gives each answer token's probability and rank per layer for both
+models; the hidden-knowledge score summarises it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from core.analyses.lens.architecture import final_norm, residual_stream, unembedding
+from core.analyses.lens.architecture import decoder_layers, own_head, residual_stream, unembedding
 from core.common.errors import UserError
 from core.common.serial import JsonResult
 from core.models.pair import SIDES, ModelPair
@@ -116,7 +117,9 @@ def hidden_knowledge_score(result: LensResult, side: str = "unlearned") -> Hidde
 
 
 def logit_lens(pair: ModelPair, prompt: str, answer: str, chat: bool = False) -> LensResult:
-    """Probability and rank of each answer token at every layer, for both models (one forward pass per model)."""
+    """Probability and rank of each answer token at every layer, for both models: each layer's residual stream read
+    through the model's own head (`own_head`), in the same forward pass that records it where the logits fit one
+    chunk (LENS_CHUNK_ELEMENTS), one more pass per further chunk of layers otherwise."""
     if answer is None or not answer.strip():
         raise UserError("the answer is empty: the lens follows the answer's tokens through the layers")
     row = encode(pair.tokenizer, prompt, answer, chat, pair.context_length)
@@ -126,11 +129,7 @@ def logit_lens(pair: ModelPair, prompt: str, answer: str, chat: bool = False) ->
     sides = {}
     for side in SIDES:
         with pair.use(side) as model, torch.no_grad():
-            with residual_stream(model, lambda h: h[0, p - 1 : p - 1 + n]) as states:
-                model(input_ids=ids, use_cache=False, logits_to_keep=1)
-            stream = torch.stack(states)  # [layers + 1, n, H]
-            chunk = max(1, LENS_CHUNK_ELEMENTS // (n * unembedding(model).weight.shape[0]))
-            parts = [_read_out(model, part, targets) for part in stream.split(chunk)]
+            parts = _side_lens(model, ids, n, targets)
         logprob, rank, top = (torch.cat(columns) for columns in zip(*parts, strict=True))
         sides[side] = LensSide(logprob.tolist(), rank.tolist(), [_texts(pair.tokenizer, r) for r in top.tolist()])
     return LensResult(
@@ -145,12 +144,32 @@ def logit_lens(pair: ModelPair, prompt: str, answer: str, chat: bool = False) ->
     )
 
 
-def _read_out(
-    model: torch.nn.Module, stream: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Final norm + unembedding of [layers, n, H] → target log-prob, target rank and top token, each [layers, n]."""
-    logp = torch.log_softmax(unembedding(model)(final_norm(model)(stream)).float(), dim=-1)
-    target = logp.gather(-1, targets.view(1, -1, 1).expand(len(stream), -1, 1)).squeeze(-1)
+def _side_lens(
+    model: torch.nn.Module, ids: torch.Tensor, n: int, targets: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per chunk of layers, the answer tokens' log-prob, rank and top token under the model's own head."""
+    rows = len(decoder_layers(model)) + 1
+    chunk = max(1, LENS_CHUNK_ELEMENTS // ((n + 1) * unembedding(model).weight.shape[0]))
+    bounds = [(start, min(rows, start + chunk)) for start in range(0, rows, chunk)]
+    parts = []
+    recorded: list[torch.Tensor] = []  # the stream, once the first pass has recorded it
+
+    def read(start: int, end: int, live: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack((recorded or live)[start:end])
+
+    with residual_stream(model, lambda h: h[0]) as states:
+        for start, end in bounds:
+            with own_head(model, lambda s=start, e=end: read(s, e, states)):
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=n + 1).logits
+            recorded = recorded or states[:rows]
+            parts.append(_read_out(logits[:, :n], targets))
+    return parts
+
+
+def _read_out(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [layers, n, V] at the answer-predicting positions → target log-prob, rank and top token, [layers, n]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    target = logp.gather(-1, targets.view(1, -1, 1).expand(len(logp), -1, 1)).squeeze(-1)
     rank = (logp > target.unsqueeze(-1)).sum(dim=-1) + 1
     return target.cpu(), rank.cpu(), logp.argmax(dim=-1).cpu()
 
