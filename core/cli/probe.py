@@ -13,8 +13,11 @@ from core.common.limits import MAX_NEW_TOKENS, MAX_TOP_K
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `probe` on the main CLI's subcommands."""
-    parser = commands.add_parser("probe", help="per-token likelihood shift between base and unlearned")
+    parser = commands.add_parser(
+        "probe", help="per-token likelihood shift between base and unlearned", conflict_handler="resolve"
+    )
     add_pair_arguments(parser)
+    add_many_arguments(parser)  # --unlearned repeatable, --run (core.analyses.multi)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--answer", help="reference answer to score (else the prompt's own tokens are scored)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -31,6 +34,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Score (and optionally generate), then print the token table and totals (or one JSON object)."""
+    if len(args.unlearned or []) > 1 or args.run:
+        return run_probe_many(args)
+    args.unlearned = args.unlearned[0] if args.unlearned else None
     pair = pair_from_args(args)
     result = score(pair, [ProbeRequest(args.prompt, args.answer)], chat=args.chat, top_k=args.top_k)[0]
     payload = result.to_dict()
@@ -54,4 +60,48 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.generate:
         sys.stdout.write(f"base:      {payload['generation']['base_text']}\n")
         sys.stdout.write(f"unlearned: {payload['generation']['unlearned_text']}\n")
+    return 0
+
+
+def add_many_arguments(parser: argparse.ArgumentParser) -> None:
+    """--unlearned repeatable (it replaces add_pair_arguments' single one) and --run: several unlearned models."""
+    parser.add_argument(
+        "--unlearned",
+        action="append",
+        help="unlearned model SPEC (PATH::adapter=DIR for an adapter); repeat it for several models",
+    )
+    parser.add_argument(
+        "--run", action="append", default=[], help="an unlearning run folder: adds every checkpoint in step order"
+    )
+
+
+def run_probe_many(args: argparse.Namespace) -> int:
+    """Several unlearned models (repeated --unlearned, --run): one JSON object {"models", "results"}, or a table
+    of each model's answer log-prob, each result the probe of base vs that model."""
+    from tqdm.auto import tqdm
+
+    from core.analyses.multi import ModelEntry, ModelSet, probe_many, run_entries
+    from core.cli.common import build_demo_first
+    from core.common.errors import UserError
+    from core.models.spec import DEFAULT_BASE, ModelSpec
+
+    if args.generate:
+        raise UserError("--generate takes one unlearned model; leave it out to probe several")
+    options = {"dtype": args.dtype, "device": args.device, "trust_remote_code": args.trust_remote_code,
+               "allow_unsafe_weights": args.allow_unsafe_weights,
+               "device_map": "auto" if args.device_map_auto else None}  # fmt: skip
+    base = ModelSpec.parse(args.base or DEFAULT_BASE, **options)
+    entries = [ModelEntry(ModelSpec.parse(text, **options), text) for text in args.unlearned or []]
+    for run in args.run:
+        entries += run_entries(run, ModelSpec(run, **options))
+    build_demo_first([base, *(entry.spec for entry in entries)])
+    models = ModelSet.load(base, entries, memory_check=False if args.skip_memory_check else None)
+    with tqdm(total=1.0, desc="probing") as bar:
+        result = probe_many(models, ProbeRequest(args.prompt, args.answer), args.chat, args.top_k,
+                            progress=lambda fraction: bar.update(fraction - bar.n))  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return 0
+    for label, probe in zip(result.models, result.results, strict=True):
+        sys.stdout.write(f"{label}: answer log-prob {probe.answer_logprob_unlearned:.3f}  Δ {probe.delta:+.3f}\n")
     return 0
