@@ -49,8 +49,9 @@ $(VENV)/.deps: requirements.txt constraints.txt
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.deps-dev: $(VENV)/.deps requirements-dev.txt
-	$(PIP) -r requirements-dev.txt
+# The test dependencies and the optional Ray group (sweeps on a cluster: requirements-ray.txt, docs/SCALING.md).
+$(VENV)/.deps-dev: $(VENV)/.deps requirements-dev.txt requirements-ray.txt
+	$(PIP) -r requirements-dev.txt -r requirements-ray.txt
 	touch $@
 
 # Debian's Chromium for the browser tests and image export (never a browser download).

@@ -1,0 +1,170 @@
+"""`evaluate --ray` on a local two-CPU Ray cluster with tiny random models: the result files equal a single-process
+run's, a task whose worker is killed mid-run is retried without recomputing finished ones, a rerun computes
+nothing, and a bad model fails alone with a clear message."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sweep_faults
+from tiny_models import EPS32, save_tiny_model_dir
+
+from core.data.qa import QADataset, QAItem, SplitData
+from core.evaluation.evaluate import EvalSettings, evaluate
+from core.models.spec import ModelSpec
+from core.sweep.cluster import ClusterSettings
+from core.sweep.evaluate import evaluate_sweep
+from core.sweep.progress import read_progress
+from core.sweep.store import TaskStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = (*(f"w{i}" for i in range(40)), "the", "capital", "of", "is", "?", ".")
+# The sweep's numbers come from the same code on the same float32 weights; only the thread count of the matrix
+# products may differ (a Ray worker runs one thread). A float32 sum of n terms reordered moves by at most about
+# n·eps relative; the reductions here run over at most 64 terms (hidden 32, intermediate 64), and the metrics are
+# smooth in the log-probabilities, so 64·eps ≈ 7.6e-6 bounds the relative change; the issue's 1e-6 absolute
+# tolerance is checked on top, for numbers of order one.
+RTOL = 64 * EPS32
+ATOL = 1e-6
+
+
+def word_splits() -> SplitData:
+    def items(start: int) -> list[QAItem]:
+        return [
+            QAItem(i, f"the capital of w{i} ?", f"the capital is w{i + 1} .", paraphrased_answer=f"w{i + 1} is .",
+                   perturbed_answer=[f"the capital is w{i + 2} .", f"the capital is w{i + 3} ."])
+            for i in range(start, start + 2)
+        ]  # fmt: skip
+
+    return SplitData(
+        forget=QADataset("w", "forget", items(0)),
+        retain=QADataset("w", "retain", items(4)),
+        holdout=QADataset("w", "holdout", items(8)),
+        world_facts=QADataset("w", "world_facts", items(12)),
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray instance for the module: two CPUs, no dashboard (the machine is shared)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(sweep_faults)  # the workers need not find the tests' folder
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("models")
+    return [save_tiny_model_dir(root / f"m{seed}", seed=seed, words=WORDS) for seed in range(3)]
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ULENS_HOME", str(tmp_path / "home"))
+
+
+def result_files(out: Path) -> dict[str, Any]:
+    """Every result file under `out` (not the sweep's own records), parsed, by path relative to `out`."""
+    return {
+        str(path.relative_to(out)): json.loads(path.read_text())
+        for path in sorted(out.rglob("TOFU_*.json"))
+        if ".sweep" not in path.parts
+    }
+
+
+def assert_close(a: Any, b: Any, where: str = "") -> None:
+    """Equal JSON trees: same keys and lengths, equal strings and nulls, numbers within RTOL/ATOL."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), where
+        for key in a:
+            assert_close(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, f"{where}[{k}]")
+    elif isinstance(a, float) and isinstance(b, float | int):
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def calls(models: list[Path]) -> list[str]:
+    log = models[0].parent / sweep_faults.CALLS
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
+def test_sweep_files_equal_the_single_process_run(ray_cluster, models, tmp_path: Path) -> None:
+    specs = [ModelSpec(str(path)) for path in models]
+    settings = EvalSettings(batch_size=3)
+    single = evaluate(specs, word_splits(), oracle="m0", settings=settings, out_dir=tmp_path / "single", cache=False)
+    swept = evaluate_sweep(specs, word_splits(), oracle="m0", settings=settings, out_dir=tmp_path / "sweep",
+                           cluster=ClusterSettings(retries=0), show=False)  # fmt: skip
+    assert swept.failures == []
+    expected, got = result_files(tmp_path / "single"), result_files(tmp_path / "sweep")
+    assert (
+        sorted(got) == sorted(expected) == [f"m{k}/TOFU_{kind}.json" for k in range(3) for kind in ("EVAL", "SUMMARY")]
+    )
+    assert_close(got, expected)
+    assert got["m0/TOFU_SUMMARY.json"]["forget_quality"] == 1.0  # the oracle against itself: the reference is in
+    assert [(e.model, e.step) for e in swept.result.evaluations] == [(e.model, e.step) for e in single.evaluations]
+    assert swept.result.oracle == single.oracle == "m0"
+
+
+def test_a_killed_task_is_retried_and_finished_ones_are_not_recomputed(ray_cluster, models, tmp_path, monkeypatch):
+    monkeypatch.setattr("core.sweep.evaluate.evaluate_work", sweep_faults.logged_work)
+    (models[1].parent / sweep_faults.CALLS).unlink(missing_ok=True)
+    (models[1] / sweep_faults.KILL_MARKER).touch()
+    specs = [ModelSpec(str(path)) for path in models]
+    out = tmp_path / "out"
+    settings = EvalSettings(batch_size=1)  # several batches: the kill lands mid-run, after the first one
+    first = evaluate_sweep(specs, word_splits(), settings=settings, out_dir=out, cluster=ClusterSettings(retries=2),
+                           show=False)  # fmt: skip
+    assert first.failures == []
+    assert not (models[1] / sweep_faults.KILL_MARKER).exists()  # it did die once
+    assert calls(models) == ["m0", "m1", "m1", "m2"]  # m1 twice, the others once: nothing finished ran again
+    progress = read_progress(out / ".sweep" / "progress.json")
+    assert progress is not None and progress["state"] == "finished"
+    assert {t["label"]: t["attempt"] for t in progress["tasks"]} == {"m0": 1, "m1": 2, "m2": 1}
+    files = result_files(out)
+    assert len(files) == 6
+
+    again = evaluate_sweep(specs, word_splits(), settings=settings, out_dir=out, cluster=ClusterSettings(), show=False)
+    assert calls(models) == ["m0", "m1", "m1", "m2"]  # a rerun computes nothing
+    assert all(e.cached for e in again.result.evaluations)
+    assert result_files(out) == files
+    single = evaluate(specs, word_splits(), settings=settings, out_dir=tmp_path / "single", cache=False)
+    assert_close(files, result_files(tmp_path / "single"))
+    assert len(single.evaluations) == 3
+
+
+def test_a_bad_model_fails_its_task_and_the_others_finish(ray_cluster, models, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    missing = tmp_path / "missing"
+    specs = [ModelSpec(str(models[0])), ModelSpec(str(broken)), ModelSpec(str(missing)), ModelSpec(str(models[2]))]
+    out = tmp_path / "out"
+    swept = evaluate_sweep(specs, word_splits(), out_dir=out, cluster=ClusterSettings(retries=1), show=False)
+    failed = dict(swept.failures)
+    assert sorted(failed) == [str(missing), "broken"]
+    assert failed["broken"].startswith(f"could not load the model in {broken}")  # the loader's UserError, in the worker
+    assert str(missing) in failed[str(missing)]  # refused on the driver: the folder does not exist
+    assert [e.model for e in swept.result.evaluations] == ["m0", "m2"]
+    assert sorted(result_files(out)) == [f"m{k}/TOFU_{kind}.json" for k in (0, 2) for kind in ("EVAL", "SUMMARY")]
+    message = swept.failure_message()
+    assert message is not None and message.startswith("2 task(s) failed") and "broken" in message
+    store = TaskStore.beside(out)
+    progress = read_progress(store.root / "progress.json")
+    assert progress is not None and progress["state"] == "failed"
+    assert progress["counts"] == {"queued": 0, "running": 0, "done": 2, "skipped": 0, "failed": 1}
+    attempts = {t["label"]: t["attempt"] for t in progress["tasks"]}
+    assert attempts["broken"] == 1  # a bad input is not retried (only a dead worker or a transient error is)
