@@ -9,13 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.analyses.probe import ProbeRequest
+from core.attacks.runner import RobustnessResult
 from core.cli.common import add_pair_arguments, pair_from_args
 from core.common.errors import UserError
 from core.evaluation.ingest import ingest
 from core.models.pair import ModelPair
+from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED
 from core.present.report.export import EXPORT_FORMATS, export_all
+from core.present.report.labels import parse_labels
 from core.present.report.model import build_report
 from core.present.report.parts import parse_probe
+from core.present.report.pdf import write_pdf
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,21 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--attribute", action="store_true", help="attribution view for each probe with an answer")
     parser.add_argument("--attribution-method", default="integrated_gradients", help="see `attribute --list`")
     parser.add_argument("--lens", action="store_true", help="logit-lens layer view for each probe with an answer")
-    parser.add_argument("--notes", default="", help="text shown at the top of the report")
+    parser.add_argument("--robustness", type=Path, help="a robustness result: robustness.json or its folder")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=TEXT",
+        help="a name to show: base=…, unlearned=… or RUN=… for a run of the results (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--notes", default="", help="text shown after the generated summary")
     parser.add_argument("--notes-file", type=Path, help="read the notes from a file")
     parser.add_argument("--title", default="Unlearning report")
     parser.add_argument("--images", type=Path, help="also write every chart (and every table as CSV) here")
     parser.add_argument("--image-format", action="append", choices=list(EXPORT_FORMATS), help="default: png")
     parser.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    parser.add_argument(
+        "--pdf", nargs="?", const=True, default=None, metavar="PATH",
+        help="also write the report as PDF (default: --out with .pdf), printed by the system Chromium",
+    )  # fmt: skip
     parser.set_defaults(handler=run_report)
     return parser
 
@@ -58,12 +71,31 @@ def _pair_from_cli(args: argparse.Namespace, probes: Sequence[ProbeRequest]) -> 
     return pair_from_args(args)
 
 
+def read_robustness(path: Path) -> RobustnessResult:
+    """A robustness result from `python -m core robustness --out DIR`: DIR/robustness.json or the file itself."""
+    file = path / "robustness.json" if path.is_dir() else path
+    if not file.is_file():
+        where = f"--robustness {path.name}"
+        raise UserError(f"{where}: no robustness.json there (write one with `python -m core robustness`)")
+    return RobustnessResult.from_json(file.read_text(encoding="utf-8"))
+
+
+def _labels(args: argparse.Namespace, pair: ModelPair | None) -> dict[str, str]:
+    """The specs as typed (the demo pair's when none were) name the sides, unless --label names them."""
+    typed = {}
+    if pair is not None:
+        typed = {"base": args.base or DEFAULT_BASE, "unlearned": args.unlearned or DEFAULT_UNLEARNED}
+    return typed | parse_labels(args.label)
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Read results, load the pair (when probes or specs are given), compute, write the HTML (and images)."""
     from tqdm import tqdm
 
     probes = [parse_probe(text) for text in args.probe]
     notes = args.notes_file.read_text(encoding="utf-8") if args.notes_file else args.notes
+    robustness = read_robustness(args.robustness) if args.robustness else None
+    parse_labels(args.label)  # a malformed label fails before any model loads
     with tqdm(total=100, unit="%", desc="reading results", file=sys.stderr) as bar:
 
         def progress(message: str, fraction: float) -> None:
@@ -78,10 +110,14 @@ def run_report(args: argparse.Namespace) -> int:
             pair, results=results, x_metric=args.x_metric, y_metric=args.y_metric,
             sources=[str(path) for path in args.results], probes=probes, chat=args.chat,
             with_attribution=args.attribute, attribution_method=args.attribution_method, with_lens=args.lens,
-            notes=notes, title=args.title, progress=progress,
+            robustness=robustness, labels=_labels(args, pair), notes=notes, title=args.title, progress=progress,
         )  # fmt: skip
         bar.set_description("writing")
         report.write(args.out)
+        if args.pdf:
+            bar.set_description("printing the PDF")
+            pdf = args.out.with_suffix(".pdf") if args.pdf is True else Path(args.pdf)
+            log.info("wrote %s", write_pdf(report, pdf))
         if args.images:
             for path in export_all(report, args.images, args.image_format or ["png"]):
                 log.info("wrote %s", path)

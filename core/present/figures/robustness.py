@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from core.attacks.runner import RobustnessResult
@@ -70,3 +71,22 @@ def relearning_figure(result: RobustnessResult) -> go.Figure:
         yaxis_title="forget probability",
     )
     return figure
+
+
+ROBUSTNESS_COLUMNS = {
+    "attack": "attack",
+    "variant": "variant (the headline row of each attack)",
+    "n_items": "forget items",
+    "recovery_pct": "recovery (%, 0 = stays forgotten, 100 = back to the base)",
+    "attacked_unlearned": "forget probability, unlearned under attack",
+    "reference_unlearned": "forget probability, unlearned",
+    "reference_base": "forget probability, base",
+    "reason": "why not measured",
+}
+
+
+def robustness_frame(result: RobustnessResult) -> pd.DataFrame:
+    """One row per attack (its headline outcome) with the columns a reader needs, named in words."""
+    rows = [{key: getattr(o, key) for key in ROBUSTNESS_COLUMNS} for o in result.headlines()]
+    frame = pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
+    return frame.rename(columns=ROBUSTNESS_COLUMNS)

@@ -8,6 +8,7 @@ import math
 import numbers
 import re
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from plotly.offline import get_plotlyjs
 
 from core.present.figures.layers import hidden_knowledge_reading
 from core.present.highlight import default_scale, legend_html, token_html
+from core.present.names import public_path, scrub_paths
+from core.present.report.layout import metric_tables_html, summary_html
 from core.present.report.parts import Chart, Table, frame_to_csv
 
 if TYPE_CHECKING:
@@ -24,8 +27,6 @@ if TYPE_CHECKING:
 
 _BULLET = re.compile(r"^\s*[-*]\s+")
 PAIR_FIELDS = {
-    "base": "base model",
-    "unlearned": "unlearned model",
     "device": "device",
     "dtype": "dtype",
     "parameter_mb": "weights (MB)",
@@ -35,7 +36,8 @@ PAIR_FIELDS = {
 CSS = """
 :root { --ink: #1d1d1f; --muted: #666; --line: #ddd; --ref: #f3f6ee; }
 * { box-sizing: border-box; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; font-variant-ligatures: none;
+       color: var(--ink);
        max-width: 1100px; margin: 0 auto; padding: 24px; }
 h1 { margin-bottom: 0; } h2 { border-bottom: 2px solid var(--line); padding-bottom: 4px; margin-top: 2.2em; }
 .meta, .caption { color: var(--muted); font-size: 0.9em; }
@@ -51,12 +53,24 @@ tr.reference td { background: var(--ref); font-style: italic; }
 .notes { background: #fafafa; border-left: 4px solid #888; padding: 6px 16px; }
 .downloads a { font-size: 0.85em; margin-right: 1em; }
 .warnings { color: #8a4b00; }
+.summary { background: #f5f8fc; border-left: 4px solid #1f77b4; padding: 4px 16px; }
+.summary li { margin: 4px 0; }
+table.metrics th.metric { font-weight: normal; max-width: 22em; }
+table.metrics th small, table.metrics th.run small { color: var(--muted); font-weight: normal; }
+th.reference, td.reference { background: var(--ref); font-style: italic; }
+.footnotes { color: var(--muted); font-size: 0.8em; columns: 2; }
+.chart-static svg { max-width: 100%; height: auto; }
+.chart-static { margin: 8px 0; break-inside: avoid; page-break-inside: avoid; }
+@page { size: A4; margin: 14mm 12mm; }
 @media print {
-  body { max-width: none; padding: 0; font-size: 12px; }
+  body { max-width: none; padding: 0; font-size: 11px; }
   nav, .downloads, .modebar-container { display: none !important; }
   .table-wrap { overflow: visible; }
   .chart, .probe, table { break-inside: avoid; page-break-inside: avoid; }
   h2 { break-after: avoid; page-break-after: avoid; }
+  section + section { break-before: page; page-break-before: always; }
+  section#section-notes { break-before: auto; page-break-before: auto; }
+  td, th { padding: 2px 5px; }
 }
 """
 
@@ -71,10 +85,12 @@ document.querySelectorAll("div.chart[data-figure]").forEach(function (div) {
 """
 
 SECTIONS = {
+    "summary": "Summary",
     "notes": "Notes",
     "pair": "Model pair",
     "tradeoffs": "Forget / utility tradeoff",
     "metrics": "Metrics",
+    "robustness": "Robustness",
     "probes": "Probes",
     "attribution": "Attribution",
     "layers": "Layer view",
@@ -123,14 +139,22 @@ def _qa_heading(label: str, prompt: str, answer: str) -> str:
     )
 
 
-class _Renderer:
-    """Turns a Report into one HTML document; figure JSON is numbered in document order."""
+ChartSvg = Callable[[Chart], str]  # a chart as an SVG document (for print: no scripts, vectors in the PDF)
 
-    def __init__(self, report: Report) -> None:
+
+class _Renderer:
+    """Turns a Report into one HTML document; figure JSON is numbered in document order. With `svg`, every chart
+    is drawn in the document as that SVG instead (the print version: no plotly.js, no scripts)."""
+
+    def __init__(self, report: Report, svg: ChartSvg | None = None) -> None:
         self.report = report
+        self.svg = svg
         self.figures: list[str] = []
 
     def chart(self, chart: Chart) -> str:
+        if self.svg is not None:
+            label = html.escape(chart.title, quote=True)
+            return f'<figure class="chart-static" aria-label="{label}">{self.svg(chart)}</figure>'
         index = len(self.figures)
         self.figures.append(_script_json(pio.to_json(chart.figure, validate=False)))
         height = chart.figure.layout.height or 450
@@ -166,9 +190,15 @@ class _Renderer:
 
     # ------------------------------------------------------------------ sections
 
+    def summary_section(self) -> str:
+        caption = '<p class="caption">Generated from the numbers in this report.</p>'
+        return self.section("summary", f'<div class="summary">{summary_html(self.report.summary())}{caption}</div>')
+
     def pair_section(self) -> str:
-        info = self.report.pair or {}
-        rows = "".join(
+        info, labels = self.report.pair or {}, self.report.labels
+        names = [("base model", labels.side("base")), ("unlearned model", labels.side("unlearned"))]
+        rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(name)}</td></tr>" for label, name in names)
+        rows += "".join(
             f"<tr><th>{html.escape(label)}</th><td>{_cell(info[key])[0] or 'no'}</td></tr>"
             for key, label in PAIR_FIELDS.items()
             if key in info
@@ -186,10 +216,23 @@ class _Renderer:
 
     def metrics_section(self, table: Table) -> str:
         caption = (
-            '<p class="caption">Shaded rows are references (target, base, oracle), not unlearning runs. '
-            "An empty step is the final evaluation.</p>"
+            '<p class="caption">One column per run at its last evaluation; shaded columns are references (target, '
+            "base, oracle), not unlearning runs. Hover a metric for its raw key; the footnotes list them.</p>"
         )
-        return self.section("metrics", caption + self.table(table))
+        body = metric_tables_html(table.frame, self.report.labels)
+        return self.section("metrics", caption + body + self.csv_link(table))
+
+    def robustness_section(self) -> str:
+        result = self.report.robustness
+        caption = (
+            f'<p class="caption">Each attack tries to bring the forgotten answers back on {result.n_items} forget '
+            "items: recovery is the share of the forget probability the unlearned model lost that comes back "
+            "(0 % = stays forgotten, 100 % = back to the base). Clean forget probability: base "
+            f"{result.base:.3f}, unlearned {result.unlearned:.3f}.</p>"
+        )
+        charts = "".join(self.chart(chart) for chart in self.report.robustness_charts())
+        table = self.report.robustness_table()
+        return self.section("robustness", caption + charts + (self.table(table) if table is not None else ""))
 
     def probes_section(self) -> str:
         report = self.report
@@ -239,10 +282,10 @@ class _Renderer:
 
     def appendix_section(self) -> str:
         report = self.report
-        sources = "".join(f"<li>{html.escape(source)}</li>" for source in report.sources)
+        sources = "".join(f"<li>{html.escape(public_path(source))}</li>" for source in report.sources)
         parts = [f"<p>Result folders:</p><ul>{sources}</ul>" if sources else ""]
         if report.warnings:
-            items = "".join(f"<li>{html.escape(warning)}</li>" for warning in report.warnings)
+            items = "".join(f"<li>{html.escape(scrub_paths(warning))}</li>" for warning in report.warnings)
             parts.append(f'<div class="warnings"><p>Warnings:</p><ul>{items}</ul></div>')
         return self.section("appendix", "".join(parts)) if any(parts) else ""
 
@@ -250,12 +293,14 @@ class _Renderer:
         report = self.report
         metrics, tradeoffs = report.metrics_table(), report.tradeoff_charts()
         sections = [
+            self.summary_section(),
             self.section("notes", f'<div class="notes">{notes_html(report.notes)}</div>')
             if report.notes.strip()
             else "",
             self.pair_section() if report.pair else "",
             self.tradeoff_section(tradeoffs) if tradeoffs else "",
             self.metrics_section(metrics) if metrics is not None else "",
+            self.robustness_section() if report.robustness is not None else "",
             self.probes_section() if report.probes else "",
             self.attribution_section() if report.attributions else "",
             self.layers_section() if report.lenses else "",
@@ -287,6 +332,6 @@ class _Renderer:
         )  # fmt: skip
 
 
-def render_document(report: Report) -> str:
-    """The whole report as one HTML document."""
-    return _Renderer(report).document()
+def render_document(report: Report, svg: ChartSvg | None = None) -> str:
+    """The whole report as one HTML document; with `svg`, the print version (each chart as that SVG)."""
+    return _Renderer(report, svg).document()

@@ -63,6 +63,11 @@ def figure_specs(document: str) -> list[dict]:
     return [json.loads(text) for _, text in found]
 
 
+def chart_index(report: Report, name: str) -> int:
+    """The position of the chart called `name` in the document (charts are numbered in report order)."""
+    return [chart.name for chart in report.charts()].index(name)
+
+
 def array(value: list | dict) -> list:
     """A trace array from figure JSON: a plain list, or plotly's typed array {dtype, bdata[, shape]}."""
     if isinstance(value, dict):
@@ -103,10 +108,14 @@ def test_notes_markdownish_and_escaped() -> None:
 
 
 def test_tradeoff_figure_data_equal_the_summary(document: str, full_report: Report, results) -> None:
+    """The chart shows runs by their labels (GradDiff for the labelled run, the others by name)."""
     x, y = full_report.axes
     spec = figure_specs(document)[0]
-    assert spec["data"] == json.loads(tradeoff_figure(results.summary, x, y).to_json())["data"]
-    summary = results.summary
+    summary = results.summary.assign(model=results.summary["model"].replace({GRADDIFF.name: "GradDiff"}))
+    assert spec["data"] == json.loads(tradeoff_figure(summary, x, y).to_json())["data"]
+    assert "GradDiff" in {trace["name"] for trace in spec["data"]} | {
+        c[0] for t in spec["data"] for c in t["customdata"]
+    }
     for trace in spec["data"]:
         if trace["name"] == "Pareto front":
             continue
@@ -122,10 +131,11 @@ def test_probe_figures_and_token_markup_equal_the_scores(document: str, full_rep
     requests = [ProbeRequest(p.prompt, p.answer) for p in full_report.probes]
     expected = score(pair, requests)
     specs = figure_specs(document)
-    offset = len(full_report.tradeoff_charts())
     for i, (probe, again) in enumerate(zip(full_report.probes, expected, strict=True)):
         assert [t.delta for t in probe.tokens] == [t.delta for t in again.tokens]
-        assert array(specs[offset + i]["data"][0]["y"]) == [t.delta for t in again.tokens]
+        assert array(specs[chart_index(full_report, f"probe-{i + 1}-token-shift")]["data"][0]["y"]) == [
+            t.delta for t in again.tokens
+        ]
         block = document[document.index(f'id="probe-{i + 1}"') :]
         deltas = [float(v) for v in re.findall(r'data-delta="([-0-9.e]+)"', block.split('class="probe"')[0])]
         assert deltas == pytest.approx([t.delta for t in again.tokens], abs=1e-6)
@@ -139,7 +149,7 @@ def test_attribution_and_layer_views_for_probes_with_answers(full_report: Report
     knowledge = full_report.lenses[0].hidden_knowledge()
     assert lens_table["score"].tolist() == [knowledge[side].score for side in ("base", "unlearned")]
     # the heatmap's rows are the whole answer's attributions over the prompt: base, unlearned, Δ
-    heat = figure_specs(document)[len(full_report.tradeoff_charts()) + len(full_report.probes)]
+    heat = figure_specs(document)[chart_index(full_report, "attribution-1")]
     result = full_report.attributions[0]
     assert len(result.delta) == 1  # not per token: one row, so the whole answer's map is that row
     assert [array(trace["z"]) for trace in heat["data"]] == [[result.base[0]], [result.unlearned[0]], [result.delta[0]]]
@@ -153,7 +163,7 @@ def test_metric_table_last_evaluation_and_references(full_report: Report, docume
     frame, summary = table.frame, results.summary
     references = summary[summary["method"].isin(REFERENCE_METHODS)]["model"].unique()
     assert frame["reference"].tolist() == [True] * len(references) + [False] * (len(frame) - len(references))
-    assert document.count('<tr class="reference">') == len(references)
+    assert document.count('<th class="run reference"') == len(references)  # one column per run, references shaded
     assert sorted(frame["model"]) == sorted(summary["model"].unique())
     graddiff = frame[frame["model"].eq(GRADDIFF.name)].iloc[0]
     assert pd.isna(graddiff["step"])  # the final evaluation, not a checkpoint
@@ -224,7 +234,7 @@ def test_results_only_report_has_no_model_sections(results, tmp_path: Path) -> N
     path = report.write(tmp_path / "sub" / "r.html")
     text = path.read_text(encoding="utf-8")
     present = set(re.findall(r'<section id="section-(\w+)"', text))
-    assert present == {"notes", "tradeoffs", "metrics", "appendix"}
+    assert present == {"summary", "notes", "tradeoffs", "metrics", "appendix"}
     assert not list(path.parent.glob(".*.tmp"))
 
 
@@ -243,8 +253,9 @@ def test_cli_report_with_a_pair_on_disk(tmp_path: Path, capsys: pytest.CaptureFi
     text = out.read_text(encoding="utf-8")
     assert INJECTION not in text and html.escape(INJECTION) in text
     present = set(re.findall(r'<section id="section-(\w+)"', text))
-    assert {"notes", "pair", "tradeoffs", "metrics", "probes", "layers"} <= present
-    assert html.escape(str(base)) in text  # the pair section names the models
+    assert {"summary", "notes", "pair", "tradeoffs", "metrics", "probes", "layers"} <= present
+    assert str(tmp_path) not in text and str(Path.home()) not in text  # the specs as typed, cut to their names
+    assert "<tr><th>base model</th><td>b</td></tr><tr><th>unlearned model</th><td>u</td></tr>" in text
     assert main(["report", "--pair", "only-one", "--probe", "x|y", "--out", str(out)]) == 2
     assert "BASE,UNLEARNED" in capsys.readouterr().err
 
