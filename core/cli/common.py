@@ -10,6 +10,7 @@ from typing import Any
 
 from core.common import Option
 from core.common.errors import UserError
+from core.models.offload import parse_size
 from core.models.pair import ModelPair
 from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, ModelSpec
 from core.unlearn.demo import DemoExperiment, DemoProgress, build_demo_models, demo_model_names
@@ -60,6 +61,14 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-memory-check", action="store_true", help="load even when the weights look larger than free memory"
     )
+    parser.add_argument(
+        "--max-memory",
+        type=memory_size,
+        metavar="SIZE",
+        help="memory budget for the pair's weights on the device (e.g. 12GB, 500MB): layers beyond it are offloaded "
+        "(CPU RAM behind a GPU, then disk) and fetched per pass, same numbers, slower; chosen automatically when "
+        "the pair does not fit",
+    )
 
 
 def pair_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> ModelPair:
@@ -77,7 +86,16 @@ def pair_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
     unlearned = ModelSpec.parse(args.unlearned or DEFAULT_UNLEARNED, **options)
     build_demo_first([base, unlearned])
     skip = getattr(args, "skip_memory_check", False)
-    return ModelPair.load(base, unlearned, progress, memory_check=False if skip else None)
+    budget = getattr(args, "max_memory", None)
+    return ModelPair.load(base, unlearned, progress, memory_check=False if skip else None, max_memory=budget)
+
+
+def memory_size(text: str) -> int:
+    """An argparse `type` for --max-memory: a size such as 12GB (core.models.offload.parse_size)."""
+    try:
+        return parse_size(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -88,8 +88,15 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     return tokenizer
 
 
-def load_backbone(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Load the weights named by a resolved spec (without its adapter), frozen and in eval mode."""
+def load_backbone(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+    placement: dict[str, Any] | None = None,
+    offload_folder: str | None = None,
+) -> torch.nn.Module:
+    """Load the weights named by a resolved spec (without its adapter), frozen and in eval mode; with `placement`
+    (core.models.offload.device_map), dispatched by accelerate with the offloaded modules fetched per pass."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "trust_remote_code": spec.trust_remote_code}
@@ -99,13 +106,15 @@ def load_backbone(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
         kwargs["use_safetensors"] = None if spec.allow_unsafe_weights else True
     if spec.device_map:
         kwargs["device_map"] = spec.device_map
+    if placement:
+        kwargs |= {"device_map": placement, "offload_folder": offload_folder}
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.source, **kwargs)
     except (OSError, ValueError) as exc:
         raise _hub_error(spec, exc) from exc
     if spec.gguf_file:
         model.hf_quantizer = None  # dequantised to dense weights already
-    if not spec.device_map:
+    if not spec.device_map and not placement:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
@@ -182,10 +191,18 @@ def available_memory(device: torch.device, spread: bool = False) -> int:
     return ram if free is None else free
 
 
-def check_memory(specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype) -> None:
+def fits(need: int, device: torch.device, spread: bool = False) -> bool:
+    """Whether `need` bytes of weights, with the running margin check_memory adds, fit what is free."""
+    return need * LOAD_MARGIN + LOAD_OVERHEAD <= available_memory(device, spread)
+
+
+def check_memory(
+    specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype, need: int | None = None
+) -> None:
     """Refuse a pair whose weights will not fit, before loading any: on a CPU the allocator raises RuntimeError
-    (not MemoryError) or the kernel's OOM killer ends the whole server, so running out must not be tried."""
-    need = estimate_pair_bytes(specs, dtype)
+    (not MemoryError) or the kernel's OOM killer ends the whole server, so running out must not be tried. `need`:
+    the pair's bytes where the caller knows better (tensors the two sides share counted once)."""
+    need = estimate_pair_bytes(specs, dtype) if need is None else need
     if need is None:
         return
     free = available_memory(device, spread=bool(specs["base"].device_map))
@@ -196,7 +213,8 @@ def check_memory(specs: dict[str, ModelSpec], device: torch.device, dtype: torch
             f"the pair needs about {format_bytes(need)} for its weights in {str(dtype).replace('torch.', '')} (plus "
             f"{format_bytes(running)} to run), but only {format_bytes(free)} of {where} "
             f"is available on {device}. Choose bfloat16, a smaller model, or two adapters on one base (loaded "
-            f"once); an operator who knows it fits sets {SKIP_MEMORY_CHECK_ENV}=1 (CLI: --skip-memory-check)."
+            f"once), or a memory budget that offloads the rest (CLI: --max-memory); an operator who knows it fits "
+            f"sets {SKIP_MEMORY_CHECK_ENV}=1 (CLI: --skip-memory-check)."
         )
 
 

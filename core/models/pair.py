@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from core.common.errors import UserError
-from core.models import loading
+from core.models import budget, loading, offload, sharing
 from core.models.adapters import attach_adapters
 from core.models.spec import SKIP_MEMORY_CHECK_ENV, ModelSpec, env_flag, resolve_spec
 
@@ -143,6 +143,10 @@ class ModelPair:
         self.device = device
         self.dtype = dtype
         self.specs = specs or {}
+        self.load_plan: budget.LoadPlan | None = None
+        self.offloaded: dict[str, dict[str, str]] = {}  # per side, the modules kept off the device and where
+        self.probe_seconds: dict[str, float] = {}  # per side, a probe-sized forward pass timed after an offloaded load
+        self._difference: dict[str, Any] | None = None
 
     @classmethod
     def from_models(cls, base: torch.nn.Module, unlearned: torch.nn.Module, tokenizer: Any) -> ModelPair:
@@ -167,29 +171,38 @@ class ModelPair:
         unlearned: ModelSpec,
         progress: Callable[[str], None] | None = None,
         memory_check: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> ModelPair:
-        """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow.
-        First refuse a pair that will not fit in memory (`memory_check`; default: unless the environment sets
-        ULENS_SKIP_MEMORY_CHECK)."""
+        """Load both sides in order (never two cold loads at once), sharing a backbone where the specs allow and,
+        between two full checkpoints, every tensor they hold identically (core.models.sharing). `max_memory`
+        (bytes or '12GB') is a budget for the weights: what does not fit is offloaded (core.models.offload), and a
+        budget is chosen automatically when the pair will not fit. A pair that cannot be loaded at all is refused
+        first (`memory_check`; default: unless the environment sets ULENS_SKIP_MEMORY_CHECK)."""
         say = progress or (lambda message: log.info(message))
         specs = {"base": resolve_spec(base), "unlearned": resolve_spec(unlearned)}
         device = loading.resolve_device(specs["base"].device)
         dtype = loading.resolve_dtype(specs["base"].dtype, device)
-        if memory_check if memory_check is not None else not env_flag(SKIP_MEMORY_CHECK_ENV):
-            loading.check_memory(specs, device, dtype)
+        check = memory_check if memory_check is not None else not env_flag(SKIP_MEMORY_CHECK_ENV)
+        plan = budget.plan_load(specs, device, dtype, offload.parse_size(max_memory), check, say)
         tokenizer = _shared_tokenizer(specs, say)
-        backbones: dict[tuple[Any, ...], tuple[torch.nn.Module, JobLock]] = {}
-        for name in SIDES:
-            spec = specs[name]
-            key = spec.backbone_key()
-            if key not in backbones:
-                say(f"loading {name} model {spec.label()}")
-                backbones[key] = (loading.load_backbone(spec, device, dtype), JobLock())
+        models = budget.load_backbones(plan, specs, device, dtype, say)
         sides: dict[str, _Side] = {}
-        for key, (model, lock) in backbones.items():
+        for key, model in models.items():
             users = [name for name in SIDES if specs[name].backbone_key() == key]
-            sides.update(_backbone_sides(model, lock, {name: specs[name].adapter for name in users}, say))
-        return cls(sides, tokenizer, device, dtype, specs)
+            sides.update(_backbone_sides(model, JobLock(), {name: specs[name].adapter for name in users}, say))
+        pair = cls(sides, tokenizer, device, dtype, specs)
+        pair.load_plan = plan
+        placements = {name: plan.placements.get(specs[name].backbone_key()) for name in SIDES}
+        pair.offloaded = {name: offload.offloaded(placement, device) for name, placement in placements.items()}
+        if any(pair.offloaded.values()):
+            say("timing one probe-sized forward pass per side (offloaded layers are read each pass)")
+            pair.probe_seconds = {name: pair.time_probe(name) for name in SIDES}
+        return pair
+
+    def time_probe(self, side: str) -> float:
+        """Seconds one forward pass over offload.PROBE_TOKENS tokens takes on `side`."""
+        with self.use(side) as model:
+            return offload.time_probe(model, self.device, len(self.tokenizer.get_vocab()))
 
     @contextlib.contextmanager
     def use(self, side: str, job: str | None = None, on_wait: WaitCallback | None = None) -> Iterator[torch.nn.Module]:
@@ -242,7 +255,25 @@ class ModelPair:
                     total += tensor.untyped_storage().nbytes()
         return total
 
+    def tensor_difference(self) -> dict[str, Any] | None:
+        """'k of n tensors differ (x % of parameters)' between two full models: from the load's sharing plan, else
+        by comparing the loaded tensors once (shared storage is equal at no cost); None for adapter pairs, which
+        the weight map reads as low-rank terms, and where a side is offloaded without a plan."""
+        plan = self.load_plan.sharing if self.load_plan else None
+        if plan is not None:
+            share = 100.0 * (plan.total_params - plan.identical_params) / max(plan.total_params, 1)
+            return {"differing_tensors": len(plan.differing), "tensors": plan.n_tensors,
+                    "differing_percent": share, "summary": plan.summary()}  # fmt: skip
+        base, unlearned = self._sides["base"], self._sides["unlearned"]
+        if base.peft or unlearned.peft or any(self.offloaded.values()):
+            return None
+        if self._difference is None:
+            self._difference = sharing.tensor_difference(base.model, unlearned.model)
+        return self._difference
+
     def describe(self) -> dict[str, Any]:
+        offloaded = offload.describe_offload(self.offloaded)
+        plan = self.load_plan
         return {
             "base": self.specs["base"].label() if "base" in self.specs else "in-memory model",
             "unlearned": self.specs["unlearned"].label() if "unlearned" in self.specs else "in-memory model",
@@ -250,6 +281,11 @@ class ModelPair:
             "dtype": str(self.dtype).replace("torch.", ""),
             "shares_backbone": self.shares_backbone,
             "parameter_mb": round(self.parameter_bytes() / 2**20, 1),
+            "tensors": (self.tensor_difference() or {}).get("summary"),
+            "max_memory_mb": round(plan.budget / 2**20) if plan and plan.budget else None,
+            "automatic_budget": bool(plan and plan.automatic),
+            "offloaded": offloaded,
+            "probe_seconds": {side: round(s, 3) for side, s in self.probe_seconds.items()} or None,
             "specs": {name: asdict(spec) for name, spec in self.specs.items()},
         }
 

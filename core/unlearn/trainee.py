@@ -144,6 +144,7 @@ class FullTrainee(Trainee):
     """Every parameter of a plain causal LM; π_ref is a frozen deep copy taken before training (when asked)."""
 
     def __init__(self, model: torch.nn.Module, base_source: str, tokenizer: Any, keep_reference: bool) -> None:
+        own_shared_parameters(model)
         self.model = model
         self.base_source = base_source
         self.tokenizer = tokenizer
@@ -171,6 +172,22 @@ class FullTrainee(Trainee):
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "full", "base_model": self.base_source}
+
+
+def own_shared_parameters(model: torch.nn.Module) -> int:
+    """Give `model` its own copy of every parameter it shares with the other side of a loaded pair
+    (core.models.sharing.SHARED: the two sides hold one tensor where their checkpoints agree), so that training it
+    never writes into the other side. Returns how many were copied (copy on write: only shared ones cost memory)."""
+    from core.models.sharing import is_shared
+
+    copies: dict[int, torch.nn.Parameter] = {}  # one copy per shared tensor: tied weights stay tied
+    for module in model.modules():
+        for key, parameter in list(module._parameters.items()):
+            if parameter is not None and is_shared(parameter):
+                if id(parameter) not in copies:
+                    copies[id(parameter)] = torch.nn.Parameter(parameter.detach().clone(), parameter.requires_grad)
+                module._parameters[key] = copies[id(parameter)]
+    return len(copies)
 
 
 def build_trainee(

@@ -11,6 +11,7 @@ import torch
 
 from core.common.errors import UserError
 from core.common.serial import JsonResult
+from core.models.offload import materialize
 from core.models.pair import SIDES, ModelPair
 
 _LAYER_NAME = re.compile(r"^(?:.*\.)?(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
@@ -82,6 +83,13 @@ def _side_parameters(model: torch.nn.Module) -> dict[str, _Effective]:
     return params
 
 
+def _resident(model: torch.nn.Module, name: str, effective: _Effective) -> _Effective:
+    """`effective` with its weight in memory (an offloaded parameter sits on the meta device between passes)."""
+    if effective.weight.device.type != "meta":
+        return effective
+    return _Effective(materialize(model, name, effective.weight), effective.terms)
+
+
 def _gram_norm_sq(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """‖U·V‖_F² from r×r Gram matrices: tr(UᵀU · VVᵀ); the product is never formed."""
     return ((u.T @ u) * (v @ v.T)).sum()
@@ -113,11 +121,13 @@ def _change(base: _Effective, unlearned: _Effective) -> tuple[float, float, str]
 
 
 def weight_change(pair: ModelPair) -> WeightChangeResult:
-    """‖ΔW‖/‖W‖ per parameter between the two sides; LoRA sides contribute B·A·scaling, never a merged model."""
-    sides = {}
+    """‖ΔW‖/‖W‖ per parameter between the two sides; LoRA sides contribute B·A·scaling, never a merged model. A
+    tensor the two sides share (one storage: core.models.sharing) is unchanged and costs nothing; an offloaded
+    one is read back from its offload map one parameter at a time."""
+    sides, models = {}, {}
     for side in SIDES:
         with pair.use(side) as model:
-            sides[side] = _side_parameters(model)
+            sides[side], models[side] = _side_parameters(model), model
     base, unlearned = sides["base"], sides["unlearned"]
     if base.keys() != unlearned.keys():
         only_base, only_unlearned = sorted(base.keys() - unlearned.keys()), sorted(unlearned.keys() - base.keys())
@@ -129,6 +139,7 @@ def weight_change(pair: ModelPair) -> WeightChangeResult:
     with torch.no_grad():
         for name, b in base.items():
             u = unlearned[name]
+            b, u = (_resident(models[side], name, e) for side, e in (("base", b), ("unlearned", u)))
             if u.weight.shape != b.weight.shape:
                 raise UserError(
                     f"{name} has shape {tuple(b.weight.shape)} in base, {tuple(u.weight.shape)} "
