@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from core.cli.common import bounded_int, build_demo_first
+from core.cli.sweep import add_ray_arguments, run_evaluate_sweep
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
 from core.evaluation.evaluate import default_out_dir, evaluate, load_eval_data, oracle_is_spec, run_models
@@ -39,6 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--no-cache", action="store_true", help="recompute even where a cached evaluation exists")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON (EvalResult.from_json)")
+    add_ray_arguments(parser, "each model")
     parser.set_defaults(handler=run_evaluate)
     return parser
 
@@ -64,6 +66,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if oracle and oracle_is_spec(oracle):
         oracle = EvalModel(spec=ModelSpec.parse(oracle, **options))
     build_demo_first(model.spec for model in [*models, oracle] if isinstance(model, EvalModel) and model.spec)
+    if args.ray:  # one Ray task per model (core.sweep)
+        return run_evaluate_sweep(args, models, oracle, settings)
     with tqdm(total=0, unit="batch", desc="evaluate") as bar:
 
         def show(done: int, total: int, label: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from core.attacks.base import ATTACKS, DEFAULT_EPSILON, RobustnessSettings, describe_attacks
 from core.attacks.runner import RobustnessResult, check_attacks, load_robustness_data, run_attacks
 from core.cli.common import add_option_arguments, add_pair_arguments, bounded_int, pair_from_args
+from core.cli.sweep import add_ray_arguments, run_robustness_sweep
 from core.common.cache import atomic_write_text
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE
@@ -38,6 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the attacks and exit")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    add_ray_arguments(parser, "each attack")
     parser.set_defaults(handler=run_robustness)
     return parser
 
@@ -65,6 +67,8 @@ def run_robustness(args: argparse.Namespace) -> int:
     if args.list:
         sys.stdout.write(describe_attacks() + "\n")
         return 0
+    if args.ray:  # one Ray task per attack (core.sweep)
+        return run_robustness_sweep(args)
     if not args.data or not args.out:
         raise UserError("robustness needs --data DIR|demo and --out DIR (or --list)")
     attacks = [part for entry in args.attacks for part in entry.split(",")] if args.attacks else None

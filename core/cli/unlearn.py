@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.cli.sweep import add_ray_arguments, run_unlearn_sweep
 from core.common.errors import UserError
 from core.unlearn.methods import UNLEARNING_METHODS, UnlearningMethod, get_method
 from core.unlearn.trainer import TrainConfig, TrainingData, train
@@ -63,6 +64,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             choices=option.metadata.get("choices"),
             help=option.metadata.get("help"),
         )
+    add_ray_arguments(parser, "each method and seed (--method a,b --seeds 0,1)", seeds=True)
     parser.set_defaults(handler=run_unlearn)
 
 
@@ -80,6 +82,8 @@ def run_unlearn(args: argparse.Namespace) -> int:
     if args.list:
         sys.stdout.write(describe_methods() + "\n")
         return 0
+    if args.ray:  # one Ray task per method and seed (core.sweep)
+        return run_unlearn_sweep(args, _given_options(args))
     missing = [flag for flag in ("method", "base", "forget", "out") if not getattr(args, flag)]
     if missing:
         raise UserError(f"unlearn needs {', '.join('--' + m for m in missing)} (or --list)")

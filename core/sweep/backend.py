@@ -50,6 +50,14 @@ class Outcome:
     error: str | None = None
 
 
+def describe_failures(failures: Sequence[tuple[str, str]]) -> str | None:
+    """One message for the tasks that failed ((label, reason) each), or None when none did."""
+    if not failures:
+        return None
+    lines = "; ".join(f"{label}: {reason}" for label, reason in failures)
+    return f"{len(failures)} task(s) failed ({lines}); the others' results are written — fix and rerun"
+
+
 def failure_message(exc: BaseException) -> str:
     """One line for a task's exception: ours whole, out of memory named, anything else with its type."""
     if isinstance(exc, UserError):
@@ -116,15 +124,17 @@ def run_tasks(
     command: str,
     on_outcome: Callable[[Outcome], None] = lambda outcome: None,
     show: bool = True,
+    recompute: bool = False,
 ) -> list[Outcome]:
-    """Run every task not already stored under `out_dir` on Ray; `on_outcome` hears of each as it ends (stored ones
-    first). Returns the outcomes in the tasks' order; a failed task does not stop the others."""
+    """Run every task not already stored under `out_dir` (all of them with `recompute`) on Ray; `on_outcome` hears
+    of each as it ends (stored ones first). Returns the outcomes in the tasks' order; a failed task does not stop
+    the others."""
     keys = [task.key for task in tasks]
     if len(set(keys)) != len(keys):
         raise UserError("two tasks of this sweep compute the same thing; give each model or run once")
     store = TaskStore.beside(out_dir)
     progress = SweepProgress(command, Path(out_dir), [TaskView(t.label, t.key) for t in tasks], show=show)
-    outcomes = stored_outcomes(tasks, store)
+    outcomes = {} if recompute else stored_outcomes(tasks, store)
     state = "interrupted"
     try:
         for outcome in outcomes.values():

@@ -36,7 +36,7 @@ from core.evaluation.mia import reference_logs
 from core.evaluation.result import EvalResult
 from core.evaluation.settings import EvalModel, EvalSettings, ModelInput
 from core.models.spec import ModelSpec
-from core.sweep.backend import Outcome, Task, run_tasks
+from core.sweep.backend import Outcome, Task, describe_failures, run_tasks
 from core.sweep.cluster import ClusterSettings
 from core.sweep.specs import run_device, task_memory
 
@@ -51,10 +51,7 @@ class SweepResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (model label, one-line reason)
 
     def failure_message(self) -> str | None:
-        if not self.failures:
-            return None
-        lines = "; ".join(f"{label}: {reason}" for label, reason in self.failures)
-        return f"{len(self.failures)} task(s) failed ({lines}); the others' results are written — fix and rerun"
+        return describe_failures(self.failures)
 
 
 def plan_candidate(entry: EvalModel, gpus: float) -> Candidate:
@@ -161,10 +158,11 @@ def evaluate_sweep(
     oracle: ModelInput | Path | None = None,
     settings: EvalSettings | None = None,
     show: bool = True,
+    recompute: bool = False,
 ) -> SweepResult:
     """`evaluate` with each model as a Ray task: the same result files under `out_dir`, written as they land; a
     model whose task fails is reported (SweepResult.failures) while the others finish. A rerun skips every model
-    whose numbers `<out>/.sweep/` already holds for the same files, data and settings."""
+    whose numbers `<out>/.sweep/` already holds for the same files, data and settings (none with `recompute`)."""
     settings = settings or EvalSettings()
     cluster = cluster or ClusterSettings()
     if not dataset.splits():
@@ -186,7 +184,7 @@ def evaluate_sweep(
     ]
     writer = _Writer(candidates, target, Path(out_dir))
     outcomes = run_tasks(tasks, evaluate_work, (dataset, settings), Path(out_dir), cluster, "evaluate",
-                         writer, show=show)  # fmt: skip
+                         writer, show=show, recompute=recompute)  # fmt: skip
     failures += [(o.task.label, o.error or "failed") for o in outcomes if o.state == "failed"]
     reference = writer.reference() if not writer.waiting_for else None
     writer.write_ready(reference)

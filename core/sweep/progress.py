@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ class SweepProgress:
 
     def say(self, line: str) -> None:
         if self._bar is not None:
-            self._bar.write(line)
+            self._bar.write(line, file=sys.stderr)  # beside the bar; stdout keeps the command's table or JSON
 
     def settle(self, key: str, state: str, seconds: float | None = None, error: str | None = None) -> None:
         """A task finished (done, skipped as finished earlier, or failed)."""
