@@ -3,7 +3,7 @@ one batched pass per backbone, with the memory the set takes, and the logit lens
 
 from core.analyses.multi.lens import CheckpointLens, lens_across
 from core.analyses.multi.memory import MemoryPlan, memory_plan
-from core.analyses.multi.models import MAX_MODELS, ModelEntry, ModelSet, run_entries, unique_labels
+from core.analyses.multi.models import MAX_MODELS, ModelEntry, ModelSet, demo_entries, run_entries, unique_labels
 from core.analyses.multi.probe import MultiProbeResult, probe_many, score_many, side_logits
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ModelEntry",
     "ModelSet",
     "MultiProbeResult",
+    "demo_entries",
     "lens_across",
     "memory_plan",
     "probe_many",

@@ -205,3 +205,31 @@ def _backbone_sides(model: torch.nn.Module, adapters: list[str | None], say: Cal
     say(f"attaching {len(names)} adapter(s)")
     peft_model = attach_adapters(model, {name: path for path, name in names.items()})
     return {i: _Side(peft_model, lock, names[path] if path else None, True) for i, path in enumerate(adapters)}
+
+
+def demo_entries(template: ModelSpec, exclude: Sequence[str] = ()) -> list[tuple[str, ModelEntry]]:
+    """The built demo models as (spec text, entry): every checkpoint of each unlearning run (METHOD@STEP, in step
+    order) and the target and oracle as single models; `exclude` drops spec texts (the base, say). Nothing is
+    built here: only what `DemoExperiment.available()` lists."""
+    from core.unlearn.demo import DemoExperiment
+    from core.unlearn.recipes import BASE, TARGET, UNLEARNED
+
+    experiment = DemoExperiment()
+    runs = {stage.name for stage in experiment.recipe.stages if stage.start == TARGET}
+    out = []
+    for name in experiment.available():
+        stage, _, step = name.partition("@")
+        if not step and (name in (BASE, UNLEARNED) or stage in runs):
+            continue  # the backbone alone, and a run's final checkpoint under its bare name (listed with its step)
+        text = f"demo:{name}"
+        if text in exclude:
+            continue
+        spec = replace(ModelSpec.parse(text), **_load_options(template))
+        out.append((text, ModelEntry(spec, name, stage if step else None, int(step) if step else None)))
+    return out
+
+
+def _load_options(template: ModelSpec) -> dict[str, Any]:
+    """The fields of `template` that say how to load a model (not where it comes from)."""
+    fields = ("dtype", "device", "device_map", "trust_remote_code", "allow_unsafe_weights")
+    return {name: getattr(template, name) for name in fields}
