@@ -44,6 +44,7 @@ from dashboard.plain import plain
 from dashboard.sources import load_results, result_folder_inputs
 from dashboard.state import keys
 from dashboard.state.sidebar import sidebar
+from dashboard.views.sweep_progress import sweep_progress
 
 DEFAULT_ATTACK = "mia_min_k"
 LINK = PageLink(("folder", "oracle", "x", "y"), seen_key="tradeoff_url", repeated=("folder",))  # one folder= each
@@ -254,6 +255,7 @@ def draw_mia(result: IngestResult, point: Point) -> None:
 
 sidebar()
 st.title("Tradeoffs")
+sweep_progress()  # sweeps writing into the cache home (python -m core … --ray): results appear as they land
 pick_sources()
 asked = ask_pending()
 sources = st.session_state.get(SOURCES)
