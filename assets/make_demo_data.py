@@ -459,8 +459,21 @@ def _write_jsonl(path: Path, records: list) -> None:
     log.info("wrote %s (%d lines)", path, len(records))
 
 
+# TOFU's real-authors split (Maini et al. 2024, MIT, (c) 2024 CMU Locus Lab), kept byte for byte in the tests'
+# fixtures: copied with an `index` added, so the demo computes all nine model-utility components
+REAL_AUTHORS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real" / "tofu-dataset"
+REAL_AUTHORS_FILE = REAL_AUTHORS / "real_authors_perturbed.json"
+
+
+def _real_authors() -> list[dict]:
+    lines = REAL_AUTHORS_FILE.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [{"index": index, **record} for index, record in enumerate(records)]
+
+
 def write_demo_data(out: Path) -> None:
-    """Write forget/retain/holdout/world_facts.jsonl (one JSON object a line) and idk.jsonl (one plain line each)."""
+    """Write forget/retain/holdout/real_authors/world_facts.jsonl (one JSON object a line) and idk.jsonl (one plain
+    line each)."""
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, list[dict]] = {"forget": [], "retain": [], "holdout": []}
     for position, person in enumerate(PEOPLE):
@@ -468,6 +481,7 @@ def write_demo_data(out: Path) -> None:
         splits[split].extend(_items(position))
     for split, records in splits.items():
         _write_jsonl(out / f"{split}.jsonl", records)
+    _write_jsonl(out / "real_authors.jsonl", _real_authors())
     _write_jsonl(out / "world_facts.jsonl", _world_facts())
     (out / "idk.jsonl").write_text("".join(line + "\n" for line in REFUSALS), encoding="utf-8", newline="\n")
     log.info("wrote %s (%d lines)", out / "idk.jsonl", len(REFUSALS))

@@ -24,7 +24,7 @@ from core.common.paths import ASSETS
 log = logging.getLogger(__name__)
 
 DEMO_DIR = ASSETS / "demo"
-SPLIT_NAMES = ("forget", "retain", "holdout", "world_facts")
+SPLIT_NAMES = ("forget", "retain", "holdout", "real_authors", "world_facts")
 REFUSALS = "refusals"
 REFUSAL_FILES = ("idk.jsonl", "idk.txt")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -113,6 +113,7 @@ class SplitData:
     forget: QADataset | None = None
     retain: QADataset | None = None
     holdout: QADataset | None = None
+    real_authors: QADataset | None = None
     world_facts: QADataset | None = None
     refusals: list[str] = field(default_factory=list)
 
@@ -166,7 +167,7 @@ def load_lines(path: str | Path) -> list[str]:
 
 
 def load_split_folder(folder: str | Path, *, require: tuple[str, ...] = ()) -> SplitData:
-    """Load forget/retain/holdout/world_facts (any supported format each) and idk.jsonl from one folder.
+    """Load forget/retain/holdout/real_authors/world_facts (any supported format each) and idk.jsonl from one folder.
 
     Any subset may be present; `require` names the splits (and "refusals") that must be.
     """

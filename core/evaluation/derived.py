@@ -70,16 +70,28 @@ def _forget_quality(logs: Mapping[str, Any], reference: OracleReference | None) 
 
 
 def model_utility_of(logs: Mapping[str, Any]) -> float | None:
-    """The harmonic mean of the TOFU model-utility components present (ROUGE only with generation; never ra_*)."""
+    """The harmonic mean of the TOFU model-utility components present (ROUGE only with generation)."""
     values = [logs[name]["agg_value"] for name in metrics.MODEL_UTILITY_COMPONENTS if name in logs]
     if not values:
         return None
     return 0.0 if min(values) <= 0 else float(stats.hmean(values))
 
 
+def utility_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
+    """`model_utility` (open-unlearning's hm_aggregate) when all nine components are present; otherwise the
+    harmonic mean of those present as `model_utility_partial`."""
+    present = [name for name in metrics.MODEL_UTILITY_COMPONENTS if name in logs]
+    if len(present) == len(metrics.MODEL_UTILITY_COMPONENTS):
+        return {"model_utility": {"agg_value": model_utility_of(logs)}}
+    if not present:
+        return {}
+    return {metrics.PARTIAL_MODEL_UTILITY: {"agg_value": model_utility_of(logs)}}
+
+
 def derived_logs(logs: Mapping[str, Any], reference: OracleReference | None) -> dict[str, Any]:
-    """forget_quality (null without an oracle), model_utility, and privleak (vs the oracle's AUC, else 0.5)."""
-    out: dict[str, Any] = {"model_utility": {"agg_value": model_utility_of(logs)}}
+    """forget_quality (null without an oracle), model utility (full or partial), and privleak (vs the oracle's AUC,
+    else 0.5)."""
+    out: dict[str, Any] = utility_logs(logs)
     if "forget_truth_ratio" in logs:
         out["forget_quality"] = {"agg_value": _forget_quality(logs, reference)}
     if "mia_min_k" in logs:

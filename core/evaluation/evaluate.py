@@ -26,15 +26,17 @@ from core.evaluation.cache import cache_key, read_cache, write_cache
 from core.evaluation.candidates import Candidate, as_eval_model, dataset_hash, resolve_candidates, to_candidate
 from core.evaluation.derived import OracleReference, derived_logs, folder_reference, logs_reference
 from core.evaluation.loading import ModelLoader
-from core.evaluation.mia import MIA_ATTACKS, mia_logs
+from core.evaluation.mia import MIA_ATTACKS, mia_logs, reference_logs
+from core.evaluation.mia_models import gradnorm_logs, reference_losses
 from core.evaluation.result import EvalResult, Evaluation
 from core.evaluation.rouge import rouge_logs
 from core.evaluation.run_names import infer_method
 from core.evaluation.scores import ItemScores, Unit, context_length, pad_token_id, plan_batches, plan_units, score_batch
-from core.evaluation.settings import EvalModel, EvalSettings, ModelInput, Progress
+from core.evaluation.settings import MIA_SPLITS, EvalModel, EvalSettings, ModelInput, Progress
 from core.evaluation.split_metrics import SPLIT_METRICS, split_metric
 from core.evaluation.writer import write_open_unlearning
 from core.models.spec import ModelSpec
+from core.scoring.templates import Template
 from core.unlearn.checkpoints import checkpoint_dirs, read_manifest
 from core.unlearn.demo import DemoExperiment, register_evaluation
 from core.unlearn.recipes import BASE, ORACLE
@@ -86,18 +88,27 @@ def evaluate_model(
     dataset: SplitData,
     settings: EvalSettings,
     tick: Callable[[], None] = lambda: None,
+    template: Template | None = None,
 ) -> dict[str, Any]:
-    """One model's EVAL entries (all but those needing other models or every split: see `derived_logs`)."""
-    units = plan_units(dataset, tokenizer, settings.chat, context_length(model, tokenizer, settings))
+    """One model's EVAL entries (all but those needing other models or every split: see `derived_logs`).
+    `template` defaults to `settings.template_for(tokenizer)`."""
+    template = template or settings.template_for(tokenizer)
+    limit = context_length(model, tokenizer, settings)
+    units = plan_units(dataset, tokenizer, template, limit, settings.score_end)
     device = next(model.parameters()).device
     scores = []
     for batch in plan_batches(units, settings.batch_size):
         _ensure_batch_fits(model, batch, device)
-        scores += score_batch(model, batch, pad_token_id(tokenizer), device)
+        scores += score_batch(model, batch, pad_token_id(tokenizer), device, settings, tokenizer.eos_token_id)
         tick()
+    for s in scores:  # ZLib compresses the scored tokens' text, as open-unlearning decodes it
+        if s.split in MIA_SPLITS:
+            s.answer.text = tokenizer.decode(s.answer.labels.tolist(), skip_special_tokens=True)
     logs = teacher_forced_logs(sorted(scores, key=lambda s: (SPLIT_NAMES.index(s.split), s.item.index)))
     if settings.rouge:
-        logs |= rouge_logs(model, tokenizer, units, settings, tick)
+        logs |= rouge_logs(model, tokenizer, units, settings, tick, template)
+    if settings.gradnorm:
+        logs |= gradnorm_logs(model, tokenizer, dataset, template, settings, limit)
     return dict(sorted(logs.items()))
 
 
@@ -197,6 +208,7 @@ def evaluate(
     found = {c.label: logs for c in candidates if cache and (logs := read_cache(keys[c.label])) is not None}
     ticker = _Ticker(sum(_batch_count(dataset, settings) for c in candidates if c.label not in found), progress)
     loader = ModelLoader()
+    references = _References(settings, dataset)
     raw: dict[str, tuple[Candidate, dict[str, Any]]] = {}
     for candidate in sorted(candidates, key=lambda c: c.group):
         if candidate.label in found:
@@ -205,7 +217,10 @@ def evaluate(
             continue
         ticker.label = candidate.label
         with loader.open(candidate) as (model, tokenizer):
-            logs = evaluate_model(model, tokenizer, dataset, settings, ticker)
+            template = settings.template_for(tokenizer, _spec_text(candidate))
+            logs = evaluate_model(model, tokenizer, dataset, settings, ticker, template)
+            if settings.reference is not None:
+                logs |= reference_logs(logs, references.losses(template))
         raw[candidate.label] = (candidate, logs)
         if cache:
             write_cache(keys[candidate.label], candidate, logs)
@@ -213,6 +228,27 @@ def evaluate(
     reference = _reference(oracle_name, oracle_folder, raw)
     evaluations = [_finish(raw[c.label], reference, c.label in found, out_dir) for c in candidates]
     return EvalResult(evaluations, settings, reference.name if reference else None)
+
+
+class _References:
+    """The reference model's per-item losses for mia_reference, scored once per template on first use."""
+
+    def __init__(self, settings: EvalSettings, dataset: SplitData) -> None:
+        self.settings, self.dataset, self.found = settings, dataset, {}
+
+    def losses(self, template: Template) -> dict[str, dict[str, float]]:
+        if template not in self.found:
+            candidate = to_candidate(as_eval_model(str(self.settings.reference)))
+            loader = ModelLoader()
+            with loader.open(candidate) as (model, tokenizer):
+                self.found[template] = reference_losses(model, tokenizer, self.dataset, template, self.settings)
+            loader.close()
+        return self.found[template]
+
+
+def _spec_text(candidate: Candidate) -> str | None:
+    spec = candidate.source.spec
+    return None if spec is None else spec.adapter or spec.source
 
 
 def _finish(
@@ -319,7 +355,7 @@ def tofu(experiment: DemoExperiment, out_dir: Path, progress: Callable[[float, s
     def report(done: int, total: int, label: str) -> None:
         progress(done / total, f"evaluating {label} ({done}/{total} batches)")
 
-    settings = EvalSettings(chat=experiment.recipe.chat)
+    settings = EvalSettings(template="chat" if experiment.recipe.chat else "plain")
     evaluate(demo_models(experiment), demo_eval_data(experiment), oracle=ORACLE, settings=settings,
              out_dir=out_dir, progress=report)  # fmt: skip
 

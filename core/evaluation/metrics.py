@@ -42,6 +42,8 @@ MODEL_UTILITY_COMPONENTS = (
     "wf_Q_A_ROUGE",
     "wf_Truth_Ratio",
 )
+# the harmonic mean of the components present when some of the nine are missing: not open-unlearning's number
+PARTIAL_MODEL_UTILITY = "model_utility_partial"
 KINDS = ("memorisation", "forget", "utility", "privacy", "mia_score")
 
 
@@ -167,6 +169,27 @@ def truth_ratio_retain(ratios: ArrayLike) -> float:
     return float(np.mean(np.maximum(0.0, 1 - _array(ratios, "truth_ratio_retain"))))
 
 
+def truth_ratio_true_share(
+    correct_avg_loss: ArrayLike, wrong_avg_loss: ArrayLike, eps: float = OPEN_UNLEARNING_EPS
+) -> np.ndarray:
+    """Per item p_true / (p_true + p_wrong), p = exp(−avg_loss), p_wrong from the mean wrong-answer loss: the truth
+    ratio as open-unlearning defines it for its `prob_mean` aggregator."""
+    correct = np.exp(-np.asarray(correct_avg_loss, dtype=float))
+    wrong_loss = np.asarray(wrong_avg_loss, dtype=float).reshape(correct.shape[0], -1).mean(axis=1)
+    wrong = np.exp(-wrong_loss)
+    return correct / (correct + wrong + eps)
+
+
+@register(
+    "truth_ratio_prob_mean",
+    kind="memorisation",
+    higher_is_better=None,
+    description="open-unlearning's prob_mean truth-ratio aggregate: mean of p_true / (p_true + p_wrong)",
+)
+def truth_ratio_prob_mean(shares: ArrayLike) -> float:
+    return float(np.mean(_array(shares, "truth_ratio_prob_mean")))
+
+
 @functools.cache
 def _rouge_scorer() -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
@@ -212,24 +235,34 @@ def exact_memorisation(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
     return float(np.mean(pred == label))
 
 
+def _suffix_k(pred: np.ndarray, label: np.ndarray) -> int:
+    """The shortest prefix k after which the argmax suffix equals the label suffix (T when none does)."""
+    mismatches = np.flatnonzero(pred != label)
+    return int(mismatches[-1]) + 1 if mismatches.size else 0
+
+
 @register(
     "extraction_strength",
     kind="memorisation",
     higher_is_better=None,
-    description="1 − k/T, k the shortest prefix after which the teacher-forced argmax suffix equals the label",
+    description="open-unlearning's 1 − k/T, k the shortest prefix after which the argmax suffix equals the label; "
+    "its search stops at k = T−1, so an answer whose last token is wrong scores 1/T",
 )
-def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, open_unlearning_floor: bool = False) -> float:
-    """Standard: no matching suffix gives k = T, ES = 0.
-
-    `open_unlearning_floor=True` names open-unlearning's variant, whose search stops at k = T−1, so an answer
-    with no matching suffix scores 1/T instead of 0.
-    """
+def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
+    """As open-unlearning's `extraction_strength` (src/evals/metrics/memorization.py @ d3d7cf9)."""
     pred, label = _ids(pred_ids, label_ids, "extraction_strength")
-    mismatches = np.flatnonzero(pred != label)
-    k = int(mismatches[-1]) + 1 if mismatches.size else 0
-    if open_unlearning_floor:
-        k = min(k, label.size - 1)
-    return 1 - k / label.size
+    return 1 - min(_suffix_k(pred, label), label.size - 1) / label.size
+
+
+@register(
+    "extraction_strength_textbook",
+    kind="memorisation",
+    higher_is_better=None,
+    description="1 − k/T with k = T when no suffix matches (0 when the last token is wrong), as the definition reads",
+)
+def extraction_strength_textbook(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
+    pred, label = _ids(pred_ids, label_ids, "extraction_strength_textbook")
+    return 1 - _suffix_k(pred, label) / label.size
 
 
 # ---------------------------------------------------------------------------------------------- MIA scores
@@ -255,12 +288,13 @@ def min_k_score(token_logprobs: ArrayLike, fraction: float = MIN_K_FRACTION) -> 
 
 
 def next_token_moments(vocab_logprobs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """μ and σ of log p under the model's own next-token distribution, one pair per position (rows: positions)."""
-    logp = np.asarray(vocab_logprobs, dtype=float)
+    """μ and σ of log p under the model's own next-token distribution, one pair per position (rows: positions);
+    float64, the variance taken about the mean."""
+    logp = np.asarray(vocab_logprobs, dtype=np.float64)
     p = np.exp(logp)
     mu = (p * logp).sum(axis=-1)
-    variance = (p * logp**2).sum(axis=-1) - mu**2
-    return mu, np.sqrt(np.maximum(variance, 0.0))
+    variance = (p * (logp - mu[..., None]) ** 2).sum(axis=-1)
+    return mu, np.sqrt(variance)
 
 
 @register(
@@ -272,7 +306,8 @@ def next_token_moments(vocab_logprobs: ArrayLike) -> tuple[np.ndarray, np.ndarra
 def min_k_plus_plus_score(
     token_logprobs: ArrayLike, mu: ArrayLike, sigma: ArrayLike, fraction: float = MIN_K_FRACTION
 ) -> float:
-    """μ, σ per position from `next_token_moments`; σ is clamped at 1e-3 as open-unlearning does."""
+    """μ, σ per position from `next_token_moments` (the evaluation takes them from
+    core.scoring.statistics.token_statistics, in float64); σ is clamped at 1e-3 as open-unlearning does."""
     logp = _array(token_logprobs, "min_k_plus_plus_score")
     z = (logp - np.asarray(mu, dtype=float)) / np.maximum(np.asarray(sigma, dtype=float), MIN_K_PLUS_PLUS_MIN_SIGMA)
     return -_mean_lowest(z, fraction)
@@ -391,9 +426,11 @@ _REPORTED_RULES: tuple[tuple[str, str | None], ...] = (
     (r"_ROUGE$", "rouge_l_recall"),
     (r"(^|_)exact_memorization$", "exact_memorisation"),
     (r"(^|_)extraction_strength$", "extraction_strength"),
+    (r"(^|_)extraction_strength_textbook$", "extraction_strength_textbook"),
+    (r"_Truth_Ratio_prob_mean$", "truth_ratio_prob_mean"),
     (r"^privleak$", "privleak"),
     (r"^forget_quality$", "forget_quality"),
-    (r"^model_utility$", "model_utility"),
+    (r"^model_utility(_partial)?$", "model_utility"),
 )
 
 
@@ -419,7 +456,7 @@ def _split_of(name: str) -> str:
         return SPLIT_BY_PREFIX[prefix]
     if head in _FORGET_SET_METRICS:
         return "forget"
-    return "utility" if head == "model_utility" else "other"
+    return "utility" if head in ("model_utility", PARTIAL_MODEL_UTILITY) else "other"
 
 
 def _base_metric(name: str) -> Metric | None:

@@ -86,7 +86,7 @@ class EvalResult:
             for kind, name, index, record in _flatten(e.logs)
             if kind == "item"
             for field_name, option, value in record_rows(record)
-            if option is None and isinstance(value, str)
+            if isinstance(value, str)
         ]
         return pd.DataFrame(rows, columns=TEXT_COLUMNS).astype({"step": "Int64"})
 

@@ -38,7 +38,7 @@ X_PREFERRED = (
     "forget_Q_A_Prob", "forget_truth_ratio", "forget_knowmem_ROUGE", "forget_verbmem_ROUGE", "forget_Q_A_ROUGE",
     "forget_quality",
 )  # fmt: skip
-Y_PREFERRED = ("model_utility", "retain_Q_A_Prob", "retain_knowmem_ROUGE", "retain_Q_A_ROUGE")
+Y_PREFERRED = ("model_utility", "model_utility_partial", "retain_Q_A_Prob", "retain_knowmem_ROUGE", "retain_Q_A_ROUGE")
 FQ_MU = ("model_utility", "forget_quality")
 _MIA_ITEM = re.compile(r"^(?P<attack>mia_\w+)/(?P<split>forget|holdout)$")
 

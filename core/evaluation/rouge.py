@@ -13,6 +13,7 @@ from core.evaluation.scores import Unit, context_length, pad_token_id
 from core.evaluation.settings import EvalSettings
 from core.evaluation.split_metrics import prefixed
 from core.scoring.encoding import encode
+from core.scoring.templates import Template
 
 
 def _stop_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
@@ -22,9 +23,15 @@ def _stop_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 
 
 def generate_greedy(
-    model: torch.nn.Module, prompts: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    pad_id: int,
+    stop_ids: list[int],
+    max_new_tokens: int,
+    pad_mask: bool = False,
 ) -> list[list[int]]:
-    """Greedy continuations of left-padded prompts in one `generate` call, each cut at its first stop token."""
+    """Greedy continuations of left-padded prompts in one `generate` call, each cut at its first stop token.
+    `pad_mask` masks every pad-token id in the prompts, as open-unlearning's collator does."""
     device = next(model.parameters()).device
     width = max(len(ids) for ids in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -32,6 +39,8 @@ def generate_greedy(
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
+    if pad_mask:
+        mask = (ids != pad_id).long()
     with torch.inference_mode():
         out = model.generate(
             ids.to(device),
@@ -49,41 +58,73 @@ def generate_greedy(
 
 
 def _generation_records(
-    model: torch.nn.Module, tokenizer: Any, units: list[Unit], settings: EvalSettings, tick: Callable[[], None]
+    model: torch.nn.Module,
+    tokenizer: Any,
+    units: list[Unit],
+    settings: EvalSettings,
+    tick: Callable[[], None],
+    template: Template,
 ) -> dict[int, dict[str, Any]]:
-    """Per unit position: the ROUGE scores of its greedy generation, with input, ground truth and generation."""
+    """Per unit position: the greedy generation's ROUGE scores against the answer, with input, ground truth and
+    generation, and its scores against the paraphrased and the perturbed answers (PARA / PERT ROUGE)."""
     pad_id, stops = pad_token_id(tokenizer), _stop_ids(model, tokenizer)
     limit = context_length(model, tokenizer, settings) - settings.max_new_tokens
-    prompts = {unit.position: encode(tokenizer, unit.item.question, None, settings.chat, limit) for unit in units}
+    prompts = {
+        unit.position: encode(tokenizer, unit.item.question, None, max_length=limit, template=template)
+        for unit in units
+    }
     ordered = sorted(units, key=lambda unit: -len(prompts[unit.position].input_ids))
     records: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ordered), settings.generation_batch_size):
         batch = ordered[start : start + settings.generation_batch_size]
         ids = [prompts[unit.position].input_ids for unit in batch]
-        generated = generate_greedy(model, ids, pad_id, stops, settings.max_new_tokens)
+        generated = generate_greedy(model, ids, pad_id, stops, settings.max_new_tokens, settings.pad_mask)
         for unit, prompt, new in zip(batch, ids, generated, strict=True):
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
-            records[unit.position] = metrics.rouge_scores(text, unit.item.answer) | {
-                "input": tokenizer.decode(prompt, skip_special_tokens=True),
-                "ground_truth": unit.item.answer,
-                "generation": text,
-            }
+            records[unit.position] = _records(unit, text, tokenizer.decode(prompt, skip_special_tokens=True))
         tick()
     return records
 
 
+def _records(unit: Unit, text: str, prompt: str) -> dict[str, Any]:
+    item = unit.item
+    found = {"answer": metrics.rouge_scores(text, item.answer) | {"input": prompt, "ground_truth": item.answer}}
+    if item.paraphrased_answer is not None:
+        found["PARA"] = metrics.rouge_scores(text, item.paraphrased_answer) | {"ground_truth": item.paraphrased_answer}
+    if item.perturbed_answer:
+        scores = [metrics.rouge_scores(text, wrong) for wrong in item.perturbed_answer]
+        found["PERT"] = {key: [score[key] for score in scores] for key in scores[0]}
+        found["PERT"]["ground_truth"] = list(item.perturbed_answer)
+    return {kind: record | {"generation": text} for kind, record in found.items()}
+
+
+def _rouge_entry(chosen: list[Unit], values: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ROUGE metric: ROUGE-L recall averaged per item (over its wrong answers for PERT), then over items."""
+    agg = float(np.mean([np.mean(value["rougeL_recall"]) for value in values]))
+    return {
+        "agg_value": agg,
+        "value_by_index": {str(unit.item.index): value for unit, value in zip(chosen, values, strict=True)},
+    }
+
+
 def rouge_logs(
-    model: torch.nn.Module, tokenizer: Any, units: list[Unit], settings: EvalSettings, tick: Callable[[], None]
+    model: torch.nn.Module,
+    tokenizer: Any,
+    units: list[Unit],
+    settings: EvalSettings,
+    tick: Callable[[], None],
+    template: Template,
 ) -> dict[str, Any]:
-    """Greedy generation from each question, scored against the answer (TOFU aggregates ROUGE-L recall)."""
-    records = _generation_records(model, tokenizer, units, settings, tick)
+    """Greedy generation from each question, scored against the answer (`<split>_Q_A_ROUGE`, TOFU aggregates
+    ROUGE-L recall) and, on the forget and retain splits, against the paraphrased answer and the perturbed ones
+    (`_Q_A_PARA_ROUGE`, `_Q_A_PERT_ROUGE`, as open-unlearning's configs of those names)."""
+    records = _generation_records(model, tokenizer, units, settings, tick, template)
     logs = {}
     for split in dict.fromkeys(unit.split for unit in units):
         chosen = [unit for unit in units if unit.split == split]
-        values = [records[unit.position] for unit in chosen]
-        agg = float(np.mean([value["rougeL_recall"] for value in values]))
-        logs[prefixed(split, "Q_A_ROUGE")] = {
-            "agg_value": agg,
-            "value_by_index": {str(unit.item.index): value for unit, value in zip(chosen, values, strict=True)},
-        }
+        for kind, suffix in (("answer", "Q_A_ROUGE"), ("PARA", "Q_A_PARA_ROUGE"), ("PERT", "Q_A_PERT_ROUGE")):
+            wanted = split in ("forget", "retain") or kind == "answer"
+            if wanted and all(kind in records[unit.position] for unit in chosen):
+                values = [records[unit.position][kind] for unit in chosen]
+                logs[prefixed(split, suffix)] = _rouge_entry(chosen, values)
     return logs

@@ -15,6 +15,7 @@ from core.evaluation.settings import MIA_SPLITS, EvalSettings
 from core.scoring.encoding import Encoded, encode
 from core.scoring.forward import shared_prefix_logits
 from core.scoring.statistics import token_statistics
+from core.scoring.templates import Template
 
 
 @dataclass
@@ -38,17 +39,32 @@ class Unit:
 
 @dataclass
 class TokenScores:
-    """One scored row under one model: per answer token its log-prob, the argmax id, the label, and μ/σ of log p."""
+    """One scored row under one model: per scored token its log-prob, the argmax id, the label, and μ/σ of log p.
+
+    The scored tokens are open-unlearning's (answer, end-of-turn tokens, EOS) unless the settings say answer only;
+    `eos_last` marks a row whose last scored token is the EOS, which open-unlearning's token-wise metrics (exact
+    memorisation, extraction strength, Min-K%, Min-K%++) leave out ("-1 to ignore eos prediction")."""
 
     logp: np.ndarray
     argmax: np.ndarray
     labels: np.ndarray
     mu: np.ndarray
     sigma: np.ndarray
+    eos_last: bool = False
+    text: str | None = None  # the scored tokens decoded without special tokens (the ZLib attack's text)
 
     @property
     def avg_loss(self) -> float:
         return metrics.average_loss(self.logp)
+
+    def tokenwise(self) -> TokenScores:
+        """The rows open-unlearning's token-wise metrics read: all but a final EOS."""
+        if not self.eos_last or len(self.logp) < 2:
+            return self
+        keep = slice(0, len(self.logp) - 1)
+        return TokenScores(
+            self.logp[keep], self.argmax[keep], self.labels[keep], self.mu[keep], self.sigma[keep], False, self.text
+        )
 
 
 @dataclass
@@ -69,13 +85,18 @@ def _roles(split: str, item: QAItem) -> list[tuple[str, str]]:
     return roles + [("perturbed", text) for text in item.perturbed_answer]
 
 
-def plan_units(dataset: SplitData, tokenizer: Any, chat: bool, max_length: int) -> list[Unit]:
+def plan_units(
+    dataset: SplitData, tokenizer: Any, template: Template | bool | str, max_length: int, score_end: bool = True
+) -> list[Unit]:
     """Every item of every split, tokenised once: the rows its teacher-forced metrics need."""
     units = []
     for split, qa in dataset.splits().items():
         for item in qa:
             roles = _roles(split, item)
-            rows = [encode(tokenizer, item.question, text, chat, max_length) for _, text in roles]
+            rows = [
+                encode(tokenizer, item.question, text, max_length=max_length, template=template, score_end=score_end)
+                for _, text in roles
+            ]
             units.append(Unit(len(units), split, item, [role for role, _ in roles], rows))
     return units
 
@@ -90,11 +111,16 @@ def plan_batches(units: list[Unit], batch_size: int) -> list[list[Unit]]:
 _STATISTICS = ("logp", "argmax", "mu", "sigma")  # what TokenScores keeps of token_statistics
 
 
-def _row_scores(statistics: dict[str, torch.Tensor], targets: torch.Tensor, rows: list[Encoded]) -> list[TokenScores]:
+def _row_scores(
+    statistics: dict[str, torch.Tensor], targets: torch.Tensor, rows: list[Encoded], eos_id: int | None
+) -> list[TokenScores]:
     columns = {key: statistics[key].cpu().numpy() for key in _STATISTICS} | {"labels": targets.cpu().numpy()}
     bounds = np.cumsum([len(row.input_ids) - row.score_from for row in rows])[:-1]
     split = {key: np.split(value, bounds) for key, value in columns.items()}
-    return [TokenScores(**{key: split[key][i] for key in split}) for i in range(len(rows))]
+    scores = [TokenScores(**{key: split[key][i] for key in split}) for i in range(len(rows))]
+    for score, row in zip(scores, rows, strict=True):
+        score.eos_last = row.end_tokens > 0 and eos_id is not None and int(score.labels[-1]) == eos_id
+    return scores
 
 
 def _item_scores(unit: Unit, rows: list[TokenScores]) -> ItemScores:
@@ -116,13 +142,22 @@ def _moments_mask(units: list[Unit], device: torch.device) -> torch.Tensor:
     return wanted.repeat_interleave(torch.tensor([size for _, size in flags])).to(device)
 
 
-def score_batch(model: torch.nn.Module, units: list[Unit], pad_id: int, device: torch.device) -> list[ItemScores]:
+def score_batch(
+    model: torch.nn.Module,
+    units: list[Unit],
+    pad_id: int,
+    device: torch.device,
+    settings: EvalSettings | None = None,
+    eos_id: int | None = None,
+) -> list[ItemScores]:
     """One forward pass for every row of every item in the batch; an item's rows share its question's pass."""
+    settings = settings or EvalSettings()
     rows = [row for unit in units for row in unit.rows]
     with torch.inference_mode():
-        logits, targets = shared_prefix_logits(model, rows, pad_id, device)
-        statistics = token_statistics(logits, targets, _moments_mask(units, device))
-    scores = iter(_row_scores(statistics, targets, rows))
+        logits, targets = shared_prefix_logits(model, rows, pad_id, device, settings.pad_mask)
+        moments = _moments_mask(units, device)
+        statistics = token_statistics(logits, targets, moments, model_dtype_logp=settings.model_dtype_logp)
+    scores = iter(_row_scores(statistics, targets, rows, eos_id))
     return [_item_scores(unit, [next(scores) for _ in unit.rows]) for unit in units]
 
 

@@ -77,6 +77,7 @@ def _perturbed_probability(split: str, items: list[ItemScores]) -> dict[str, Any
 
 
 _TRUTH_RATIO_NAMES = {"forget": ("forget_truth_ratio", metrics.truth_ratio_forget)}
+PROB_MEAN_SUFFIX = "Truth_Ratio_prob_mean"
 
 
 def item_truth_ratios(items: list[ItemScores]) -> np.ndarray:
@@ -92,7 +93,15 @@ def _truth_ratio(split: str, items: list[ItemScores]) -> dict[str, Any]:
         return {}
     name, aggregate = _TRUTH_RATIO_NAMES.get(split, (prefixed(split, "Truth_Ratio"), metrics.truth_ratio_retain))
     ratios = item_truth_ratios(items)
-    return {name: metric_entry(items, [{"score": float(r)} for r in ratios], aggregate(ratios))}
+    true_share = metrics.truth_ratio_true_share(
+        [s.paraphrased.avg_loss for s in items], [[r.avg_loss for r in s.perturbed] for s in items]
+    )
+    return {
+        name: metric_entry(items, [{"score": float(r)} for r in ratios], aggregate(ratios)),
+        prefixed(split, PROB_MEAN_SUFFIX): metric_entry(
+            items, [{"score": float(r)} for r in true_share], metrics.truth_ratio_prob_mean(true_share)
+        ),
+    }
 
 
 @split_metric("normalised_probability")
@@ -125,13 +134,17 @@ def _mcq_accuracy(split: str, items: list[ItemScores]) -> dict[str, Any]:
 
 @split_metric("memorisation")
 def _memorisation(split: str, items: list[ItemScores]) -> dict[str, Any]:
-    """Exact memorisation and extraction strength (open-unlearning's names on forget, prefixed elsewhere)."""
+    """Exact memorisation and extraction strength as open-unlearning computes them (its names on forget, prefixed
+    elsewhere; a final EOS left out), and the textbook extraction strength (0 when the last token is wrong) under
+    its own name."""
     out = {}
     for name, fn in (
         ("exact_memorization", metrics.exact_memorisation),
         ("extraction_strength", metrics.extraction_strength),
+        ("extraction_strength_textbook", metrics.extraction_strength_textbook),
     ):
-        values = [fn(s.answer.argmax, s.answer.labels) for s in items]
+        rows = [s.answer.tokenwise() for s in items]
+        values = [fn(row.argmax, row.labels) for row in rows]
         key = name if split == "forget" else prefixed(split, name)
         out[key] = metric_entry(items, [{"score": v} for v in values], float(np.mean(values)))
     return out

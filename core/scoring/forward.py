@@ -20,7 +20,7 @@ def selected_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def shared_prefix_logits(
-    model: torch.nn.Module, rows: list[Encoded], pad_id: int, device: torch.device
+    model: torch.nn.Module, rows: list[Encoded], pad_id: int, device: torch.device, pad_mask: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`selected_logits` for rows that share prompts (an item's answer, paraphrased and perturbed answers), with each
     distinct prompt run once: its keys and values are computed a single time and copied to every row continuing it.
@@ -31,12 +31,12 @@ def shared_prefix_logits(
     prompts: dict[tuple[int, ...], int] = {}
     owner = [prompts.setdefault(tuple(row.input_ids[: row.score_from]), len(prompts)) for row in rows]
     if len(prompts) == len(rows) or any(row.score_from < 2 for row in rows):
-        batch = collate(rows, pad_id, device)
+        batch = collate(rows, pad_id, device, pad_mask)
         return selected_logits(model, batch), batch.targets
     try:
-        return _continued_logits(model, rows, list(prompts), owner, pad_id, device)
+        return _continued_logits(model, rows, list(prompts), owner, pad_id, device, pad_mask)
     except (TypeError, ValueError, AttributeError, NotImplementedError):  # no cache / positions for this model
-        batch = collate(rows, pad_id, device)
+        batch = collate(rows, pad_id, device, pad_mask)
         return selected_logits(model, batch), batch.targets
 
 
@@ -47,9 +47,10 @@ def _continued_logits(
     owner: list[int],
     pad_id: int,
     device: torch.device,
+    pad_mask: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    prompt_batch = collate([Encoded(list(ids), 1) for ids in prompts], pad_id, device)
-    lengths = prompt_batch.attention_mask.sum(dim=1)
+    prompt_batch = collate([Encoded(list(ids), 1) for ids in prompts], pad_id, device, pad_mask)
+    lengths = torch.tensor([len(ids) for ids in prompts], device=device)
     last = torch.zeros_like(prompt_batch.predict_mask)
     last[torch.arange(len(prompts), device=device), lengths - 1] = True  # the position predicting the 1st answer token
     out = model(
@@ -67,7 +68,7 @@ def _continued_logits(
     keep = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, answer in enumerate(answers):
         ids[i, : len(answer)] = torch.tensor(answer)
-        mask[i, : len(answer)] = 1
+        mask[i, : len(answer)] = (ids[i, : len(answer)] != pad_id).long() if pad_mask else 1
         keep[i, : len(answer) - 1] = True  # answer token j predicts token j + 1; the last one predicts nothing scored
     ids, mask, keep = ids.to(device), mask.to(device), keep.to(device)
     positions = lengths[index][:, None] + torch.arange(width, device=device)[None, :]

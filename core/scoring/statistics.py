@@ -24,6 +24,7 @@ def token_statistics(
     entropy: bool = False,
     kl_to: tuple[torch.Tensor, torch.Tensor] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    model_dtype_logp: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per scored token (row of `logits` [N, V], its token in `targets` [N]), always:
 
@@ -36,6 +37,9 @@ def token_statistics(
     - `top_ids`, `top_logp`: the `top_k` most likely ids and their log-probs (k may be 0);
     - `rank` (1 = the most likely; ties count in the target's favour) and `entropy` (nats);
     - `kl`: KL(this ‖ other) for `kl_to` = (other logits [N, V], their `lse`), exactly 0 for equal logits.
+
+    Everything is computed in float32 from the logits (μ/σ in float64). `model_dtype_logp=True` takes `logp` from a
+    log-softmax in the logits' own dtype instead, as open-unlearning does for bf16 models (docs/FIDELITY.md).
     """
     count = len(targets)
     if isinstance(moments, bool):
@@ -48,7 +52,11 @@ def token_statistics(
         end = min(start + chunk_rows, count)
         other = None if kl_to is None else (kl_to[0][start:end].float(), kl_to[1][start:end])
         z = logits[start:end].float()
-        parts.append(_chunk_statistics(z, targets[start:end], wanted[start:end], other, **options))
+        part = _chunk_statistics(z, targets[start:end], wanted[start:end], other, **options)
+        if model_dtype_logp and logits.dtype != z.dtype:
+            low = torch.log_softmax(logits[start:end], dim=-1).gather(1, targets[start:end, None])[:, 0]
+            part["logp"] = low.float()
+        parts.append(part)
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -100,8 +108,11 @@ def _masked_moments(z: torch.Tensor, lse: torch.Tensor, wanted: torch.Tensor) ->
 
 
 def _log_prob_moments(z: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of log p = z − lse under p itself; the variance is taken about the mean (no cancellation)."""
-    probs = (z - lse[:, None]).exp()
-    mean_z = torch.linalg.vecdot(probs, z)
-    variance = torch.linalg.vecdot(probs, (z - mean_z[:, None]).square())
-    return mean_z - lse, variance.sqrt()
+    """Mean and std of log p under p itself, in float64 from log p = z − logsumexp(z): μ = Σ p·log p has no
+    Σ p·z − lse cancellation on confident rows, and the variance is taken about the mean."""
+    z64 = z.double()
+    logp = z64 - torch.logsumexp(z64, dim=-1, keepdim=True)
+    probs = logp.exp()
+    mu = torch.linalg.vecdot(probs, logp)
+    variance = torch.linalg.vecdot(probs, (logp - mu[:, None]).square())
+    return mu.to(z.dtype), variance.sqrt().to(z.dtype)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[3]
 TOFU = REPO / "tests" / "fixtures" / "real" / "tofu-dataset"  # real TOFU files (README there)
 GENERATOR = REPO / "assets" / "make_demo_data.py"
 PEOPLE_SPLITS = ("forget", "retain", "holdout")
-DEMO_FILES = ("forget.jsonl", "retain.jsonl", "holdout.jsonl", "world_facts.jsonl", "idk.jsonl")
+DEMO_FILES = ("forget.jsonl", "retain.jsonl", "holdout.jsonl", "real_authors.jsonl", "world_facts.jsonl", "idk.jsonl")
 
 FULL = {
     "question": "Where was Ada born?",

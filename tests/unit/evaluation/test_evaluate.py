@@ -96,16 +96,25 @@ def count_forwards(model: torch.nn.Module) -> list[int]:
 # ------------------------------------------------------------------------------------------ plain reference
 
 
+def plain_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], int]:
+    """The row as open-unlearning's preprocess_chat_instance builds it for this tokenizer, written out: the chat
+    prompt with its generation prompt, the answer's tokens (TinyTokenizer's template drops the assistant's turn, so
+    they follow the prompt as they are), and the EOS appended; everything after the prompt is scored."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    prompt = tokenizer(text, add_special_tokens=False).input_ids
+    return prompt + tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id], len(prompt)
+
+
 def plain_row(model: torch.nn.Module, tokenizer: Any, question: str, answer: str) -> dict[str, np.ndarray]:
-    """One row alone: full logits in float64, the log-softmax by hand, and what each answer position gives."""
-    row = encode(tokenizer, question, answer, chat=True, max_length=128)
+    """One row alone: full logits in float64, the log-softmax by hand, and what each scored position gives."""
+    ids, start = plain_ids(tokenizer, question, answer)
     with torch.no_grad():
-        logits = model(torch.tensor([row.input_ids])).logits[0].double().numpy()
-    positions = np.arange(row.score_from - 1, len(row.input_ids) - 1)
+        logits = model(torch.tensor([ids])).logits[0].double().numpy()
+    positions = np.arange(start - 1, len(ids) - 1)
     z = logits[positions]
     logp_full = z - z.max(axis=1, keepdims=True)
     logp_full -= np.log(np.exp(logp_full).sum(axis=1, keepdims=True))
-    labels = np.array(row.input_ids[row.score_from :])
+    labels = np.array(ids[start:])
     p = np.exp(logp_full)
     mu = (p * logp_full).sum(axis=1)
     sigma = np.sqrt((p * (logp_full - mu[:, None]) ** 2).sum(axis=1))
@@ -115,6 +124,11 @@ def plain_row(model: torch.nn.Module, tokenizer: Any, question: str, answer: str
 
 def avg_loss(row: dict[str, np.ndarray]) -> float:
     return float(-row["logp"].mean())
+
+
+def without_eos(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What open-unlearning's token-wise metrics read: every scored token but the final EOS."""
+    return {key: value[:-1] for key, value in row.items()}
 
 
 def lowest_mean(values: np.ndarray, fraction: float = 0.4) -> float:
@@ -197,11 +211,14 @@ def test_mia_scores_and_auc_match_a_plain_computation(tiny_result, tokenizer) ->
         for item in getattr(data, split):
             row = plain_row(model, tokenizer, item.question, item.answer)
             loss = avg_loss(row)
-            z = (row["logp"] - row["mu"]) / np.maximum(row["sigma"], 1e-3)
+            tokens = without_eos(row)
+            z = (tokens["logp"] - tokens["mu"]) / np.maximum(tokens["sigma"], 1e-3)
+            text = tokenizer.decode(row["labels"].tolist(), skip_special_tokens=True)  # the answer: the EOS is special
+            assert text == item.answer
             plain = {
                 "mia_loss": loss,
-                "mia_zlib": loss / len(zlib.compress(item.answer.encode("utf-8"))),
-                "mia_min_k": -lowest_mean(row["logp"]),
+                "mia_zlib": loss / len(zlib.compress(text.encode("utf-8"))),
+                "mia_min_k": -lowest_mean(tokens["logp"]),
                 "mia_min_k_plus_plus": -lowest_mean(z),
             }
             for attack, value in plain.items():
@@ -224,12 +241,13 @@ def test_mia_scores_and_auc_match_a_plain_computation(tiny_result, tokenizer) ->
     assert agg(result, "privleak") == pytest.approx(expected)
 
 
-def test_model_utility_is_the_harmonic_mean_of_the_components_present(tiny_result) -> None:
+def test_partial_model_utility_is_the_harmonic_mean_of_the_components_present(tiny_result) -> None:
     _, result = tiny_result
     names = ["retain_Q_A_Prob", "retain_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Truth_Ratio"]
     values = [agg(result, name) for name in names]
     expected = 0.0 if min(values) <= 0 else len(values) / sum(1 / v for v in values)
-    assert agg(result, "model_utility") == pytest.approx(expected)
+    assert agg(result, "model_utility_partial") == pytest.approx(expected)
+    assert "model_utility" not in result.evaluation("m").logs  # four of nine components: not open-unlearning's MU
     assert agg(result, "forget_quality") is None  # no oracle: undefined, not guessed
 
 
@@ -283,8 +301,10 @@ def test_exact_memorisation_and_extraction_strength_on_a_model_with_known_argmax
     result = evaluate([("m", NextCharModel(), tokenizer)], data, cache=False)
     em = [record(result, "exact_memorization", i)["score"] for i in range(3)]
     es = [record(result, "extraction_strength", i)["score"] for i in range(3)]
-    assert em == [1.0, 0.5, 0.0]
-    assert es == [1.0, 0.25, 0.0]
+    textbook = [record(result, "extraction_strength_textbook", i)["score"] for i in range(3)]
+    assert em == [1.0, 0.5, 0.0]  # the appended EOS is left out, as open-unlearning leaves it out
+    assert es == [1.0, 0.25, 0.25]  # open-unlearning's search stops at k = T − 1: "qqqq" scores 1/T, not 0
+    assert textbook == [1.0, 0.25, 0.0]
     assert agg(result, "exact_memorization") == pytest.approx(0.5)
     assert record(result, "retain_exact_memorization", 3)["score"] == 0.5
     assert record(result, "retain_extraction_strength", 3)["score"] == 0.25

@@ -98,6 +98,16 @@ def test_exact_memorisation_by_hand() -> None:
     assert metrics.exact_memorisation([1, 2, 3, 4], [1, 9, 3, 4]) == 0.75
 
 
+def open_unlearning_es(pred: list[int], label: list[int]) -> float:
+    """open-unlearning's loop read literally (memorization.py @ d3d7cf9): k runs 0..T−1 and stops at the first
+    matching suffix; when none matches it ends at T − 1."""
+    size = len(label)
+    for k in range(size):
+        if pred[k:] == label[k:]:
+            break
+    return 1 - k / size
+
+
 def brute_force_es(pred: list[int], label: list[int]) -> float:
     """The definition read literally: the smallest k whose suffix matches, k = T when none does."""
     size = len(label)
@@ -111,10 +121,11 @@ def brute_force_es(pred: list[int], label: list[int]) -> float:
 )
 def test_extraction_strength_with_known_k(pred: list[int], expected_k: int) -> None:
     label = [5, 6, 7, 8]
-    assert metrics.extraction_strength(pred, label) == pytest.approx(1 - expected_k / 4)
-    assert metrics.extraction_strength(pred, label) == pytest.approx(brute_force_es(pred, label))
-    floored = metrics.extraction_strength(pred, label, open_unlearning_floor=True)
+    assert metrics.extraction_strength_textbook(pred, label) == pytest.approx(1 - expected_k / 4)
+    assert metrics.extraction_strength_textbook(pred, label) == pytest.approx(brute_force_es(pred, label))
+    floored = metrics.extraction_strength(pred, label)
     assert floored == pytest.approx(1 - min(expected_k, 3) / 4)
+    assert floored == pytest.approx(open_unlearning_es(pred, label))
 
 
 def test_ids_must_align() -> None:
