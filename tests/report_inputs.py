@@ -4,6 +4,7 @@ random pair, the ingest fixtures with an injected script in names and text, and 
 from __future__ import annotations
 
 import struct
+from html.parser import HTMLParser
 from pathlib import Path
 
 from tiny_models import TinyTokenizer, make_tiny_llama
@@ -70,3 +71,58 @@ def build_full_report(pair: ModelPair, results) -> Report:
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
+
+
+class MetricTables(HTMLParser):
+    """The metric tables of a report's HTML read back: `cells[(run label, raw key)]` is the text a reader sees,
+    `names[raw key]` the metric's shown name (its row header without the unit line), `runs` the column labels."""
+
+    def __init__(self, document: str) -> None:
+        super().__init__()
+        self.cells: dict[tuple[str, str], str] = {}
+        self.names: dict[str, str] = {}
+        self.runs: list[str] = []
+        self._table_runs: list[str] = []
+        self._in_metrics = self._in_head = False
+        self._cell: list[str] | None = None
+        self._kind, self._key, self._column = "", "", 0
+        self.feed(document)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "table":
+            self._in_metrics = "metrics" in (found.get("class") or "").split()
+            self._table_runs = []
+        elif self._in_metrics and tag == "thead":
+            self._in_head = True
+        elif self._in_metrics and tag == "tr":
+            self._column = 0
+        elif self._in_metrics and tag in ("th", "td"):
+            classes = (found.get("class") or "").split()
+            self._kind = "metric" if "metric" in classes else "run" if "run" in classes else tag
+            if self._kind == "metric":
+                self._key = (found.get("title") or "").split(":", 1)[0]
+            self._cell = []
+        elif self._cell is not None and tag in ("br", "small", "sup"):
+            self._cell.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_metrics = False
+        elif tag == "thead":
+            self._in_head = False
+        elif self._cell is not None and tag in ("th", "td"):
+            text, self._cell = "".join(self._cell), None
+            first = text.split("\n")[0].strip()
+            if self._kind == "run":
+                self._table_runs.append(first)
+                self.runs.append(first)
+            elif self._kind == "metric":
+                self.names[self._key] = first
+            elif tag == "td":
+                self.cells[(self._table_runs[self._column], self._key)] = text.strip()
+                self._column += 1

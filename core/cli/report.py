@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.analyses.probe import ProbeRequest
-from core.attacks.runner import RobustnessResult
 from core.cli.common import add_pair_arguments, pair_from_args
 from core.common.errors import UserError
 from core.evaluation.ingest import ingest
@@ -18,8 +17,8 @@ from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED
 from core.present.report.export import EXPORT_FORMATS, export_all
 from core.present.report.labels import parse_labels
 from core.present.report.model import build_report
-from core.present.report.parts import parse_probe
-from core.present.report.pdf import write_pdf
+from core.present.report.parts import parse_probe, read_robustness
+from core.present.report.pdf import require_chromium, write_pdf
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,6 @@ def _pair_from_cli(args: argparse.Namespace, probes: Sequence[ProbeRequest]) -> 
     return pair_from_args(args)
 
 
-def read_robustness(path: Path) -> RobustnessResult:
-    """A robustness result from `python -m core robustness --out DIR`: DIR/robustness.json or the file itself."""
-    file = path / "robustness.json" if path.is_dir() else path
-    if not file.is_file():
-        where = f"--robustness {path.name}"
-        raise UserError(f"{where}: no robustness.json there (write one with `python -m core robustness`)")
-    return RobustnessResult.from_json(file.read_text(encoding="utf-8"))
-
-
 def _labels(args: argparse.Namespace, pair: ModelPair | None) -> dict[str, str]:
     """The specs as typed (the demo pair's when none were) name the sides, unless --label names them."""
     typed = {}
@@ -96,6 +86,8 @@ def run_report(args: argparse.Namespace) -> int:
     notes = args.notes_file.read_text(encoding="utf-8") if args.notes_file else args.notes
     robustness = read_robustness(args.robustness) if args.robustness else None
     parse_labels(args.label)  # a malformed label fails before any model loads
+    if args.pdf:
+        require_chromium()  # and a PDF that cannot be printed
     with tqdm(total=100, unit="%", desc="reading results", file=sys.stderr) as bar:
 
         def progress(message: str, fraction: float) -> None:

@@ -1,9 +1,14 @@
-"""Report: one self-contained HTML file for people who were not in the room, plus chart images and CSV tables."""
+"""Report: one self-contained HTML file (and the same as PDF) for people who were not in the room, starting with a
+summary generated from its numbers; plus chart images and CSV tables."""
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import streamlit as st
 
+from core.attacks.runner import RobustnessResult
 from core.evaluation.ingest import IngestResult
 from core.evaluation.results import (
     default_axes,
@@ -11,19 +16,24 @@ from core.evaluation.results import (
     our_result_folders,
     result_paths,
 )
+from core.present.report.export import export_available
+from core.present.report.labels import parse_labels
 from core.present.report.model import Report, build_report
-from core.present.report.parts import parse_probes, slug
+from core.present.report.parts import parse_probes, read_robustness, slug
+from core.present.report.pdf import report_pdf
 from dashboard.boundary import report_errors
 from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain
-from dashboard.sources import load_results, result_folder_inputs
+from dashboard.sources import load_results, result_folder_inputs, typed_path
 from dashboard.state import keys
-from dashboard.state.pair import current_pair, shared_model_job
+from dashboard.state.pair import current_pair, pair_key, shared_model_job
 from dashboard.state.sidebar import sidebar
 
 MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
 MAX_TITLE_CHARS = 200
 MAX_NOTES_CHARS = 20_000  # a few pages of notes
+MAX_LABELS_CHARS = 5_000  # a few dozen KEY=TEXT lines
+NO_ROBUSTNESS, SESSION_ROBUSTNESS, FILE_ROBUSTNESS = "None", "This session's (Robustness page)", "A file or folder"
 
 
 def probe_default() -> str:
@@ -48,6 +58,30 @@ def pick_results() -> tuple[IngestResult | None, list[str]]:
     return load_results(paths, oracle.strip() or None), paths
 
 
+def pick_robustness() -> RobustnessResult | None:
+    """No robustness result, the one the Robustness page ran in this session, or a robustness.json on disk."""
+    stored = st.session_state.get("robustness_result")
+    options = [NO_ROBUSTNESS, *([SESSION_ROBUSTNESS] if stored else []), FILE_ROBUSTNESS]
+    choice = st.radio("Robustness result", options, horizontal=True, key="report_robustness_source")
+    if choice == SESSION_ROBUSTNESS:
+        return stored[1]
+    if choice == FILE_ROBUSTNESS:
+        typed = typed_path(
+            "robustness.json or its folder", "report_robustness_path", "…/folder with robustness.json",
+            "Type the folder `python -m core robustness --out DIR` wrote, or its robustness.json.",
+        )  # fmt: skip
+        return None if typed is None else read_robustness(Path(typed[0]))
+    return None
+
+
+def labels() -> dict[str, str]:
+    """The sides by their specs as typed in the sidebar, then the names typed here (they win)."""
+    key = pair_key()
+    typed = {"base": key[0], "unlearned": key[1]} if key else {}
+    lines = [line for line in st.session_state.get("report_labels", "").splitlines() if line.strip()]
+    return typed | parse_labels(lines)
+
+
 def pick_axes(results: IngestResult) -> tuple[str, str]:
     options = metric_options(results.summary)
     x_default, y_default = default_axes(options)
@@ -57,7 +91,12 @@ def pick_axes(results: IngestResult) -> tuple[str, str]:
     return x, y
 
 
-def build(results: IngestResult | None, sources: list[str], axes: tuple[str | None, str | None]) -> None:
+def build(
+    results: IngestResult | None,
+    sources: list[str],
+    axes: tuple[str | None, str | None],
+    robustness: RobustnessResult | None,
+) -> None:
     """Compute the report with a progress bar inside a status box; keep it (and its HTML) in the session."""
     options = st.session_state
     with st.status("Building the report…", expanded=True) as status:
@@ -67,7 +106,8 @@ def build(results: IngestResult | None, sources: list[str], axes: tuple[str | No
                 current_pair(), results=results, x_metric=axes[0], y_metric=axes[1], sources=sources,
                 probes=parse_probes(options.get("report_probes", "")), chat=options.get("report_chat", False),
                 with_attribution=options.get("report_attribute", False), with_lens=options.get("report_lens", False),
-                notes=options.get("report_notes", ""), title=options.get("report_title", ""),
+                robustness=robustness, labels=labels(), notes=options.get("report_notes", ""),
+                title=options.get("report_title", ""),
                 progress=lambda message, fraction: bar.progress(min(1.0, fraction), text=plain(message)),
             )  # fmt: skip
             bar.progress(1.0, text="writing the HTML")
@@ -79,16 +119,34 @@ def build(results: IngestResult | None, sources: list[str], axes: tuple[str | No
     st.session_state[keys.REPORT_BUILT] = (report, document, f"{slug(report.title)}.html")
 
 
+def draw_summary(report: Report) -> None:
+    """The generated summary, as the report opens with it."""
+    summary = report.summary()
+    st.subheader("Summary")
+    st.markdown("\n".join(f"- {plain(line)}" for line in summary.findings) or "Nothing to summarise.")
+    if summary.caveats:
+        st.caption("  \n".join(f"Caveat: {plain(line)}" for line in summary.caveats))
+
+
 def draw_built(report: Report, document: bytes, file_name: str) -> None:
     charts, tables = report.charts(), report.tables()
-    st.download_button(
+    html_column, pdf_column = st.columns(2)
+    html_column.download_button(
         "Download report (HTML)", data=document, file_name=file_name, mime="text/html", type="primary",
         on_click="ignore",
     )  # fmt: skip
+    if export_available():
+        pdf_column.download_button(
+            "Download report (PDF)", data=partial(report_pdf, report), file_name=f"{Path(file_name).stem}.pdf",
+            mime="application/pdf", on_click="ignore", help="The same report, printed by Chromium when clicked",
+        )  # fmt: skip
+    else:
+        pdf_column.caption("The PDF needs Chromium (apt-get install chromium, or set BROWSER_PATH).")
     st.caption(
         f"{len(document) / 2**20:.1f} MB · {len(charts)} charts · {len(tables)} tables · opens offline in any "
         "browser (plotly.js is inside the file)."
     )
+    draw_summary(report)
     if report.warnings:
         with st.expander(f"{len(report.warnings)} warning(s)"):
             st.text("\n".join(report.warnings))
@@ -106,8 +164,9 @@ def draw_built(report: Report, document: bytes, file_name: str) -> None:
 sidebar()
 st.title("Report")
 st.caption(
-    "One HTML file with the model pair, the tradeoff chart, a metric table, probes with coloured tokens, "
-    "attribution and layer views, and your notes. Every chart also downloads as PNG / SVG / PDF."
+    "One HTML file (and the same as PDF) that opens with a summary generated from its numbers, then your notes, "
+    "the model pair, the tradeoff chart, a metric table, robustness, probes with coloured tokens, attribution and "
+    "layer views. Every chart also downloads as PNG / SVG / PDF."
 )
 if current_pair() is None:
     st.info("No model pair is loaded: the report can hold results only. Load a pair in the sidebar for probes.")
@@ -118,6 +177,10 @@ with st.expander("Results", expanded=True), report_errors():
     if results is not None:
         axes = pick_axes(results)
     results_read = True
+robustness, robustness_read = None, False
+with st.expander("Robustness", expanded=False), report_errors():
+    robustness = pick_robustness()
+    robustness_read = True
 
 st.session_state.setdefault("report_probes", probe_default())
 st.text_area(
@@ -135,15 +198,25 @@ st.text_area(
     "Notes",
     key="report_notes",
     max_chars=MAX_NOTES_CHARS,
-    help="Shown at the top. Blank lines split paragraphs; - starts a list item.",
+    help="Shown after the generated summary. Blank lines split paragraphs; - starts a list item.",
+)
+st.text_area(
+    "Names to show, one per line: KEY=TEXT",
+    key="report_labels",
+    max_chars=MAX_LABELS_CHARS,
+    placeholder="unlearned=NPO, step 12\nrmu=RMU",
+    help="KEY is base, unlearned or a run's name in the results; the models are called by their specs as typed "
+    "in the sidebar unless named here. Local paths are cut to their last folder.",
 )
 
 if st.button("Build report", type="primary"):
     if not results_read:
         st.error("The result folders above could not be read; fix or clear them first.")
+    elif not robustness_read:
+        st.error("The robustness result above could not be read; fix it or choose None.")
     else:
         with report_errors(), shared_model_job("report"):
-            build(results, sources, axes)
+            build(results, sources, axes, robustness)
 
 built = st.session_state.get(keys.REPORT_BUILT)
 if built is not None:

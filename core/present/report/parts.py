@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from core.analyses.probe import ProbeRequest
+from core.attacks.runner import RobustnessResult
 from core.common.errors import UserError
 from core.evaluation.ingest import REFERENCE_METHODS
 from core.evaluation.results import FQ_MU, X_PREFERRED, Y_PREFERRED, metric_options
@@ -54,6 +56,15 @@ def parse_probe(text: str) -> ProbeRequest:
 def parse_probes(text: str) -> list[ProbeRequest]:
     """One `prompt|answer` per line; blank lines are skipped."""
     return [parse_probe(line) for line in text.splitlines() if line.strip()]
+
+
+def read_robustness(path: Path | str) -> RobustnessResult:
+    """A robustness result as `python -m core robustness --out DIR` writes it: DIR/robustness.json or the file."""
+    path = Path(path).expanduser()
+    file = path / "robustness.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"{path.name}: no robustness.json there (write one with `python -m core robustness --out`)")
+    return RobustnessResult.from_json(file.read_text(encoding="utf-8"))
 
 
 def metric_table(summary: pd.DataFrame, metric_names: Sequence[str]) -> pd.DataFrame:

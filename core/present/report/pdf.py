@@ -64,11 +64,17 @@ def _chromium_command(browser: str, page: Path, out: Path, profile: Path) -> lis
     return command
 
 
-def html_to_pdf(document: str, timeout: float = PDF_TIMEOUT_S) -> bytes:
-    """Print an HTML document to PDF bytes with the system Chromium (headless); a clear error without one."""
+def require_chromium() -> str:
+    """The Chromium that prints PDFs (and draws their charts), or a UserError that says how to get one."""
     browser = export.chromium_path()
     if browser is None:
         raise UserError("PDF export needs Chromium: install it (apt-get install chromium) or set BROWSER_PATH")
+    return browser
+
+
+def html_to_pdf(document: str, timeout: float = PDF_TIMEOUT_S) -> bytes:
+    """Print an HTML document to PDF bytes with the system Chromium (headless); a clear error without one."""
+    browser = require_chromium()
     with tempfile.TemporaryDirectory(prefix="ulens-pdf-") as folder:
         page, out = Path(folder) / "report.html", Path(folder) / "report.pdf"
         page.write_text(document, encoding="utf-8")
@@ -90,6 +96,7 @@ def html_to_pdf(document: str, timeout: float = PDF_TIMEOUT_S) -> bytes:
 
 def report_pdf(report: Report) -> bytes:
     """The report as PDF bytes: its print version printed by Chromium."""
+    require_chromium()  # before the charts are drawn, so the message names the PDF
     return html_to_pdf(print_html(report))
 
 
