@@ -128,7 +128,7 @@ def _modules(names: Iterable[str]) -> str:
                 runs.append(f"{start}" if start == previous else f"{start}–{previous}")
                 start = current
         text.append("layers " + ", ".join(runs))
-    return ", ".join(text + others)
+    return ", ".join(text + [name or "the whole model" for name in others])
 
 
 def time_probe(model: torch.nn.Module, device: torch.device, vocab: int) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from core.common.errors import UserError
+from core.common.limits import format_bytes
 from core.models import budget, loading, offload, sharing
 from core.models.adapters import attach_adapters
 from core.models.spec import SKIP_MEMORY_CHECK_ENV, ModelSpec, env_flag, resolve_spec
@@ -282,7 +283,8 @@ class ModelPair:
             "shares_backbone": self.shares_backbone,
             "parameter_mb": round(self.parameter_bytes() / 2**20, 1),
             "tensors": (self.tensor_difference() or {}).get("summary"),
-            "max_memory_mb": round(plan.budget / 2**20) if plan and plan.budget else None,
+            "shared_tensors": len(plan.sharing.identical) if plan and plan.sharing else None,
+            "max_memory": format_bytes(plan.budget) if plan and plan.budget else None,
             "automatic_budget": bool(plan and plan.automatic),
             "offloaded": offloaded,
             "probe_seconds": {side: round(s, 3) for side, s in self.probe_seconds.items()} or None,

@@ -18,6 +18,7 @@ from core.analyses.lens import logit_lens, weight_change
 from core.analyses.probe import ProbeRequest, score
 from core.cli.common import add_pair_arguments, pair_from_args
 from core.common.errors import UserError
+from core.common.limits import format_bytes
 from core.data.qa import QAItem
 from core.models import offload, sharing
 from core.models.pair import ModelPair
@@ -179,7 +180,8 @@ def test_automatic_budget_when_the_pair_does_not_fit(folders, small_budgets, mon
     pair = load(folders, "full")
     described = pair.describe()
     assert described["automatic_budget"] and described["offloaded"]
-    assert described["max_memory_mb"] == round(offload.automatic_budget(int(1.5 * one / 0.9 * 1.2), 1.2, 0) / 2**20)
+    budget = offload.automatic_budget(int(1.5 * one / 0.9 * 1.2), 1.2, 0)
+    assert described["max_memory"] == format_bytes(budget)
 
 
 def test_cli_max_memory(folders, small_budgets):
@@ -192,3 +194,29 @@ def test_cli_max_memory(folders, small_budgets):
     assert pair_from_args(args).describe()["offloaded"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--max-memory", "plenty"])
+
+
+def test_dashboard_budget_field_and_lines(folders, small_budgets):
+    from dashboard.plain import shown
+    from dashboard.state.memory import max_memory_field, memory_lines
+
+    class Field:
+        def __init__(self, text: str) -> None:
+            self.text, self.captions = text, []
+
+        def text_input(self, *args, **kwargs) -> str:
+            return self.text
+
+        def caption(self, text: str) -> None:
+            self.captions.append(text)
+
+    assert max_memory_field(Field("12GB")) == 12 * 2**30
+    assert max_memory_field(Field("")) is None
+    bad = Field("<b>lots</b>")
+    assert max_memory_field(bad) is None and "&lt;b&gt;" not in bad.captions[0] and "memory budget" in bad.captions[0]
+    info = load(folders, "full", max_memory=8192).describe()
+    lines = [shown(line) for line in memory_lines(info)]
+    assert "Offloaded: base: the whole model on disk; unlearned: the whole model on disk" in lines
+    assert "Memory budget: 0 MiB" in lines  # format_bytes rounds 8 KiB to whole MiB
+    summary = sharing.plan_sharing(folders["base"], folders["rmu"]).summary()
+    assert [shown(line) for line in memory_lines(load(folders, "rmu").describe())] == [f"Tensors: {summary}"]
