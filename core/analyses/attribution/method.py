@@ -27,6 +27,7 @@ class Maps:
     unlearned: torch.Tensor
     delta: torch.Tensor
     convergence_delta: dict[str, torch.Tensor] | None = None
+    explained: dict[str, torch.Tensor] | None = None  # per side, what the map should sum to (None: F(x) − F(baseline))
 
 
 @dataclass

@@ -16,8 +16,10 @@ class AttributionResult(JsonResult):
     """Attribution maps per side (rows: answer tokens/words or the whole answer; columns: prompt tokens/words,
     then the answer's own earlier tokens with `include_answer_prefix`) and Δ.
 
-    `convergence_delta[side][row]` (integrated gradients only) is Σ attributions − (F(input) − F(baseline)),
-    the quadrature error of the completeness axiom; `logprob` and `baseline_logprob` are F at both ends.
+    `convergence_delta[side][row]` is Σ attributions − what they should add up to: for integrated gradients
+    F(input) − F(baseline) (the quadrature error of the completeness axiom), for AttnLRP the answer's logit
+    (`explained`; relevance lost in biases and in the softmax rule); `logprob` and `baseline_logprob` are F at both
+    ends.
     """
 
     method: str
@@ -34,6 +36,14 @@ class AttributionResult(JsonResult):
     baseline_logprob: dict[str, list[float]]
     convergence_delta: dict[str, list[float]] | None = None
     contrast_exact: bool = False  # True when Δ was attributed itself (perturbation methods)
+    explained: dict[str, list[float]] | None = None  # what the map sums to by its axiom (None: logprob − baseline)
+
+    def explained_change(self, side: str) -> list[float]:
+        """Per row, the number the side's map should add up to: `explained` where the method says (AttnLRP: the
+        answer's logits), else F(input) − F(baseline) (integrated gradients' completeness)."""
+        if self.explained is not None:
+            return self.explained[side]
+        return [a - b for a, b in zip(self.logprob[side], self.baseline_logprob[side], strict=True)]
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per (answer row, prompt feature) with the base, unlearned and Δ attributions."""

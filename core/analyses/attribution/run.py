@@ -102,4 +102,5 @@ def attribute(
         if maps.convergence_delta is None
         else {side: d.tolist() for side, d in maps.convergence_delta.items()},
         contrast_exact=ATTRIBUTION_METHODS.get(method).contrast_exact,
+        explained=None if maps.explained is None else {side: e.tolist() for side, e in maps.explained.items()},
     )

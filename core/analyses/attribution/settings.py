@@ -18,6 +18,7 @@ BATCH_TOKENS = {"cpu": 2048}
 # captum's integration rules (captum.attr._utils.approximation_methods) and the baselines of BASELINES below
 IG_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 BASELINE_NAMES = ("pad", "eos", "unk", "neutral", "zero")
+LRP_RULE_NAMES = ("attnlrp", "cp")  # core.analyses.attribution.lrp_rules.LRP_RULES
 DEFAULT_BATCH_TOKENS = 32768
 
 
@@ -43,6 +44,10 @@ class AttributionSettings:
         label="Shapley samples",
     )  # fmt: skip
     window: int = option(3, "Prompt tokens or words hidden together (clipped to the prompt).", min=1, label="Window")
+    lrp_rule: str = option(
+        "attnlrp", "AttnLRP's softmax rule, or CP-LRP's (attention weights held constant: conserves exactly).",
+        choices=LRP_RULE_NAMES, label="LRP rule",
+    )  # fmt: skip
     include_answer_prefix: bool = False  # also attribute to the answer's own earlier tokens (inseq's view)
     keep_special: bool = True  # special tokens (BOS, chat markers) are fed as they are, never attributed
     seed: int = option(0, "Seeds the random feature orders (the same seed, the same map).", min=0, label="Seed")
