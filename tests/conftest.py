@@ -17,12 +17,18 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}  # tests/unit carries no marker
+# tests/unit carries no marker; tests/cuda runs only where a CUDA GPU is (its tests skip themselves elsewhere)
+TIERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e, "cuda": pytest.mark.cuda}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: runs on a CUDA GPU, against CPU float32 (set by folder: tests/cuda)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test's tier is its folder: tests/unit (tiny models), tests/integration (the real SmolLM2), tests/e2e (a
-    real Chromium against the running app); the markers let `-m` pick tiers across folders."""
+    real Chromium against the running app), tests/cuda (a CUDA GPU); the markers let `-m` pick tiers across
+    folders."""
     tests = Path(__file__).resolve().parent
     for item in items:
         tier = item.path.resolve().relative_to(tests).parts[0]

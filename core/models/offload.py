@@ -68,20 +68,25 @@ def offload_folder(spec: ModelSpec) -> str:
 def device_map(spec: ModelSpec, budget: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """accelerate's placement of the spec's model under `budget` bytes on `device` (RAM behind a GPU, then disk),
     whole decoder layers at a time, built on the meta device from the config (no weights are read)."""
-    from accelerate import infer_auto_device_map, init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(spec.source, revision=spec.revision)
+    if device.type == "cuda":
+        ram = int(MEMORY_HEADROOM * psutil.virtual_memory().available)
+        return config_device_map(config, {device.index or 0: budget, "cpu": ram}, dtype)
+    return config_device_map(config, {"cpu": budget}, dtype)
+
+
+def config_device_map(config: Any, limits: dict[Any, int], dtype: torch.dtype) -> dict[str, Any]:
+    """accelerate's placement of the model a config describes under per-device `limits` (bytes; a GPU by its
+    index, "cpu"), the rest on disk; built on the meta device (bench/scale.py plans 7B/8B pairs with it)."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from transformers import AutoModelForCausalLM
+
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config)
-    if device.type == "cuda":
-        index = device.index or 0
-        ram = int(MEMORY_HEADROOM * psutil.virtual_memory().available)
-        limits: dict[Any, int] = {index: budget, "cpu": ram}
-    else:
-        limits = {"cpu": budget}
     placement = infer_auto_device_map(
-        empty, max_memory=limits, no_split_module_classes=empty._no_split_modules or [], dtype=dtype
+        empty, max_memory=dict(limits), no_split_module_classes=empty._no_split_modules or [], dtype=dtype
     )
     return dict(placement)
 
