@@ -238,6 +238,9 @@ def summarise(
             out.findings.append(writer.closest(best))
         if lead is not None:
             out.findings += [line for line in (writer.forgot(lead), writer.kept(lead)) if line]
+        if writer.runs.empty:
+            references = ", ".join(labels.run(str(model)) for model in table["model"])
+            out.findings.append(f"The results hold references only ({references}): no unlearning run to summarise.")
         others = [row for _, row in writer.runs.iterrows() if lead is None or row["model"] != lead["model"]]
         out.findings += [writer.other(row) for row in others[:MAX_OTHER_RUNS]]
         if len(others) > MAX_OTHER_RUNS:
