@@ -13,7 +13,7 @@ from typing import Any
 
 from core.common.errors import UserError
 from core.common.limits import is_out_of_memory
-from core.sweep.cluster import ClusterSettings, check_fits, connect
+from core.sweep.cluster import ClusterSettings, check_fits, connect, largest_node
 from core.sweep.progress import SweepProgress, TaskView
 from core.sweep.store import TaskReporter, TaskStore
 
@@ -169,9 +169,10 @@ def _run_on_ray(
         shared_ref = ray.put(shared)
         running: dict[Any, Task] = {}
         threads = max(1, int(cluster.cpus))
+        node = largest_node(ray)
         for task in sorted(pending, key=lambda t: t.priority):
             memory = cluster.memory_bytes or task.memory
-            why = check_fits(ray, task.label, cluster.cpus, cluster.gpus, memory)
+            why = check_fits(node, task.label, cluster.cpus, cluster.gpus, memory)
             if why:
                 settle(Outcome(task, "failed", error=why))
                 continue

@@ -107,9 +107,9 @@ def largest_node(ray: ModuleType) -> dict[str, float]:
     return best
 
 
-def check_fits(ray: ModuleType, label: str, cpus: float, gpus: float, memory: int) -> str | None:
-    """Why no node of the cluster can run a task asking for this much (Ray would wait for one forever), or None."""
-    node = largest_node(ray)
+def check_fits(node: dict[str, float], label: str, cpus: float, gpus: float, memory: int) -> str | None:
+    """Why the cluster's `largest_node` cannot run a task asking for this much (Ray would wait for such a node
+    forever), or None."""
     if cpus > node["CPU"]:
         return f"{label} asks for {cpus:g} CPUs, but the largest node has {node['CPU']:g}"
     if gpus > node["GPU"]:

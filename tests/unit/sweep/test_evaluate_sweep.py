@@ -104,3 +104,15 @@ def test_a_bad_model_fails_its_task_and_the_others_finish(ray_cluster, models, t
     assert progress["counts"] == {"queued": 0, "running": 0, "done": 2, "skipped": 0, "failed": 1}
     attempts = {t["label"]: t["attempt"] for t in progress["tasks"]}
     assert attempts["broken"] == 1  # a bad input is not retried (only a dead worker or a transient error is)
+
+
+def test_a_task_no_node_can_hold_is_refused_not_left_waiting(ray_cluster, models, tmp_path: Path) -> None:
+    """Ray would wait forever for a node with more memory or GPUs than any has; the sweep says so at once."""
+    specs = [ModelSpec(str(models[0]))]
+    huge = evaluate_sweep(specs, word_splits(), out_dir=tmp_path / "a", show=False,
+                          cluster=ClusterSettings(memory_bytes=2**60))  # fmt: skip
+    [(label, reason)] = huge.failures
+    assert label == "m0" and reason.startswith("m0 needs about") and "the largest node offers Ray" in reason
+    gpus = evaluate_sweep(specs, word_splits(), out_dir=tmp_path / "b", cluster=ClusterSettings(gpus=1), show=False)
+    assert gpus.failures == [("m0", "m0 asks for 1 GPUs, but the largest node has 0 (see --ray-gpus)")]
+    assert huge.result.evaluations == gpus.result.evaluations == []
