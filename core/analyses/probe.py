@@ -32,6 +32,7 @@ from core.models.pair import SIDES, ModelPair
 from core.scoring.encoding import Batch, Encoded, collate, encode, encode_ids
 from core.scoring.forward import selected_logits
 from core.scoring.statistics import CHUNK_ROWS, token_statistics
+from core.scoring.templates import Template
 
 DEFAULT_TOP_K = 5
 _SAMPLING_LOCK = threading.Lock()  # sampled generation seeds torch's global RNG: one seeded draw at a time
@@ -80,10 +81,11 @@ class ProbeResult:
 
     prompt: str
     answer: str | None
-    chat: bool
+    chat: bool | str  # the template: its name (True / False: the chat template / plain, as older results say)
     context_tokens: list[str]
     tokens: list[TokenShift]
     truncated: bool = False
+    end_tokens: int = 0  # the last `end_tokens` scored rows are the template's end-of-turn tokens and EOS
 
     @property
     def answer_logprob_base(self) -> float:
@@ -128,6 +130,7 @@ class ProbeResult:
             data.get("context_tokens", []),
             tokens,
             data.get("truncated", False),
+            data.get("end_tokens", 0),
         )
 
     @classmethod
@@ -144,21 +147,27 @@ class ProbeRequest:
 def score(
     pair: ModelPair,
     requests: Sequence[ProbeRequest | Encoded],
-    chat: bool = False,
+    chat: bool | str | Template = False,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = 16,
     max_length: int | None = None,
     progress: Callable[[float], None] | None = None,
+    score_end: bool = False,
 ) -> list[ProbeResult]:
-    """Score each request under both models: one forward pass per model per batch."""
+    """Score each request under both models: one forward pass per model per batch. `chat` is the template (a name,
+    file or Template; True / False: the chat template / plain); `score_end=True` also scores the template's
+    end-of-turn tokens and EOS after the answer (marked by `ProbeResult.end_tokens`). The attention mask is all
+    ones over each row: the probe never reproduces open-unlearning's pad-token mask."""
     if not requests:
         raise UserError("nothing to score")
     check_range(top_k, 0, MAX_TOP_K, "top_k")
     check_range(batch_size, 1, MAX_BATCH_SIZE, "batch size")
     limit = max_length or pair.context_length
     encoded = [
-        r if isinstance(r, Encoded) else encode(pair.tokenizer, r.prompt, r.answer, chat, limit) for r in requests
+        r if isinstance(r, Encoded) else encode(pair.tokenizer, r.prompt, r.answer, chat, limit, score_end=score_end)
+        for r in requests
     ]
+    name = chat.name if isinstance(chat, Template) else chat
     results: list[ProbeResult] = []
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start : start + batch_size]
@@ -171,7 +180,7 @@ def score(
             context_ids = row.input_ids[: row.score_from]
             context_texts = _token_texts(pair.tokenizer, context_ids)
             context = [context_texts[i] for i in context_ids]
-            results.append(ProbeResult(prompt, answer, chat, context, tokens, row.truncated))
+            results.append(ProbeResult(prompt, answer, name, context, tokens, row.truncated, row.end_tokens))
         if progress:
             progress(min(1.0, (start + len(rows)) / len(encoded)))
     return results
@@ -285,7 +294,7 @@ class GenerationResult:
     """Both models' continuations of one prompt, each scored by both models (cross-scoring)."""
 
     prompt: str
-    chat: bool
+    chat: bool | str  # the template's name (True / False: the chat template / plain)
     settings: GenerationSettings
     base_text: str
     unlearned_text: str
@@ -316,7 +325,7 @@ class GenerationResult:
 def generate(
     pair: ModelPair,
     prompt: str,
-    chat: bool = True,
+    chat: bool | str = True,
     settings: GenerationSettings | None = None,
     top_k: int = DEFAULT_TOP_K,
     max_length: int | None = None,

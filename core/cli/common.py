@@ -120,3 +120,36 @@ def build_demo_first(specs: Iterable[ModelSpec]) -> None:
     if experiment.stages_to_build(demo_model_names(specs)):
         with demo_progress_bar("building demo models") as show:
             build_demo_models(specs, show, experiment)
+
+
+def add_template_argument(parser: argparse.ArgumentParser, legacy: str | None = None) -> None:
+    """`--template NAME|FILE` (core.scoring.templates; default: each model's own: plain for the demo models, the
+    chat template for an instruct model). `legacy` keeps an older flag as an alias: "--no-chat" (→ plain) or
+    "--chat" (→ the chat template)."""
+    from core.scoring.templates import list_templates
+
+    parser.add_argument(
+        "--template",
+        help=f"prompt template: {', '.join(list_templates())} or a .json file (default: the model's own)",
+    )
+    if legacy == "--no-chat":
+        parser.add_argument("--no-chat", action="store_true", help="the same as --template plain")
+    elif legacy == "--chat":
+        parser.add_argument("--chat", action="store_true", help="the same as --template chat")
+
+
+def template_from_args(args: argparse.Namespace, specs: Iterable[str | None] = ()) -> str:
+    """The template name or file the options choose, else the default of the models named by `specs` (spec
+    texts; the embedded demo pair when none is given)."""
+    from core.scoring.templates import default_for_specs, load_template
+
+    chosen = getattr(args, "template", None)
+    if getattr(args, "no_chat", False):
+        chosen = chosen or "plain"
+    if getattr(args, "chat", False):
+        chosen = chosen or "chat"
+    if chosen is not None:
+        load_template(chosen)  # a clear error for an unknown name before any model loads
+        return chosen
+    texts = [text for text in specs if text]
+    return default_for_specs(texts or [DEFAULT_BASE])

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import bounded_int, build_demo_first
+from core.cli.common import add_template_argument, bounded_int, build_demo_first, template_from_args
 from core.cli.sweep import add_ray_arguments, run_evaluate_sweep
 from core.common.errors import UserError
 from core.common.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS
@@ -34,7 +34,20 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
         help=f"items per forward pass (1..{MAX_BATCH_SIZE})",
     )  # fmt: skip
-    parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
+    add_template_argument(parser, legacy="--no-chat")
+    parser.add_argument(
+        "--open-unlearning-mask", action="store_true",
+        help="reproduce open-unlearning's attention mask (every pad-token id masked) and, for bf16 models, its bf16 "
+        "log-softmax: its numbers to 1e-4 (docs/FIDELITY.md)",
+    )  # fmt: skip
+    parser.add_argument("--answer-only", action="store_true", help="score the answer tokens only (no end-of-turn/EOS)")
+    parser.add_argument("--reference", help="reference model SPEC for the mia_reference attack")
+    parser.add_argument("--gradnorm", action="store_true", help="also run the gradient-norm MIA (a backward per item)")
+    parser.add_argument(
+        "--lm-eval", nargs="+", metavar="TASK",
+        help="also run lm-evaluation-harness tasks on each model (a task name, or a task YAML file or folder; "
+        "world_facts_mcq is the demo's local task) → LMEval_SUMMARY.json / LMEval_EVAL.json",
+    )  # fmt: skip
     parser.add_argument("--max-length", type=int, help="token limit per row (default: the model's context)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
@@ -59,9 +72,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         generation_batch_size=args.batch_size,
         rouge=args.rouge,
         max_new_tokens=args.max_new_tokens,
-        chat=not args.no_chat,
+        template=template_from_args(args, [*args.model, *map(str, args.run)]) if _template_set(args) else None,
         max_length=args.max_length,
+        score_end=not args.answer_only,
+        reference=args.reference,
+        gradnorm=args.gradnorm,
     )
+    if args.open_unlearning_mask:
+        settings = settings.open_unlearning()
     oracle = args.oracle
     if oracle and oracle_is_spec(oracle):
         oracle = EvalModel(spec=ModelSpec.parse(oracle, **options))
@@ -78,8 +96,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out = args.out or default_out_dir()
         result = evaluate(models, load_eval_data(args.data), oracle=oracle, settings=settings, out_dir=out,
                           progress=show, cache=not args.no_cache)  # fmt: skip
+    if args.lm_eval:
+        from core.evaluation.lm_eval import run_lm_eval_all
+
+        run_lm_eval_all(models, args.lm_eval, out, batch_size=args.batch_size)
     if args.json:
         sys.stdout.write(result.to_json() + "\n")
         return 0
     sys.stdout.write(result.to_frame().to_string(index=False) + "\n")
     return 0
+
+
+def _template_set(args: argparse.Namespace) -> bool:
+    """Whether the options name a template; else each model is evaluated with its own default."""
+    return bool(args.template or args.no_chat)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from core.analyses.probe import DEFAULT_TOP_K, GenerationSettings, ProbeRequest, generate, score
-from core.cli.common import add_pair_arguments, bounded_int, pair_from_args
+from core.cli.common import add_pair_arguments, add_template_argument, bounded_int, pair_from_args, template_from_args
 from core.common.limits import MAX_NEW_TOKENS, MAX_TOP_K
 
 
@@ -20,7 +20,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_many_arguments(parser)  # --unlearned repeatable, --run (core.analyses.multi)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--answer", help="reference answer to score (else the prompt's own tokens are scored)")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    add_template_argument(parser, legacy="--chat")
+    parser.add_argument(
+        "--score-end", action="store_true",
+        help="also score the template's end-of-turn tokens and EOS after the answer, as the evaluation does",
+    )  # fmt: skip
     parser.add_argument(
         "--top-k", type=bounded_int(0, MAX_TOP_K), default=DEFAULT_TOP_K, help=f"0..{MAX_TOP_K} alternatives per token"
     )
@@ -37,21 +41,24 @@ def run_probe(args: argparse.Namespace) -> int:
     if len(args.unlearned or []) > 1 or args.run:
         return run_probe_many(args)
     args.unlearned = args.unlearned[0] if args.unlearned else None
+    template = template_from_args(args, [args.base, args.unlearned])
     pair = pair_from_args(args)
-    result = score(pair, [ProbeRequest(args.prompt, args.answer)], chat=args.chat, top_k=args.top_k)[0]
+    request = ProbeRequest(args.prompt, args.answer)
+    result = score(pair, [request], chat=template, top_k=args.top_k, score_end=args.score_end)[0]
     payload = result.to_dict()
     if args.generate:
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
-        payload["generation"] = generate(
-            pair, args.prompt, chat=args.chat, settings=settings, top_k=args.top_k
-        ).to_dict()
+        generated = generate(pair, args.prompt, chat=template, settings=settings, top_k=args.top_k)
+        payload["generation"] = generated.to_dict()
     if args.json:
         sys.stdout.write(json.dumps(payload) + "\n")
         return 0
     frame = result.to_frame()[
         ["position", "token", "logprob_base", "logprob_unlearned", "delta", "rank_base", "rank_unlearned", "kl"]
     ]
-    sys.stdout.write(frame.to_string(index=False) + "\n")
+    if result.end_tokens:  # the template's end-of-turn / EOS rows, scored as the evaluation scores them
+        frame.insert(2, "part", ["answer"] * (len(frame) - result.end_tokens) + ["end (scored)"] * result.end_tokens)
+    sys.stdout.write(f"template: {template}\n" + frame.to_string(index=False) + "\n")
     sys.stdout.write(
         f"answer log-prob: base {result.answer_logprob_base:.3f}  "
         f"unlearned {result.answer_logprob_unlearned:.3f}  Δ {result.delta:+.3f}"
@@ -97,7 +104,8 @@ def run_probe_many(args: argparse.Namespace) -> int:
     build_demo_first([base, *(entry.spec for entry in entries)])
     models = ModelSet.load(base, entries, memory_check=False if args.skip_memory_check else None)
     with tqdm(total=1.0, desc="probing") as bar:
-        result = probe_many(models, ProbeRequest(args.prompt, args.answer), args.chat, args.top_k,
+        template = template_from_args(args, [args.base, *(args.unlearned or [])])
+        result = probe_many(models, ProbeRequest(args.prompt, args.answer), template, args.top_k,
                             progress=lambda fraction: bar.update(fraction - bar.n))  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")

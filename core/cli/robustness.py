@@ -8,7 +8,14 @@ from pathlib import Path
 
 from core.attacks.base import ATTACKS, DEFAULT_EPSILON, RobustnessSettings, describe_attacks
 from core.attacks.runner import RobustnessResult, check_attacks, load_robustness_data, run_attacks
-from core.cli.common import add_option_arguments, add_pair_arguments, bounded_int, pair_from_args
+from core.cli.common import (
+    add_option_arguments,
+    add_pair_arguments,
+    add_template_argument,
+    bounded_int,
+    pair_from_args,
+    template_from_args,
+)
 from core.cli.sweep import add_ray_arguments, run_robustness_sweep
 from core.common.cache import atomic_write_text
 from core.common.errors import UserError
@@ -32,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="folder for robustness.json and robustness.csv")
     parser.add_argument("--items", type=int, help="attack only the first N forget items")
     parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=RobustnessSettings.batch_size)
-    parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
+    add_template_argument(parser, legacy="--no-chat")
     parser.add_argument("--no-attack-base", action="store_true", help="do not also apply the attacks to the base")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="smallest base−unlearned gap measured")
     add_option_arguments(parser, ATTACKS.options("relearn"))  # as the relearning attack declares them
@@ -45,9 +52,10 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> RobustnessSettings:
-    """The run's settings from the parsed options."""
+    """The run's settings from the parsed options; the template (a name or file, which every encoding accepts in
+    place of the chat flag) defaults to the pair's own: plain for the demo models, as their evaluation."""
     return RobustnessSettings(
-        chat=not args.no_chat,
+        chat=template_from_args(args, [getattr(args, "base", None), getattr(args, "unlearned", None)]),
         batch_size=args.batch_size,
         max_items=args.items,
         epsilon=args.epsilon,

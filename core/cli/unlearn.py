@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.cli.common import add_template_argument, template_from_args
 from core.cli.sweep import add_ray_arguments, run_unlearn_sweep
 from core.common.errors import UserError
 from core.unlearn.methods import UNLEARNING_METHODS, UnlearningMethod, get_method
@@ -45,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="bf16 autocast (default: on for CUDA GPUs with bf16, off on CPU, where it is far slower)",
     )
-    parser.add_argument("--no-chat", action="store_true", help="do not wrap questions in the chat template")
+    add_template_argument(parser, legacy="--no-chat")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=True, help="train a LoRA adapter (default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="train all parameters")
@@ -96,7 +97,7 @@ def run_unlearn(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_grad_norm=args.max_grad_norm,
         bf16=args.bf16,
-        chat=not args.no_chat,
+        chat=template_from_args(args, [args.base]),  # a template name: every encoding takes it for the chat flag
     )
     data = load_training_data(method, args.forget, args.retain, args.refusals)
     trainee, tokenizer = load_trainee(args.base, args.device, method, args)

@@ -232,6 +232,8 @@ def default_for_specs(texts: list[str | None], tokenizer: Any = None) -> str:
                 chat = json.loads(manifest.read_text(encoding="utf-8")).get("training", {}).get("chat")
             except (OSError, json.JSONDecodeError):
                 chat = None
+            if isinstance(chat, str):  # trained with a named template (or a template file)
+                return chat
             if chat is not None:
                 return default_template_name(tokenizer, trained_chat=bool(chat))
     return default_template_name(tokenizer)
