@@ -107,15 +107,14 @@ class _Writer:
         words = _lower(metric_name(key).name)
         start = _value(self.target, key) if self.target is not None else None
         oracle = _value(self.oracle, key) if self.oracle is not None else None
-        moved = (
-            f"from {self.fmt(key, start)} (target, before unlearning) to {self.fmt(key, value)}"
-            if start is not None
-            else f"{self.fmt(key, value)}"
-        )
+        if start is not None:
+            moved = f"went from {self.fmt(key, start)} (target, before unlearning) to {self.fmt(key, value)}"
+        else:
+            moved = f"is {self.fmt(key, value)} (no target among the results to compare with)"
         against = (
             f"; the oracle, never trained on the forget set, has {self.fmt(key, oracle)}" if oracle is not None else ""
         )
-        return f"It forgot: {words} went {moved}{against}.{self.over_forgets(row)}"
+        return f"It forgot: {words} {moved}{against}.{self.over_forgets(row)}"
 
     def over_forgets(self, row: pd.Series) -> str:
         key = self.forget

@@ -240,3 +240,19 @@ def test_cli_robustness_labels_and_pdf_errors(tmp_path: Path, monkeypatch, capsy
     monkeypatch.setattr(export, "chromium_path", lambda: None)
     assert main([*base, "--pdf"]) == 2
     assert "PDF export needs Chromium" in capsys.readouterr().err
+
+
+def test_summary_without_target() -> None:
+    rows = [row for row in ROWS if row[0] in ("tofu_x_retain90", "npo")]
+    summary = build_report(None, results=synthetic(rows)).summary()
+    assert summary.findings == [
+        "NPO, step 12 is the run closest to the oracle: forget quality 0.781 (the test cannot tell it from the "
+        "oracle; 1 would be the oracle itself).",
+        "It forgot: forget-set answer probability is 0.297 (no target among the results to compare with); the "
+        "oracle, never trained on the forget set, has 0.352.",
+        "It has model utility 0.492.",
+    ]
+    assert (
+        summary.caveats[1]
+        == "Figures are each run's last evaluation; no earlier checkpoint has a higher forget quality."
+    )
