@@ -12,6 +12,7 @@ from core.models.pair import ModelPair
 from dashboard.plain import shown
 from dashboard.state import keys
 from dashboard.state import pair as pair_state
+from dashboard.state.loader import pair_load
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -42,11 +43,21 @@ def text_input(at: AppTest, label: str):
 
 
 def load_pair(at: AppTest, base: Path | str, unlearned: Path | str) -> None:
-    """Type both models into the sidebar and press Load pair, as a user does."""
+    """Type both models into the sidebar and press Load pair, as a user does, then wait for the background load as
+    the user waits for the progress bar, and run the page again (the browser's progress panel does that itself)."""
     text_input(at, "Base model").input(str(base))
     text_input(at, "Unlearned model").input(str(unlearned))
     button(at, "Load pair").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    wait_loaded(at)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+def wait_loaded(at: AppTest) -> AppTest:
+    """Wait for the session's pair to finish loading in the background, then run the page again."""
+    if keys.PAIR_KEY in at.session_state:
+        pair_load(*at.session_state[keys.PAIR_KEY]).wait(TIMEOUT)
+    return at.run()
 
 
 def load_checked_pair(at: AppTest, base: Path | str, unlearned: Path | str) -> None:

@@ -6,8 +6,10 @@ Every model- or user-produced string is escaped here, so a prompt like `<img one
 from __future__ import annotations
 
 import html
+import math
 
 from core.analyses.probe import ProbeResult, TokenShift
+from core.present.numbers import log_prob, number, probability, signed
 
 VIEWS = {
     "delta": "Δ log-prob (unlearned − base)",
@@ -43,14 +45,16 @@ def default_scale(result: ProbeResult, view: str) -> float:
 
 
 def _tooltip(token: TokenShift) -> str:
-    top_b = ", ".join(f"{text!r} {p:.2f}" for text, p in token.topk_base)
-    top_u = ", ".join(f"{text!r} {p:.2f}" for text, p in token.topk_unlearned)
+    top_b = ", ".join(f"{text!r} {probability(p)}" for text, p in token.topk_base)
+    top_u = ", ".join(f"{text!r} {probability(p)}" for text, p in token.topk_unlearned)
     return (
-        f"{token.token!r}  Δ {token.delta:+.3f}\n"
-        f"base: log p {token.logprob_base:.3f}, rank {token.rank_base}, entropy {token.entropy_base:.2f}\n"
-        f"unlearned: log p {token.logprob_unlearned:.3f}, rank {token.rank_unlearned}, "
-        f"entropy {token.entropy_unlearned:.2f}\n"
-        f"KL(base‖unlearned) {token.kl:.3f}\n"
+        f"{token.token!r}  Δ {signed(token.delta)}\n"
+        f"base: log p {log_prob(token.logprob_base, 3)} (p {probability(math.exp(token.logprob_base))}), "
+        f"rank {token.rank_base}, entropy {number(token.entropy_base)}\n"
+        f"unlearned: log p {log_prob(token.logprob_unlearned, 3)} "
+        f"(p {probability(math.exp(token.logprob_unlearned))}), "
+        f"rank {token.rank_unlearned}, entropy {number(token.entropy_unlearned)}\n"
+        f"KL(base‖unlearned) {number(token.kl)}\n"
         f"top base: {top_b}\ntop unlearned: {top_u}"
     )
 

@@ -4,7 +4,10 @@ named constant each; a key only one page uses is a constant of that page."""
 from __future__ import annotations
 
 # the sidebar and the pair
-PAIR_KEY = "pair_key"  # load_pair's arguments for the pair this session has loaded
+PAIR_KEY = "pair_key"  # load_pair's arguments for the pair this session chose (loaded, or loading in the background)
+PREVIOUS_PAIR = "previous_pair"  # the pair loaded before the one loading now: the session goes back to it on failure
+LOAD_ERROR = "load_error"  # the message of the last pair that could not be loaded (the sidebar shows it)
+LOAD_SEEN = "load_seen"  # the pair whose finished load the page was redrawn for (once, by the progress panel)
 AUTOLOAD = "autoload"  # False: do not load the default pair by itself (the first run did, or a test says not to)
 INTERIM_OPENED = "interim_pair"  # True: a first start opened base vs target while the default pair was building
 INTERIM_READY = "interim_ready"  # True: the default pair was built since; the sidebar offers it
@@ -14,6 +17,8 @@ PROBE_PROMPT = "probe_prompt"
 PROBE_ANSWER = "probe_answer"
 PROBE_CHAT = "probe_chat"
 PROBE_RESULT = "probe_result"  # (pair key, ProbeResult dict) of the last scored input; the Report page reads it
+PROBE_STORY_STARTED = "probe_story_started"  # True: the first visit's examples were filled in (or the visit began
+# with a question of its own); the tests of other behaviour set it to start without them
 PROBE_HANDOVER = "probe_handover"  # {"prompt", "answer"} of a Dataset item opened in Probe, scored on arrival
 
 # results and widgets the tests read or set

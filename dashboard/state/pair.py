@@ -1,44 +1,42 @@
-"""The loaded model pair: cached across sessions and loaded one at a time, the one this session chose, loading it
-(building missing demo stages first), and running work on it while other sessions share it."""
+"""The session's model pair: choosing one (its load runs in the background: dashboard/state/loader.py), the pair
+once loaded, the progress a page shows while it loads, and running work on it while other sessions share it."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import streamlit as st
 import torch
 
 from core.common.errors import UserError
-from core.common.limits import is_out_of_memory
 from core.models.pair import ModelPair, model_job
-from core.models.spec import DEMO_PREFIX, ModelSpec
+from core.models.spec import DEMO_PREFIX, ModelSpec, resolve_spec
 from core.unlearn.demo import default_recipe
+from dashboard.boundary import fragment
 from dashboard.plain import plain
-from dashboard.state import demo, keys
+from dashboard.state import keys, loader
+from dashboard.state.loader import PairLoad
 
 log = logging.getLogger(__name__)
-_LOAD_LOCK = threading.Lock()  # two cold loads at once can exhaust memory: load in order
 MB = 2**20
+MEANWHILE = (
+    "Meanwhile: **Tradeoffs** shows the demo experiment's evaluated checkpoints and **Dataset** its forget and "
+    "retain questions; neither needs the models."
+)
+PAIR_REFRESH_S = 1.0  # how often a progress panel re-reads the background load
+WAIT_TICK_S = 0.5  # how often a page that waits for the pair redraws its progress (a rerun interrupts it here)
 
 
-@st.cache_resource(show_spinner=False, max_entries=3)
 def load_pair(
     base: str, unlearned: str, dtype: str, device: str, trust_remote_code: bool, allow_unsafe_weights: bool
 ) -> ModelPair:
-    """One pair per (specs, dtype, device), shared by every browser session. The two opt-ins are the operator's
-    (`operator_opt_ins()`, from the environment); the sidebar never takes them from the browser."""
-    options = {
-        "dtype": dtype,
-        "device": device,
-        "trust_remote_code": trust_remote_code,
-        "allow_unsafe_weights": allow_unsafe_weights,
-    }
-    with _LOAD_LOCK:
-        return ModelPair.load(ModelSpec.parse(base, **options), ModelSpec.parse(unlearned, **options))
+    """The pair for these load_pair arguments, waiting for its (shared, background) load; a failure is a UserError.
+    For callers that have nothing to do without it (the tests, core calls on the session's pair)."""
+    return loader.pair_load(base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights).result()
 
 
 @contextlib.contextmanager
@@ -51,7 +49,8 @@ def shared_model_job(job: str) -> Iterator[None]:
 
     def waiting(holder: str | None, blocked: bool) -> None:
         if blocked:
-            slot.caption(f"⏳ waiting for another session's {plain(holder or 'work on the model')}…")
+            who = plain(holder or "work on the model")
+            slot.caption(f":material/hourglass_top: waiting for another session's {who}…")
         else:
             slot.empty()
 
@@ -69,7 +68,7 @@ def busy_note(message: str) -> Iterator[None]:
     icon every frame, and that CPU comes out of the forward pass (docs/PERFORMANCE.md, Dashboard). The header's
     own "Running…" indicator still moves."""
     slot = st.empty()
-    slot.caption(f"⏳ {message}")
+    slot.caption(f":material/hourglass_top: {message}")
     try:
         yield
     finally:
@@ -77,27 +76,140 @@ def busy_note(message: str) -> Iterator[None]:
 
 
 def pair_key() -> tuple | None:
+    """The load_pair arguments of the pair this session chose (loaded, or still loading in the background)."""
     return st.session_state.get(keys.PAIR_KEY)
 
 
-def current_pair() -> ModelPair | None:
-    """The pair chosen in the sidebar (from the cache), or None before one is loaded."""
+def session_load() -> PairLoad | None:
+    """The background load of this session's pair (shared with every session that chose the same pair)."""
     key = pair_key()
-    if key is None:
+    return None if key is None else loader.pair_load(*key)
+
+
+def current_pair() -> ModelPair | None:
+    """The session's pair once loaded; None before one is chosen or while it loads. A load that failed puts its
+    message in the session (the sidebar shows it) and the session back on the pair it had before, if any."""
+    load = session_load()
+    if load is None or not load.done:
         return None
-    try:
-        return load_pair(*key)
-    except UserError:
-        return None
+    if load.failed:
+        st.session_state[keys.LOAD_ERROR] = load.error
+        previous = st.session_state.pop(keys.PREVIOUS_PAIR, None)
+        if previous is not None and previous != load.key:
+            st.session_state[keys.PAIR_KEY] = previous
+        else:
+            st.session_state.pop(keys.PAIR_KEY, None)
+        loader.forget_failed(load)
+        return current_pair() if previous is not None and previous != load.key else None
+    return load.pair
 
 
 def require_pair() -> ModelPair:
-    """The loaded pair, or stop the page with a hint to load one."""
+    """The session's pair, for a page that has nothing to show without one. While it loads, the page shows what is
+    loading, its progress and what to do meanwhile, and goes on drawing when it arrives (no reload); with no pair
+    (or a failed load) it stops with a hint to load one."""
     pair = current_pair()
-    if pair is None:
+    if pair is not None:
+        return pair
+    load = session_load()
+    if load is not None:
+        slot = st.empty()
+        while not load.wait(WAIT_TICK_S):  # each redraw is a point where a click elsewhere interrupts the wait
+            with slot.container():
+                progress_panel(load)
+        slot.empty()
+        pair = current_pair()
+        if pair is not None:
+            return pair
+    st.info("Load a model pair in the sidebar first.")
+    st.stop()
+    raise AssertionError("st.stop() returned")  # pragma: no cover - st.stop raises
+
+
+def choose_pair(key: tuple) -> bool:
+    """Make `key` this session's pair and start its background load (or join the one under way). Local model
+    folders are checked here first, so a missing path or refused weights show at once; the rest (building demo
+    models, loading weights) runs in the background. Returns whether the pair was taken."""
+    try:
+        check_local_specs(key)
+    except UserError as exc:
+        st.session_state[keys.LOAD_ERROR] = str(exc)
+        return False
+    previous = session_load()
+    if previous is not None and previous.ready and previous.key != key:
+        st.session_state[keys.PREVIOUS_PAIR] = previous.key
+    st.session_state[keys.PAIR_KEY] = key
+    for stale in (keys.LOAD_ERROR, keys.LOAD_SEEN):
+        st.session_state.pop(stale, None)
+    loader.pair_load(*key)
+    return True
+
+
+def check_local_specs(key: tuple) -> None:
+    """Parse both specs and check the ones that name local files (fast: no weights are read). Demo names and hub
+    ids are left to the background load (building, or asking the hub, takes a while)."""
+    base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights = key
+    options = {"dtype": dtype, "device": device}
+    options |= {"trust_remote_code": trust_remote_code, "allow_unsafe_weights": allow_unsafe_weights}
+    for text in (base, unlearned):
+        if not str(text).strip():
+            raise UserError("type a model for both sides (a folder, a hub id, a .gguf file or demo:NAME)")
+        spec = ModelSpec.parse(text, **options)
+        source = spec.source
+        if source.startswith(DEMO_PREFIX):
+            continue
+        if source.startswith(("/", ".", "~")) or Path(source).expanduser().exists() or spec.adapter:
+            check_pickle_only(resolve_spec(spec))
+
+
+def check_pickle_only(spec: ModelSpec) -> None:
+    """Refuse a local model folder whose only weights are pickle (.bin) files before its load starts, unless the
+    operator opted in: the loader would refuse it too, but only after the tokenizer and config are read."""
+    folder = Path(spec.source)
+    if spec.allow_unsafe_weights or spec.gguf_file or not folder.is_dir():
+        return
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise UserError(
+            f"{spec.source} has no safetensors weights. Loading pickle (.bin) weights can run code; whoever starts "
+            "the server opts in with ULENS_ALLOW_PICKLE=1 (CLI: --allow-unsafe-weights), only for a source they trust."
+        )
+
+
+def progress_panel(load: PairLoad, meanwhile: str | None = MEANWHILE) -> None:
+    """What is loading, how far it got and since when, and what the person can do meanwhile."""
+    info = load.summary()
+    what = f"{plain(load.base)} vs {plain(load.unlearned)}"
+    verb = {"building": "Building the demo models for", "waiting": "Waiting to load"}.get(info["state"], "Loading")
+    st.markdown(f":material/downloading: **{verb} {what}** · {int(info['elapsed'])} s so far")
+    st.progress(info["fraction"], text=plain(info["message"]))
+    if meanwhile:
+        st.caption(meanwhile)
+
+
+@fragment(run_every=PAIR_REFRESH_S)
+def live_progress(meanwhile: str | None = MEANWHILE) -> None:
+    """The progress panel, redrawn every second while the session's pair loads; when the load ends, the whole page
+    is drawn again once, now with the pair (or with the failure's message)."""
+    load = session_load()
+    if load is None or load.done:
+        if st.session_state.get(keys.LOAD_SEEN) != pair_key():
+            st.session_state[keys.LOAD_SEEN] = pair_key()
+            st.rerun()
+        return
+    progress_panel(load, meanwhile)
+
+
+def pair_or_progress(meanwhile: str | None = MEANWHILE) -> ModelPair | None:
+    """The session's pair, or None after drawing what the page needs instead: the live progress of its load, or
+    a hint to load one. For pages with content of their own to show while the pair loads."""
+    pair = current_pair()
+    if pair is not None:
+        return pair
+    if session_load() is not None:
+        live_progress(meanwhile)
+    else:
         st.info("Load a model pair in the sidebar first.")
-        st.stop()
-    return pair
+    return None
 
 
 def memory_usage(pair: ModelPair) -> dict[str, float]:
@@ -128,25 +240,7 @@ def chat_default() -> bool:
 
 
 def load_chosen(key: tuple) -> None:
-    """Load the pair (building missing demo stages first, with a progress bar), and report what went wrong."""
-    with st.status("Loading model pair…", expanded=False) as status:
-        try:
-            needed = demo.demo_stages_to_build(list(key[:2]))
-            if needed:
-                status.update(label=f"Building demo model(s) {', '.join(needed)}…", expanded=True)
-                bar = st.progress(0.0, text="starting the demo build")
-                demo.build_demo(needed, lambda fraction, message: bar.progress(min(1.0, fraction), text=plain(message)))
-            load_pair(*key)
-            st.session_state[keys.PAIR_KEY] = key
-            status.update(label="Pair loaded", state="complete", expanded=False)
-        except UserError as exc:
-            status.update(label="Could not load the pair", state="error")
-            st.error(plain(exc))
-        except Exception as exc:  # a broken model folder must not take the app down
-            if is_out_of_memory(exc):
-                status.update(label="Out of memory", state="error")
-                st.error("Out of memory while loading; choose bfloat16 or a smaller model.")
-                return
-            log.exception("loading the pair failed")
-            status.update(label="Could not load the pair", state="error")
-            st.error(plain(f"Could not load the pair: {type(exc).__name__}: {exc}"))
+    """Make `key` the session's pair as the sidebar's "Load pair" does (choose_pair: local files checked at once,
+    the load in the background), saying in place what was wrong with it."""
+    if not choose_pair(key):
+        st.error(f"Could not load the pair: {plain(st.session_state.get(keys.LOAD_ERROR, ''))}")

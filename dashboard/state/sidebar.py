@@ -1,5 +1,6 @@
-"""The sidebar every page draws first: pick the pair, load it, show what is loaded and how much memory it takes,
-and the demo experiment's build progress."""
+"""The sidebar every page draws first: pick the pair and start its background load (never waiting for it), show
+its progress, then the pair as typed (full paths on hover) with a one-line summary and its memory, and the demo
+experiment's build progress."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ import os
 
 import streamlit as st
 
+from core.models.pair import ModelPair
 from core.models.spec import ALLOW_PICKLE_ENV, DEFAULT_BASE, DEFAULT_UNLEARNED, TRUST_REMOTE_CODE_ENV, operator_opt_ins
+from core.present.numbers import byte_size, parameters
+from dashboard.boundary import fragment
 from dashboard.plain import plain
 from dashboard.state import demo, keys
 from dashboard.state.inputs import keep_inputs
-from dashboard.state.pair import current_pair, load_chosen, memory_text, memory_usage, pair_key
+from dashboard.state.pair import (
+    PAIR_REFRESH_S,
+    choose_pair,
+    current_pair,
+    memory_text,
+    memory_usage,
+    pair_key,
+    progress_panel,
+    session_load,
+)
 
 AUTOLOAD_ENV = "ULENS_AUTOLOAD"  # 0: do not load the default pair when a session starts (wait for "Load pair")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -36,7 +49,7 @@ def interim_pair_notice() -> None:
         )
     elif st.button(f"Open {DEFAULT_BASE} vs {DEFAULT_UNLEARNED}", type="primary", key="open_default_pair"):
         st.session_state.pop(keys.INTERIM_OPENED, None)
-        load_chosen((DEFAULT_BASE, DEFAULT_UNLEARNED, *key[2:]))
+        choose_pair((DEFAULT_BASE, DEFAULT_UNLEARNED, *key[2:]))
         st.rerun()
 
 
@@ -81,9 +94,49 @@ def pair_form() -> tuple[tuple, bool]:
     return chosen, submitted
 
 
+def pair_summary(info: dict) -> str:
+    """One line: parameters, dtype, device, and whether the two sides share weights (from ModelPair.describe)."""
+    count = info.get("parameters") or info.get("parameter_count")
+    size = byte_size(info.get("parameter_bytes", info["parameter_mb"] * 2**20))
+    weights = f"{parameters(count)} parameters ({size})" if count else f"{size} of weights"
+    parts = [weights, info["dtype"], info["device"]]
+    if info.get("shares_backbone"):
+        parts.append("one shared backbone")
+    elif info.get("shared_tensors"):
+        parts.append(f"{info['shared_tensors']} tensors shared by both sides")
+    else:
+        parts.append("no shared weights")
+    if info.get("offloaded"):
+        parts.append(f"offloaded: {info['offloaded']}")
+    return " · ".join(plain(part) for part in parts)
+
+
+def loaded_panel(pair: ModelPair) -> None:
+    """The pair as typed (the resolved source and adapter paths on hover), its summary line and memory."""
+    info, key = {"parameter_bytes": pair.parameter_bytes(), **pair.describe()}, pair_key()
+    st.caption(":material/check_circle: Pair loaded")
+    for side, typed in (("base", key[0]), ("unlearned", key[1])):
+        st.caption(f"**{side}** {plain(typed)}", help=plain(info[side]))
+    st.caption(pair_summary(info))
+    st.caption(f"Memory: {memory_text(memory_usage(pair))}")
+
+
+@fragment(run_every=PAIR_REFRESH_S)
+def sidebar_progress() -> None:
+    """The load's progress in the sidebar, redrawn every second; the page is drawn again once when it ends."""
+    load = session_load()
+    if load is None or load.done:
+        if st.session_state.get(keys.LOAD_SEEN) != pair_key():
+            st.session_state[keys.LOAD_SEEN] = pair_key()
+            st.rerun()
+        return
+    progress_panel(load, meanwhile=None)
+
+
 def sidebar() -> None:
-    """Pick the pair (demo by default, or folders / hub ids / adapters), load it, show what is loaded and how
-    much memory it takes, and the demo experiment's build progress."""
+    """Pick the pair (demo by default, or folders / hub ids / adapters) and start loading it in the background;
+    show its progress, or what is loaded and how much memory it takes; and the demo experiment's build progress.
+    Nothing here waits for a model: the page below draws at once."""
     keep_inputs()
     with st.sidebar:
         st.header("Model pair")
@@ -92,17 +145,16 @@ def sidebar() -> None:
         if submitted:
             st.session_state[keys.AUTOLOAD] = False
             st.session_state.pop(keys.INTERIM_OPENED, None)
-            load_chosen(chosen)
+            choose_pair(chosen)
         elif pair_key() is None and autoload:
             st.session_state[keys.AUTOLOAD] = False
-            load_chosen(demo.first_start_key(chosen))
-        interim_pair_notice()
+            choose_pair(demo.first_start_key(chosen))
         pair = current_pair()
+        if st.session_state.get(keys.LOAD_ERROR):
+            st.error(f"Could not load the pair: {plain(st.session_state[keys.LOAD_ERROR])}")
+        interim_pair_notice()
         if pair is not None:
-            info = pair.describe()
-            st.caption(
-                f"**base** {plain(info['base'])}  \n**unlearned** {plain(info['unlearned'])}  \n"
-                f"{info['device']} · {info['dtype']}{' · one shared backbone' if info['shares_backbone'] else ''}"
-            )
-            st.caption(f"Memory: {memory_text(memory_usage(pair))}")
+            loaded_panel(pair)
+        elif session_load() is not None:
+            sidebar_progress()
         demo.demo_panel()

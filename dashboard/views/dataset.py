@@ -11,29 +11,32 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from core.analyses.item_scores import dataset_key, filter_items, load_uploaded_dataset, score_items
 from core.common.errors import UserError
 from core.data.qa import SPLIT_NAMES, QADataset, load_demo_splits, load_qa_dataset
+from core.present import numbers
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import csv_download
 from dashboard.sources import typed_path
 from dashboard.state import keys
-from dashboard.state.pair import chat_default, current_pair, pair_key, shared_model_job
+from dashboard.state.pair import chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
 UPLOAD_KEY = "dataset_upload_parsed"  # session key: (upload id, name, size) and its QADataset or UserError
 MAX_FILTER_CHARS = 1_000  # the table filter box
-NUMBER = st.column_config.NumberColumn(format="%.4f")
+NUMBER = st.column_config.NumberColumn(format=numbers.TABLE_NUMBER)
+PROBABILITY = st.column_config.NumberColumn(format=numbers.TABLE_PROBABILITY)
 COLUMN_CONFIG = {
     "question": st.column_config.TextColumn(width="medium"),
     "answer": st.column_config.TextColumn(width="medium"),
     "logprob_base": NUMBER,
     "logprob_unlearned": NUMBER,
-    "delta": st.column_config.NumberColumn("Δ log-prob", format="%+.4f", help="unlearned − base"),
-    "prob_base": NUMBER,
-    "prob_unlearned": NUMBER,
+    "delta": st.column_config.NumberColumn("Δ log-prob", format=numbers.TABLE_SIGNED, help="unlearned − base"),
+    "prob_base": PROBABILITY,
+    "prob_unlearned": PROBABILITY,
     "truth_ratio_base": NUMBER,
     "truth_ratio_unlearned": NUMBER,
 }
+MEANWHILE = "Meanwhile: the set's items are listed above; scoring them starts once the models are ready."
 
 
 @st.cache_data(show_spinner=False)
@@ -85,16 +88,15 @@ def choose_dataset() -> QADataset | None:
 
 def score_panel(dataset: QADataset) -> None:
     """Settings and the button that scores the set under the loaded pair (stored per pair and set)."""
-    pair = current_pair()
     cols = st.columns(4)
     chat = cols[0].toggle("Chat template", value=chat_default(), key="dataset_chat")
     limit = cols[1].number_input("Items", 1, len(dataset), min(len(dataset), 50), key="dataset_limit")
     batch_size = cols[2].number_input("Batch size", 1, 64, 8, key="dataset_batch")
     with_perturbed = any(item.perturbed_answer for item in dataset)
     truth = cols[3].checkbox("Truth ratio", value=with_perturbed, disabled=not with_perturbed, key="dataset_truth")
-    if pair is None:
-        st.info("Load a model pair in the sidebar to score this set.")
-    if not st.button("Compute per-item metrics", type="primary", disabled=pair is None):
+    above = st.container()
+    pair = pair_or_progress(MEANWHILE)  # the load's progress, under the button, while the pair loads
+    if not above.button("Compute per-item metrics", type="primary", disabled=pair is None) or pair is None:
         return
     key = (pair_key(), dataset_key(dataset))
     with st.status(f"Scoring {int(limit)} items under both models…", expanded=True) as status:
@@ -118,7 +120,12 @@ def results_panel(frame: pd.DataFrame) -> None:
     cols = st.columns(3)
     cols[0].metric("Items scored", len(frame))
     base, unlearned = frame["prob_base"].mean(), frame["prob_unlearned"].mean()
-    cols[1].metric("Mean answer prob, unlearned", f"{unlearned:.3f}", delta=f"{unlearned - base:+.3f} vs base")
+    cols[1].metric(
+        "Mean answer prob, unlearned",
+        numbers.probability(unlearned),
+        delta=f"{numbers.signed(unlearned - base)} vs base",
+        help=f"base {numbers.probability(base)}",
+    )
     cols[2].metric("Mean Δ log-prob", f"{frame['delta'].mean():+.3f}", help="unlearned − base, summed over tokens")
     left, right = st.columns([3, 1])
     text = left.text_input("Filter: question or answer contains", key="dataset_filter", max_chars=MAX_FILTER_CHARS)

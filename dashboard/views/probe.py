@@ -13,7 +13,8 @@ import streamlit as st
 from core.analyses.probe import GenerationResult, GenerationSettings, ProbeRequest, ProbeResult, generate, score
 from core.common.limits import MAX_TEXT_CHARS
 from core.models.pair import ModelPair
-from core.present.figures.probe import token_shift_figure
+from core.present import numbers
+from core.present.figures.probe import comparison_reading, token_shift_figure, token_table
 from core.present.highlight import VIEWS, default_scale, legend_html, token_html
 from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart, csv_download
@@ -21,7 +22,7 @@ from dashboard.links import PageLink
 from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
 from dashboard.state import keys
-from dashboard.state.pair import busy_note, chat_default, pair_key, require_pair, shared_model_job
+from dashboard.state.pair import busy_note, chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
@@ -32,6 +33,23 @@ DEFAULTS = {
 }  # fmt: skip
 LINK = PageLink(("prompt", "answer", "chat", "topk", "view", "score"), seen_key="probe_url")
 AUTOSCORE = "probe_autoscore"  # session key: score the inputs once a pair is loaded (a link's score=1, a handover)
+STORY = "probe_story"  # session key: the first visit's retain example and its result, (pair key, example, result dict)
+NUMBER = st.column_config.NumberColumn(format=numbers.TABLE_NUMBER)
+PROBABILITY = st.column_config.NumberColumn(format=numbers.TABLE_PROBABILITY)
+TABLE_COLUMNS = {
+    "logprob_base": NUMBER,
+    "logprob_unlearned": NUMBER,
+    "delta": st.column_config.NumberColumn("Δ log-prob", format=numbers.TABLE_SIGNED, help="unlearned − base"),
+    "prob_base": PROBABILITY,
+    "prob_unlearned": PROBABILITY,
+    "entropy_base": NUMBER,
+    "entropy_unlearned": NUMBER,
+    "kl": NUMBER,
+}
+MEANWHILE = (
+    "Meanwhile: pick an example or type a question (it is scored once the models are ready); **Tradeoffs** shows the "
+    "demo experiment's evaluated checkpoints without a model."
+)
 VIEW_LABELS = {"delta": "Δ log-prob", "base": "base log-prob", "unlearned": "unlearned log-prob"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -80,9 +98,11 @@ def write_url(inputs: dict[str, Any], scored: bool) -> None:
 
 
 def example_pickers() -> None:
-    """The demo questions: a few one-click pills per split, and a picker with all of them."""
+    """The demo questions: a few one-click pills per split, and a picker with all of them (in a popover, so the
+    inputs stay compact and the result stays in view)."""
     choices = available_examples()
     if not choices:
+        st.caption("No demo examples (the demo data is missing).")
         return
     for split in ("forget", "retain"):
         indices = [i for i, example in enumerate(choices) if example.split == split][:EXAMPLE_PILLS]
@@ -98,43 +118,44 @@ def example_pickers() -> None:
 
 
 def draw_inputs() -> None:
-    """Prompt, answer and settings widgets (their values live in session state, so links can set them)."""
+    """Prompt and answer side by side, then one row of settings (their values live in session state, so links
+    can set them); the examples and the generation settings open in popovers."""
     st.session_state.setdefault(keys.PROBE_CHAT, chat_default())  # demo models were taught without the template
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    st.text_area(
+    left, right = st.columns([3, 2])
+    left.text_area(
         "Prompt",
         key=keys.PROBE_PROMPT,
-        height=100,
+        height=68,
         max_chars=MAX_TEXT_CHARS,
         placeholder="Ask something from the forget set…",
     )
-    st.text_input(
+    right.text_input(
         "Reference answer (optional)",
         key=keys.PROBE_ANSWER,
         max_chars=MAX_TEXT_CHARS,
         help="Scored token by token; leave empty to score the prompt itself.",
     )
-    cols = st.columns([1.4, 1, 1, 4])
-    cols[0].toggle("Chat template", key=keys.PROBE_CHAT)
-    cols[1].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key=keys.PROBE_TOPK)
-    cols[2].number_input("new tokens", min_value=1, max_value=256, key=keys.PROBE_NEW)
-    cols[3].segmented_control(
+    cols = st.columns([1.1, 1.3, 0.9, 0.9, 2.6, 1.3], vertical_alignment="bottom")
+    with cols[0].popover("Examples", icon=":material/list:"):
+        example_pickers()
+    cols[1].toggle("Chat template", key=keys.PROBE_CHAT)
+    cols[2].number_input("top-k", min_value=TOP_K_RANGE[0], max_value=TOP_K_RANGE[1], key=keys.PROBE_TOPK)
+    cols[3].number_input("new tokens", min_value=1, max_value=256, key=keys.PROBE_NEW)
+    cols[4].segmented_control(
         "Colour by",
         list(VIEWS),
         format_func=VIEW_LABELS.get,
         key=keys.PROBE_VIEW,
         help="; ".join(f"{VIEW_LABELS[view]}: {text}" for view, text in VIEWS.items()),
     )
-    with st.expander("Generation settings"):
-        cols = st.columns(3)
-        sample = cols[0].toggle(
-            "Sample", key=keys.PROBE_SAMPLE, help="Off: greedy decoding. On: sampled with the seed."
-        )
-        cols[1].number_input(
+    with cols[5].popover("Generation", icon=":material/tune:"):
+        sample = st.toggle("Sample", key=keys.PROBE_SAMPLE, help="Off: greedy decoding. On: sampled with the seed.")
+        st.number_input(
             "Temperature", min_value=0.05, max_value=5.0, step=0.1, key=keys.PROBE_TEMPERATURE, disabled=not sample
         )
-        cols[2].number_input("Seed", min_value=0, step=1, key=keys.PROBE_SEED, disabled=not sample)
+        st.number_input("Seed", min_value=0, step=1, key=keys.PROBE_SEED, disabled=not sample)
 
 
 def current_inputs() -> dict[str, Any]:
@@ -166,27 +187,56 @@ def scored_inputs(inputs: dict[str, Any]) -> tuple:
 
 
 def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
+    """Score the inputs (and, on the first visit, the retain example next to them, in the same batch)."""
+    story = st.session_state.get(STORY)
+    retain = story[1] if story and story[0] is None else None  # the first visit's retain example, not yet scored
     with report_errors(), busy_note("Scoring under both models…"), shared_model_job("probe"):
-        request = ProbeRequest(inputs["prompt"], inputs["answer"] or None)
-        result = score(pair, [request], chat=inputs["chat"], top_k=inputs["top_k"])[0]
-        st.session_state[keys.PROBE_RESULT] = (pair_key(), result.to_dict())  # the Report page reads this pair too
+        requests = [ProbeRequest(inputs["prompt"], inputs["answer"] or None)]
+        if retain is not None:
+            requests.append(ProbeRequest(retain.question, retain.answer))
+        results = score(pair, requests, chat=inputs["chat"], top_k=inputs["top_k"])
+        st.session_state[keys.PROBE_RESULT] = (pair_key(), results[0].to_dict())  # the Report page reads this pair too
         st.session_state["probe_result_inputs"] = scored_inputs(inputs)
+        if retain is not None:
+            st.session_state[STORY] = (pair_key(), retain, results[1].to_dict())
 
 
-def draw_result(result: ProbeResult, view: str) -> None:
+def draw_tokens(result: ProbeResult, view: str) -> None:
     scale = default_scale(result, view)
     st.html(legend_html(view, scale) + token_html(result, view, scale))
     if result.truncated:
         st.warning("The prompt was longer than the context and was truncated from the left.")
+
+
+def delta_metric(result: ProbeResult, label: str = "Answer log-prob Δ (unlearned − base)") -> None:
     st.metric(
-        "Answer log-prob Δ (unlearned − base)",
-        f"{result.delta:+.3f}",
-        help=f"base {result.answer_logprob_base:.3f}, unlearned {result.answer_logprob_unlearned:.3f}",
+        label,
+        f"{result.delta:+.3f}",  # nats: fixed decimals, so the decimal point stays in place from one answer to the next
+        help=f"log p(answer): base {numbers.log_prob(result.answer_logprob_base, 3)}, "
+        f"unlearned {numbers.log_prob(result.answer_logprob_unlearned, 3)} (nats, summed over the answer's tokens)",
     )
+
+
+def draw_story(forget: ProbeResult, retain: ProbeResult, view: str) -> None:
+    """The first visit: the forget example and a retain example side by side, with a sentence that reads them."""
+    key = pair_key()
+    st.info(plain(comparison_reading(forget, retain, key[0], key[1])), icon=":material/lightbulb:")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Forget-set question** (the unlearned model should have lost it)")
+        draw_tokens(forget, view)
+        delta_metric(forget)
+    with right:
+        st.markdown("**Retain-set question** (should be kept)")
+        draw_tokens(retain, view)
+        delta_metric(retain, "Retain answer log-prob Δ")
+
+
+def draw_details(result: ProbeResult) -> None:
     figure = token_shift_figure(result)
     chart(figure, "token log-prob shift", key="probe_delta_chart")
-    table = result.to_frame()
-    st.dataframe(table, hide_index=True, key="probe_table")
+    table = token_table(result)
+    st.dataframe(table, hide_index=True, key="probe_table", column_config=TABLE_COLUMNS)
     csv_download(table, "Download token table (CSV)", "probe_tokens.csv", key="probe_download")
 
 
@@ -200,30 +250,31 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
         column.markdown(f"**{side}** — its own text scored by both ({VIEWS[view]})")
         column.html(token_html(scored, view, default_scale(scored, view), show_context=False))
         column.caption(
-            f"log-prob under base {scored.answer_logprob_base:.2f}, "
-            f"under unlearned {scored.answer_logprob_unlearned:.2f}"
+            f"log-prob under base {numbers.log_prob(scored.answer_logprob_base)}, "
+            f"under unlearned {numbers.log_prob(scored.answer_logprob_unlearned)}"
         )
 
 
 @fragment
-def probe_panel(pair: ModelPair) -> None:
-    """The examples and inputs, then the Score panel. A fragment: editing an input reruns this panel only (not the
-    sidebar and the page around it)."""
-    example_pickers()
+def probe_panel() -> None:
+    """The inputs, then the Score panel. A fragment: editing an input reruns this panel only (not the sidebar and
+    the page around it)."""
     draw_inputs()
-    score_panel(pair)
+    score_panel()
 
 
 @fragment
-def score_panel(pair: ModelPair) -> None:
-    """Score / Generate and the results. A fragment inside the panel: clicking Score reruns only these few
-    elements, so the browser has almost nothing to redraw while the two forward passes share its CPU (Score →
-    coloured tokens stays close to the passes themselves)."""
+def score_panel() -> None:
+    """Score / Generate and the results, right under the buttons (in view at 1400×900 without scrolling). A
+    fragment inside the panel: clicking Score reruns only these few elements, so the browser has almost nothing to
+    redraw while the two forward passes share its CPU. While the pair loads, its progress stands here."""
     inputs = current_inputs()
     cols = st.columns([1, 2, 4])
-    score_clicked = cols[0].button("Score", type="primary", key="probe_score")
-    generate_clicked = cols[1].button("Generate from both", key="probe_generate")
-
+    pair = pair_or_progress(MEANWHILE)
+    score_clicked = cols[0].button("Score", type="primary", key="probe_score", disabled=pair is None)
+    generate_clicked = cols[1].button("Generate from both", key="probe_generate", disabled=pair is None)
+    if pair is None:
+        return
     if score_clicked or st.session_state.pop(AUTOSCORE, False):
         run_score(pair, inputs)
     if generate_clicked:
@@ -231,19 +282,50 @@ def score_panel(pair: ModelPair) -> None:
             settings = current_settings(inputs)
             generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
-
-    stored = st.session_state.get(keys.PROBE_RESULT)
-    current = bool(stored) and stored[0] == pair_key()
-    up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
-    if current:
-        if not up_to_date:
-            st.caption("The scores below are for earlier inputs; press Score to update them.")
-        draw_result(ProbeResult.from_dict(stored[1]), inputs["view"])
-    write_url(inputs, scored=up_to_date)
-
+    draw_results(inputs)
     generation = st.session_state.get("probe_generation")
     if generation and generation[0] == pair_key():
         draw_generation(GenerationResult.from_dict(generation[1]), inputs["view"])
+
+
+def draw_results(inputs: dict[str, Any]) -> None:
+    """The stored result of the session's pair: with the retain example beside it while the inputs are still the
+    first visit's, alone otherwise."""
+    stored = st.session_state.get(keys.PROBE_RESULT)
+    current = bool(stored) and stored[0] == pair_key()
+    up_to_date = current and st.session_state.get("probe_result_inputs") == scored_inputs(inputs)
+    write_url(inputs, scored=up_to_date)
+    if not current:
+        return
+    result = ProbeResult.from_dict(stored[1])
+    story = st.session_state.get(STORY)
+    if up_to_date and story and story[0] == pair_key():
+        draw_story(result, ProbeResult.from_dict(story[2]), inputs["view"])
+    else:
+        if not up_to_date:
+            st.caption("The scores below are for earlier inputs; press Score to update them.")
+        draw_tokens(result, inputs["view"])
+        delta_metric(result)
+    draw_details(result)
+
+
+def first_visit() -> None:
+    """A first visit with nothing asked yet (no link, no handover, empty inputs): fill in the first forget-set
+    question and score it, with the first retain-set question beside it, as soon as the pair is loaded."""
+    state = st.session_state
+    asked = bool(st.query_params) or state.get(keys.PROBE_PROMPT) or state.get(keys.PROBE_RESULT)
+    if state.get(keys.PROBE_STORY_STARTED) or asked:
+        state[keys.PROBE_STORY_STARTED] = True
+        return
+    state[keys.PROBE_STORY_STARTED] = True
+    choices = available_examples()
+    forget = next((example for example in choices if example.split == "forget"), None)
+    retain = next((example for example in choices if example.split == "retain"), None)
+    if forget is None or retain is None:
+        return
+    state[keys.PROBE_PROMPT], state[keys.PROBE_ANSWER] = forget.question, forget.answer
+    state[STORY] = (None, retain, None)  # scored with the forget question (run_score)
+    state[AUTOSCORE] = True
 
 
 sidebar()
@@ -255,4 +337,5 @@ if handover:
     st.session_state[AUTOSCORE] = True
 if ignored:
     st.warning(f"Ignored from the link: {plain('; '.join(ignored))}.")  # the link's values, shown as typed
-probe_panel(require_pair())
+first_visit()
+probe_panel()

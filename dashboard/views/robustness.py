@@ -9,19 +9,21 @@ import streamlit as st
 from core.attacks.base import ATTACKS, RobustnessSettings, available_attacks
 from core.attacks.runner import RobustnessResult, load_robustness_data, run_attacks
 from core.data.qa import SplitData
+from core.present import numbers
 from core.present.figures.robustness import recovery_figure, relearning_figure
 from dashboard.boundary import report_errors
 from dashboard.exports import chart
 from dashboard.options import option_input
 from dashboard.plain import plain
 from dashboard.sources import typed_path
-from dashboard.state.pair import current_pair, pair_key, shared_model_job
+from dashboard.state.pair import pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
 MAX_STEPS_CHARS = 200  # the relearning steps box; core.attacks.base refuses steps beyond core.common.limits' bounds
 EXPANDERS = {"relearn": "Relearning attack"}
+MEANWHILE = "Meanwhile: choose the attacks and their settings above; they run once the models are ready."
 # Widget keys other than robustness_<option>: kept from before the options were declared (links and tests use them).
 OPTION_KEYS = {
     "relearn_items": "robustness_k",
@@ -99,10 +101,9 @@ def attack_options(count: int) -> dict[str, Any]:
 
 
 def run_panel(source: str, data: SplitData, attacks: list[str], settings: RobustnessSettings) -> None:
-    pair = current_pair()
-    if pair is None:
-        st.info("Load a model pair in the sidebar to attack it.")
-    if not st.button("Run attacks", type="primary", disabled=pair is None or not attacks):
+    above = st.container()
+    pair = pair_or_progress(MEANWHILE)  # the load's progress, under the button, while the pair loads
+    if not above.button("Run attacks", type="primary", disabled=pair is None or not attacks) or pair is None:
         return
     with st.status(f"Running {len(attacks)} attack(s) on {settings.max_items} forget items…", expanded=True) as status:
         bar = st.progress(0.0)
@@ -122,11 +123,23 @@ def run_panel(source: str, data: SplitData, attacks: list[str], settings: Robust
         status.update(label=f"Ran {len(attacks)} attack(s)", state="complete", expanded=False)
 
 
+def table_columns(frame) -> dict:
+    """Probabilities in the readable format (scientific below 1e-3), recovery in percent."""
+    columns = {
+        name: st.column_config.NumberColumn(format=numbers.TABLE_PROBABILITY)
+        for name in frame.columns
+        if name.startswith(("attacked_", "reference_", "prob")) or name in ("base_shift",)
+    }
+    if "recovery_pct" in frame.columns:
+        columns["recovery_pct"] = st.column_config.NumberColumn(format="%.1f %%")
+    return columns
+
+
 def results_panel(result: RobustnessResult) -> None:
     cols = st.columns(3)
     cols[0].metric("Forget items", result.n_items)
-    cols[1].metric("Forget probability, base", f"{result.base:.4f}")
-    cols[2].metric("Forget probability, unlearned", f"{result.unlearned:.4f}")
+    cols[1].metric("Forget probability, base", numbers.probability(result.base))
+    cols[2].metric("Forget probability, unlearned", numbers.probability(result.unlearned))
     if result.note:
         st.info(
             f"No recovery to measure: {plain(result.note)}. The table still shows what each attack does to both "
@@ -138,7 +151,7 @@ def results_panel(result: RobustnessResult) -> None:
         curve = relearning_figure(result)
         chart(curve, "relearning curve", key="robustness_relearning")
     frame = result.to_frame()
-    st.dataframe(frame, hide_index=True, key="robustness_table")
+    st.dataframe(frame, hide_index=True, key="robustness_table", column_config=table_columns(frame))
     st.download_button(
         "Download CSV", frame.to_csv(index=False), file_name="robustness.csv", mime="text/csv", key="robustness_csv"
     )

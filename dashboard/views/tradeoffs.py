@@ -41,7 +41,7 @@ from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart, csv_download
 from dashboard.links import PageLink, Params
 from dashboard.plain import plain
-from dashboard.sources import load_results, result_folder_inputs
+from dashboard.sources import default_results, load_results, result_folder_inputs
 from dashboard.state import keys
 from dashboard.state.sidebar import sidebar
 from dashboard.views.sweep_progress import sweep_progress
@@ -53,6 +53,7 @@ MAX_RUN_NAME_CHARS = 200  # core.data.uploads.safe_name allows no more
 PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
 SOURCES = "tradeoff_sources"  # session key: (folders, oracle) loaded
 URL_AXES = "tradeoff_url_axes"  # session key: the axes a link named, set once the axis pickers know the metrics
+OPENED = "tradeoff_opened"  # session key: (sources, note) the page opened on by itself, on the session's first visit
 
 
 def restore_from_url(ours: list[str]) -> None:
@@ -120,6 +121,7 @@ def pick_sources() -> None:
     """Result folders (ours, typed, uploaded) and an optional oracle; 'Load results' stores the choice."""
     ours = [str(folder) for folder in our_result_folders()]
     restore_from_url(ours)
+    open_default()
     with st.expander("Result folders", expanded=SOURCES not in st.session_state):
         picked = []
         if ours:
@@ -148,6 +150,18 @@ def pick_sources() -> None:
                 paths = result_paths(picked, text, files, run_name)
                 st.session_state[SOURCES] = (tuple(paths), oracle.strip() or None)
                 st.session_state.pop(PENDING, None)  # typed and clicked: a choice of its own
+
+
+def open_default() -> None:
+    """The first visit with nothing chosen (no link either): open the demo experiment's own evaluation, or the
+    bundled open-unlearning example before it exists, so the page shows results at once."""
+    state = st.session_state
+    if OPENED in state or SOURCES in state or PENDING in state or LINK.params():
+        return
+    default = default_results()
+    state[OPENED] = None if default is None else ((default.paths, default.oracle), default.note)
+    if default is not None:
+        state[SOURCES] = (default.paths, default.oracle)
 
 
 def draw_warnings(result: IngestResult) -> None:
@@ -264,6 +278,9 @@ if sources is None:
         st.info("Choose result folders above and press Load results.")
     st.stop()
 paths, oracle = sources
+opened = st.session_state.get(OPENED)
+if opened and tuple(opened[0]) == tuple(sources):
+    st.caption(f":material/info: {opened[1]} Choose other folders under *Result folders*.")
 write_url()
 loaded = None
 with report_errors():

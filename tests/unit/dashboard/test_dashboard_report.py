@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from apptest_pages import wait_loaded
 from report_page import (
     INJECTION,
     build,
@@ -37,6 +38,7 @@ def test_probes_on_a_loaded_pair_equal_core_scores(tiny_pair_dirs: tuple[Path, P
     widget(at.text_input, "Unlearned model").input(str(unlearned))
     widget(at.button, "Load pair").click().run()
     assert not at.exception and not errors(at)
+    wait_loaded(at)
     widget(at.text_area, "Probes, one per line: prompt|answer").input(f"the capital of {INJECTION}|paris\nfrance is")
     at.toggle(key="report_lens").set_value(True)
     at.toggle(key="report_chat").set_value(False)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from apptest_pages import wait_loaded
 from streamlit.testing.v1 import AppTest
 from tiny_models import save_tiny_model_dir
 
@@ -57,6 +58,7 @@ def load(at: AppTest, base: Path, unlearned: Path) -> None:
     next(t for t in at.text_input if t.label == "Unlearned model").input(str(unlearned))
     next(b for b in at.button if b.label == "Load pair").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    wait_loaded(at)  # the pair loads in the background; the page fills in once it is there
 
 
 def run(at: AppTest, attacks: list[str], items: int, steps: str = "1,2") -> None:
