@@ -88,7 +88,24 @@ def config_device_map(config: Any, limits: dict[Any, int], dtype: torch.dtype) -
     placement = infer_auto_device_map(
         empty, max_memory=dict(limits), no_split_module_classes=empty._no_split_modules or [], dtype=dtype
     )
-    return dict(placement)
+    home = next(iter(limits))
+    embeddings = next(name for name, module in empty.named_modules() if module is empty.get_input_embeddings())
+    return pin(dict(placement), embeddings, home, {name for name, _ in empty.named_modules()})
+
+
+def pin(placement: dict[str, Any], name: str, home: Any, modules: set[str]) -> dict[str, Any]:
+    """`placement` with module `name` on `home`: the input embeddings stay on the compute device, where callers
+    find the device from the first parameter (an entry covering it is split into its children first)."""
+    while name not in placement:
+        covering = next((key for key in placement if key == "" or name.startswith(f"{key}.")), None)
+        if covering is None:
+            return placement
+        where = placement.pop(covering)
+        prefix = f"{covering}." if covering else ""
+        for child in sorted(m for m in modules if m.startswith(prefix) and m and "." not in m[len(prefix) :]):
+            placement[child] = where
+    placement[name] = home
+    return placement
 
 
 def offloaded(placement: dict[str, Any] | None, device: torch.device) -> dict[str, str]:
@@ -123,7 +140,10 @@ def _modules(names: Iterable[str]) -> str:
     layers, others = [], []
     for name in names:
         match = re.search(r"(?:layers|h|blocks)\.(\d+)$", name)
-        (layers.append(int(match.group(1))) if match else others.append(name))
+        if re.search(r"(?:^|\.)(?:layers|h|blocks)$", name):
+            others.insert(0, "all layers")
+        else:
+            (layers.append(int(match.group(1))) if match else others.append(name))
     text = []
     if layers:
         layers.sort()

@@ -214,9 +214,20 @@ def test_dashboard_budget_field_and_lines(folders, small_budgets):
     assert max_memory_field(Field("")) is None
     bad = Field("<b>lots</b>")
     assert max_memory_field(bad) is None and "&lt;b&gt;" not in bad.captions[0] and "memory budget" in bad.captions[0]
-    info = load(folders, "full", max_memory=8192).describe()
+    tiny = load(folders, "full", max_memory=8192)
+    info = tiny.describe()
     lines = [shown(line) for line in memory_lines(info)]
-    assert "Offloaded: base: the whole model on disk; unlearned: the whole model on disk" in lines
+    side_text = "all layers, lm_head, model.norm, model.rotary_emb on disk"
+    assert f"Offloaded: base: {side_text}; unlearned: {side_text}" in lines  # the embeddings stay in memory
+    # code that finds the device from the first parameter (the embeddings) still works with all layers on disk
+    from core.data.qa import QADataset, SplitData
+    from core.evaluation.evaluate import evaluate_model
+    from core.evaluation.settings import EvalSettings
+
+    items = [QAItem(index=0, question=PROMPT, answer=ANSWER)]
+    with tiny.use("unlearned") as model:
+        logs = evaluate_model(model, tiny.tokenizer, SplitData(forget=QADataset("t", "forget", items)), EvalSettings())
+    assert logs["forget_Q_A_Prob"]["agg_value"] > 0
     assert "Memory budget: 0 MiB" in lines  # format_bytes rounds 8 KiB to whole MiB
     summary = sharing.plan_sharing(folders["base"], folders["rmu"]).summary()
     assert [shown(line) for line in memory_lines(load(folders, "rmu").describe())] == [f"Tensors: {summary}"]
