@@ -58,11 +58,12 @@ LLAMA_3_1_8B = {
                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
     "bos_token_id": 128000, "eos_token_id": 128001,
 }  # fmt: skip
+WORKERS = ("one", "rmu", "offload", "reference")
 RMU_CHANGED = [f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)]
 WORDS = [f"w{i}" for i in range(2000)]
 PROMPT = " ".join(WORDS[i * 37 % 2000] for i in range(48))  # 48 words + BOS → 49 prompt tokens
 ANSWER = " ".join(WORDS[i * 91 % 2000] for i in range(15))  # 15 answer tokens: 64 in all
-IG_PROMPT, IG_ANSWER = " ".join(PROMPT.split()[:16]), " ".join(ANSWER.split()[:4])
+IG_PROMPT, IG_ANSWER = " ".join(PROMPT.split()[:8]), " ".join(ANSWER.split()[:2])  # 9 + 2 tokens
 
 
 def build(folder: Path, dtype: torch.dtype) -> None:
@@ -172,7 +173,10 @@ def run_worker(name: str, args: argparse.Namespace, budget: int | None) -> dict:
     if done.returncode:
         sys.stderr.write(done.stderr[-3000:])
         raise SystemExit(f"worker {name} failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (args.dir / "results").mkdir(exist_ok=True)
+    (args.dir / "results" / f"{name}.json").write_text(json.dumps(result))
+    return result
 
 
 def memory_plan(name: str, values: dict, gpu_gib: int) -> dict:
@@ -254,10 +258,13 @@ def main() -> None:
     from core.models.spec import ModelSpec
 
     one_model = estimate_weight_bytes(ModelSpec(str(args.dir / "base")), dtype)
-    results = {}
-    for name in args.only.split(","):
-        results[name] = run_worker(name, args, one_model if name == "offload" else None)
-        print(json.dumps({k: v for k, v in results[name].items() if k != "logprobs"}), flush=True)
+    results = {}  # a worker's last result is kept in DIR/results: --only reruns some and reports all
+    for name in WORKERS:
+        if name in args.only.split(","):
+            results[name] = run_worker(name, args, one_model if name == "offload" else None)
+            print(json.dumps({k: v for k, v in results[name].items() if k != "logprobs"}), flush=True)
+        elif (args.dir / "results" / f"{name}.json").is_file():
+            results[name] = json.loads((args.dir / "results" / f"{name}.json").read_text())
     plans = [memory_plan(n, v, g) for n, v in (("Llama-2-7B", LLAMA_2_7B), ("Llama-3.1-8B", LLAMA_3_1_8B))
              for g in (24, 80)]  # fmt: skip
     report(results, plans)

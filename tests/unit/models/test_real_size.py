@@ -231,3 +231,21 @@ def test_dashboard_budget_field_and_lines(folders, small_budgets):
     assert "Memory budget: 0 MiB" in lines  # format_bytes rounds 8 KiB to whole MiB
     summary = sharing.plan_sharing(folders["base"], folders["rmu"]).summary()
     assert [shown(line) for line in memory_lines(load(folders, "rmu").describe())] == [f"Tensors: {summary}"]
+
+
+def test_cli_model_plan_reads_no_weights(folders, small_budgets, capsys, monkeypatch):
+    import json
+
+    from core.cli import main
+    from core.models import loading
+
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("--plan loaded weights"))
+    names = ["--base", str(folders["base"]), "--unlearned", str(folders["rmu"])]
+    assert main(["model", "--plan", *names]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["tensors"] == sharing.plan_sharing(folders["base"], folders["rmu"]).summary()
+    assert plan["offloaded"] is None
+    names[-1] = str(folders["full"])
+    assert main(["model", "--plan", *names, "--max-memory", "8kb"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["tensors"] is None and "all layers" in plan["offloaded"] and plan["max_memory"] == format_bytes(8192)
