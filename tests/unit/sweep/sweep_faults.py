@@ -10,6 +10,7 @@ from typing import Any
 from core.sweep.evaluate import evaluate_work
 
 KILL_MARKER = ".kill-once"  # in a model folder: its task's worker dies mid-run, once (hidden: not a model file)
+KILL_ALWAYS = ".kill-always"  # in a model folder: its task's worker dies mid-run on every attempt
 CALLS = "calls.log"  # beside the model folders: one line per task attempt that started
 
 
@@ -25,6 +26,8 @@ def logged_work(candidate: Any, shared: Any, report: Any) -> dict[str, Any]:
         report(fraction)
         if marker.exists():
             marker.unlink()
+            os._exit(1)
+        if (folder / KILL_ALWAYS).exists():
             os._exit(1)
 
     return evaluate_work(candidate, shared, report_or_die)

@@ -13,6 +13,7 @@ from sweep_inputs import WORDS, assert_close, result_files, word_splits
 from tiny_models import save_tiny_model_dir
 
 from core.evaluation.evaluate import EvalSettings, evaluate
+from core.evaluation.ingest import ingest
 from core.models.spec import ModelSpec
 from core.sweep.cluster import ClusterSettings
 from core.sweep.evaluate import evaluate_sweep
@@ -53,6 +54,8 @@ def test_sweep_files_equal_the_single_process_run(ray_cluster, models, tmp_path:
     assert got["m0/TOFU_SUMMARY.json"]["forget_quality"] == 1.0  # the oracle against itself: the reference is in
     assert [(e.model, e.step) for e in swept.result.evaluations] == [(e.model, e.step) for e in single.evaluations]
     assert swept.result.oracle == single.oracle == "m0"
+    read = ingest([tmp_path / "sweep"])  # the sweep's own records beside the results do not disturb a reader
+    assert read.warnings == [] and len(read.runs()) == 3
 
 
 def test_a_killed_task_is_retried_and_finished_ones_are_not_recomputed(ray_cluster, models, tmp_path, monkeypatch):
@@ -116,3 +119,17 @@ def test_a_task_no_node_can_hold_is_refused_not_left_waiting(ray_cluster, models
     gpus = evaluate_sweep(specs, word_splits(), out_dir=tmp_path / "b", cluster=ClusterSettings(gpus=1), show=False)
     assert gpus.failures == [("m0", "m0 asks for 1 GPUs, but the largest node has 0 (see --ray-gpus)")]
     assert huge.result.evaluations == gpus.result.evaluations == []
+
+
+def test_a_task_killed_on_every_attempt_fails_after_its_retries(ray_cluster, models, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("core.sweep.evaluate.evaluate_work", sweep_faults.logged_work)
+    (models[2].parent / sweep_faults.CALLS).unlink(missing_ok=True)
+    (models[2] / sweep_faults.KILL_ALWAYS).touch()
+    try:
+        swept = evaluate_sweep([ModelSpec(str(models[2]))], word_splits(), out_dir=tmp_path / "out", show=False,
+                               settings=EvalSettings(batch_size=1), cluster=ClusterSettings(retries=1))  # fmt: skip
+    finally:
+        (models[2] / sweep_faults.KILL_ALWAYS).unlink()
+    reason = "its worker process died on each of 2 attempts (killed, out of memory, or node lost)"
+    assert swept.failures == [("m2", reason)]
+    assert calls(models) == ["m2", "m2"]  # the first attempt and one retry
