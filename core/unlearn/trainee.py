@@ -204,5 +204,6 @@ def build_trainee(
             )
         return LoraTrainee(attach_adapter(model, "trained", lora, trainable=True), "trained", None, source)
     if adapter:
+        own_shared_parameters(model)  # merging writes into the weights: never into the other side of a pair
         model = attach_adapter(model, "merged", Path(adapter), trainable=False).merge_and_unload()
     return FullTrainee(model, source, tokenizer, keep_reference)
