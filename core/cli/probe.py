@@ -106,7 +106,7 @@ def run_probe_many(args: argparse.Namespace) -> int:
     with tqdm(total=1.0, desc="probing") as bar:
         template = template_from_args(args, [args.base, *(args.unlearned or [])])
         result = probe_many(models, ProbeRequest(args.prompt, args.answer), template, args.top_k,
-                            progress=lambda fraction: bar.update(fraction - bar.n))  # fmt: skip
+                            progress=lambda f: bar.update(f - bar.n), score_end=args.score_end)  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0

@@ -26,6 +26,7 @@ from core.common.limits import (
 from core.models.adapters import n_sided_lora
 from core.scoring.encoding import Batch, Encoded, collate, encode
 from core.scoring.forward import selected_logits
+from core.scoring.templates import Template
 
 MEMORY_SHARE = 0.5  # a stacked pass may take this share of the free memory; more sides are split over passes
 
@@ -53,30 +54,37 @@ class MultiProbeResult:
 def probe_many(
     models: ModelSet,
     request: ProbeRequest,
-    chat: bool = False,
+    chat: bool | str | Template = False,
     top_k: int = DEFAULT_TOP_K,
     progress: Callable[[float], None] | None = None,
+    score_end: bool = False,
 ) -> MultiProbeResult:
-    """Probe one prompt (+ answer) under the base and every model of the set."""
-    per_model = score_many(models, [request], chat=chat, top_k=top_k, progress=progress)
+    """Probe one prompt (+ answer) under the base and every model of the set (`chat`, `score_end`: as for
+    core.analyses.probe.score)."""
+    per_model = score_many(models, [request], chat=chat, top_k=top_k, progress=progress, score_end=score_end)
     return MultiProbeResult(models.labels, [results[0] for results in per_model])
 
 
 def score_many(
     models: ModelSet,
     requests: Sequence[ProbeRequest],
-    chat: bool = False,
+    chat: bool | str | Template = False,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = 16,
     progress: Callable[[float], None] | None = None,
+    score_end: bool = False,
 ) -> list[list[ProbeResult]]:
-    """`core.analyses.probe.score` of every pair (base, model i): result[i][j] is request j under pair i."""
+    """`core.analyses.probe.score` of every pair (base, model i): result[i][j] is request j under pair i. `chat` is
+    the template (a name, file or Template; True / False: the chat template / plain), `score_end` also scores its
+    end-of-turn tokens and EOS, as there."""
     if not requests:
         raise UserError("nothing to score")
     check_range(top_k, 0, MAX_TOP_K, "top_k")
     check_range(batch_size, 1, MAX_BATCH_SIZE, "batch size")
     pair = models.pair(0)
-    encoded = [encode(models.tokenizer, r.prompt, r.answer, chat, pair.context_length) for r in requests]
+    limit = pair.context_length
+    encoded = [encode(models.tokenizer, r.prompt, r.answer, chat, limit, score_end=score_end) for r in requests]
+    name = chat.name if isinstance(chat, Template) else chat
     out: list[list[ProbeResult]] = [[] for _ in models.entries]
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start : start + batch_size]
@@ -89,7 +97,10 @@ def score_many(
                 request = requests[start + offset]
                 texts = _token_texts(models.tokenizer, row.input_ids[: row.score_from])
                 context = [texts[t] for t in row.input_ids[: row.score_from]]
-                out[i].append(ProbeResult(request.prompt, request.answer, chat, context, tokens, row.truncated))
+                result = ProbeResult(
+                    request.prompt, request.answer, name, context, tokens, row.truncated, row.end_tokens
+                )
+                out[i].append(result)
         if progress:
             progress(min(1.0, (start + len(rows)) / len(encoded)))
     return out

@@ -76,11 +76,12 @@ def spec(path: Path | str) -> ModelSpec:
     return ModelSpec(str(path), **OPTIONS)
 
 
-def reference(pair: ModelPair, prompt: str, answer: str) -> tuple[list[torch.Tensor], float]:
-    """Each side's logits at the scored positions from a plain unbatched pass, and τ for them."""
+def reference(pair: ModelPair, probe: ProbeResult) -> tuple[list[torch.Tensor], float]:
+    """Each side's logits at the probe's scored positions from a plain unbatched pass, and τ for them."""
     from core.scoring.encoding import encode
 
-    row = encode(pair.tokenizer, prompt, answer, False, pair.context_length)
+    row = encode(pair.tokenizer, probe.prompt, probe.answer, probe.chat, pair.context_length,
+                 score_end=bool(probe.end_tokens))  # fmt: skip
     ids = torch.tensor([row.input_ids])
     sides, tau = [], 0.0
     for side in ("base", "unlearned"):
@@ -97,7 +98,8 @@ def assert_same_probe(got: ProbeResult, want: ProbeResult, pair: ModelPair) -> N
     assert [(t.position, t.token, t.token_id) for t in got.tokens] == [
         (t.position, t.token, t.token_id) for t in want.tokens
     ]
-    (base_logits, unlearned_logits), tau = reference(pair, want.prompt, want.answer)
+    assert (got.chat, got.end_tokens) == (want.chat, want.end_tokens)
+    (base_logits, unlearned_logits), tau = reference(pair, want)
     z = float(max(base_logits.abs().max(), unlearned_logits.abs().max()))
     for i, (g, w) in enumerate(zip(got.tokens, want.tokens, strict=True)):
         for key in ("logprob_base", "logprob_unlearned", "delta", "entropy_base", "entropy_unlearned"):
@@ -227,3 +229,14 @@ def test_cli_many_models_and_a_run_equal_the_pairwise_cli(folders):
         assert set(single) == set(result) and "models" not in single  # one --unlearned: today's output
         pair = pairwise(folders["base"], ModelEntry(spec(path), str(path)), folders["base"])
         assert_same_probe(ProbeResult.from_dict(result), ProbeResult.from_dict(single), pair)
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_a_template_and_scored_end_tokens_as_the_pairwise_probe(folders, template):
+    models = ModelSet.load(spec(folders["base"]), entries(folders)[:2])
+    got = score_many(models, REQUESTS[:1], chat=template, score_end=True)
+    for i, entry in enumerate(models.entries):
+        pair = pairwise(folders["base"], entry, folders["base"])
+        (want,) = score(pair, REQUESTS[:1], chat=template, score_end=True)
+        assert want.chat == template
+        assert_same_probe(got[i][0], want, pair)
