@@ -1,5 +1,6 @@
-"""Figures of the Layers page: the logit lens read in words and drawn (LensResult), hidden-state drift (DriftResult)
-and weight change per module and layer (WeightChangeResult)."""
+"""Figures of the Layers page: the logit lens read in words and drawn (LensResult), activation patching and the depth
+score (PatchingResult, DepthResult) read together with the lens, hidden-state drift (DriftResult) and weight change
+per module and layer (WeightChangeResult)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -19,8 +21,10 @@ from core.analyses.lens import (
     WeightChangeResult,
     hidden_knowledge_score,
 )
+from core.analyses.patching import DepthResult, PatchingResult
 from core.common.errors import UserError
 from core.models.pair import SIDES
+from core.present import numbers
 from core.present.figures.common import PALETTE, esc, token_axis, token_label
 
 SIDE_COLOURS = {"base": "#7f7f7f", "unlearned": "#d62728"}
@@ -204,3 +208,126 @@ def weight_change_figure(weight_result: WeightChangeResult) -> go.Figure:
         height=max(300, 80 + 22 * len(modules)),
     )
     return figure
+
+
+# ============================================================================================== activation patching
+
+
+def patching_figure(result: PatchingResult) -> go.Figure:
+    """Per layer, the answer's log-prob (nats/token) with the other model's stream patched in after that layer: the
+    unlearned model on the base's stream, the base on the unlearned's (and on the oracle's), the clean runs dashed."""
+    figure = go.Figure()
+    curves = [
+        ("unlearned run on base's stream", result.patched_logprob, SIDE_COLOURS["unlearned"], "solid"),
+        ("base run on unlearned's stream", result.reverse_logprob, SIDE_COLOURS["base"], "solid"),
+    ]
+    if result.oracle_patched_logprob is not None:
+        curves.append(("base run on oracle's stream", result.oracle_patched_logprob, PALETTE[2], "dot"))
+    for name, values, colour, dash in curves:
+        figure.add_trace(
+            go.Scatter(x=result.layers, y=values, name=name, mode="lines+markers",
+                       line={"color": colour, "dash": dash},
+                       hovertemplate=f"{name}, patched after layer %{{x}}: %{{y:{numbers.HOVER_NUMBER}}} "
+                                     "nats/token<extra></extra>"),
+        )  # fmt: skip
+    for label, value, colour in (
+        ("base", result.base_logprob, SIDE_COLOURS["base"]),
+        ("unlearned", result.unlearned_logprob, SIDE_COLOURS["unlearned"]),
+    ):
+        figure.add_hline(
+            y=value, line={"dash": "dash", "color": colour}, annotation_text=f"{label} {numbers.number(value)}"
+        )
+    figure.update_xaxes(**_layer_axis(result.layers))
+    figure.update_yaxes(title_text="answer log-prob (nats per token)")
+    figure.update_layout(
+        title=f"Activation patching ({result.positions} positions): depth score {result.depth_score:.2f}",
+        height=400,
+        hovermode="x",
+    )
+    return figure
+
+
+def patching_frame(result: PatchingResult) -> pd.DataFrame:
+    """The curves as a table, one row per layer."""
+    frame = pd.DataFrame(
+        {
+            "layer": result.layers,
+            "unlearned ← base": result.patched_logprob,
+            "base ← unlearned": result.reverse_logprob,
+            "recovery": result.recovery,
+            "erasure": result.erasure,
+        }
+    )
+    if result.oracle_patched_logprob is not None:
+        frame["base ← oracle"] = result.oracle_patched_logprob
+    return frame
+
+
+def _first_layer(values: Sequence[float], layers: Sequence[int], level: float = 0.5) -> int | None:
+    return next((layer for layer, v in zip(layers, values, strict=True) if v >= level), None)
+
+
+def causal_reading(result: PatchingResult, lens: LensResult | None = None) -> str:
+    """One line combining patching and (where run on the same prompt) the logit lens."""
+    gap = result.base_logprob - result.unlearned_logprob
+    if gap < result.gap_floor:
+        return (
+            f"The two models give this answer nearly the same log-prob (base {numbers.number(result.base_logprob)}, "
+            f"unlearned {numbers.number(result.unlearned_logprob)} nats/token): there is no loss to locate."
+        )
+    half = _first_layer(result.erasure, result.layers)
+    last = result.layers[-1]
+    kind = "deep" if result.depth_score >= 0.5 else "shallow"
+    text = (
+        f"Half of the {numbers.number(gap)} nats/token the answer lost is carried by the unlearned model's stream "
+        f"from layer {half} of {last} on: a {kind} change (depth score {result.depth_score:.2f})"
+    )
+    if result.oracle_depth_score is not None:
+        text += f", {result.oracle_depth_score:.2f} against the oracle"
+    same_prompt = lens is not None and (lens.prompt, lens.answer) == (result.prompt, result.answer)
+    if same_prompt:
+        reading = hidden_knowledge_reading(lens)
+        if reading.hidden and half is not None and half > reading.unlearned.peak_layer:
+            text += (
+                f"; the logit lens still reads the answer at layer {reading.unlearned.peak_layer}, before that: "
+                "hidden, not erased"
+            )
+        elif reading.hidden:
+            text += f"; the logit lens's peak at layer {reading.unlearned.peak_layer} is a trace the later layers drop"
+        else:
+            text += "; the logit lens finds no layer that knows more than the output"
+    return text + "."
+
+
+def depth_figure(result: DepthResult) -> go.Figure:
+    """Left: each item's depth score per set (points and box); right: the mean erasure ratio per layer per set."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("depth score per item", "mean erasure ratio per layer"))
+    for i, (name, scores) in enumerate(result.sets.items()):
+        colour = SET_COLOURS.get(name, PALETTE[i % len(PALETTE)])
+        label = f"{name} ({scores.n_items} items, mean {scores.mean_depth:.2f})"
+        figure.add_trace(
+            go.Box(y=scores.depth, name=esc(name), boxpoints="all", marker={"color": colour}, legendgroup=esc(name),
+                   showlegend=False, hovertemplate=f"{esc(name)}: %{{y:.3f}}<extra></extra>"),
+            row=1, col=1,
+        )  # fmt: skip
+        figure.add_trace(
+            go.Scatter(x=result.layers, y=scores.erasure, name=esc(label), mode="lines+markers",
+                       line={"color": colour}, legendgroup=esc(name),
+                       hovertemplate=f"{esc(name)}, layer %{{x}}: %{{y:.3f}}<extra></extra>"),
+            row=1, col=2,
+        )  # fmt: skip
+    figure.update_yaxes(range=[0, 1.02])
+    figure.update_xaxes(**_layer_axis(result.layers), row=1, col=2)
+    figure.update_layout(title="Unlearning depth: forget vs retain", height=380)
+    return figure
+
+
+def depth_reading(result: DepthResult) -> str:
+    """The forget set's mean depth score against the retain set's, in words."""
+    parts = [f"{name}: {s.mean_depth:.2f} over {s.n_items} items" for name, s in result.sets.items()]
+    forget, retain = result.sets.get("forget"), result.sets.get("retain")
+    text = "Mean depth score — " + "; ".join(parts) + "."
+    if forget and retain:
+        verdict = "deeper than" if forget.mean_depth > retain.mean_depth else "not deeper than"
+        text += f" The change on the forget set is {verdict} on the retain set."
+    return text
