@@ -129,3 +129,36 @@ def test_bad_input_is_a_message(folders, tmp_path) -> None:
 def test_without_a_pair_the_page_asks_for_one() -> None:
     at = open_page("checkpoints")
     assert any("Load a model pair" in info.value for info in at.info)
+
+
+def test_lens_reading_and_the_clicked_model_by_hand() -> None:
+    """A hand-made lens: under NPO the answer's last-layer mean rank goes 3 → 8 → 40, so it leaves the top 10 at step
+    3, where it still ranks 5th at layer 1 (of 2); the base line of the trajectory carries no model to click."""
+    from core.analyses.multi import CheckpointLens, MultiProbeResult
+    from core.analyses.probe import ProbeResult, TokenShift
+    from core.present.figures.checkpoints import lens_reading, model_from_selection, trajectory_figure
+
+    lens = CheckpointLens(
+        "q", "a", False, ["a"], [0, 1, 2], ["npo@1", "npo@2", "npo@3", "oracle"], ["npo", "npo", "npo", None],
+        [1, 2, 3, None], [[0.0] * 3] * 4, [[50, 2, 3], [60, 4, 8], [100, 5, 40], [90, 80, 70]], [0.0] * 3, [40, 2, 1],
+    )  # fmt: skip
+    assert lens_reading(lens, "npo") == (
+        "At the last layer the answer's mean rank is 1.0 under the base; it first leaves the top 10 at step 3 (mean "
+        "rank 40.0), where it still ranks in the top 10 at layer 1 of 2."
+    )
+    assert lens_reading(lens, None).endswith("it first leaves the top 10 at npo@3 (mean rank 40.0), where it still "
+                                             "ranks in the top 10 at layer 1 of 2.")  # fmt: skip
+
+    def probe(logprob: float) -> ProbeResult:
+        token = TokenShift(1, "a", 3, -1.0, logprob, logprob + 1.0, 1, 1, 0.0, 0.0, 0.0)
+        return ProbeResult("q", "a", False, ["q"], [token])
+
+    result = MultiProbeResult(["npo@1", "npo@2", "oracle"], [probe(-1.5), probe(-3.0), probe(-2.0)])
+    figure = trajectory_figure(result, ["npo", "npo", None], [1, 2, None], "target")
+    names = [trace.name for trace in figure.data]
+    assert names == ["npo", "base: target", "oracle"]
+    assert list(figure.data[0].y) == [-1.5, -3.0] and list(figure.data[1].y) == [-1.0, -1.0]
+    assert model_from_selection(figure, [{"curve_number": 0, "point_index": 1}]) == 1
+    assert model_from_selection(figure, [{"curve_number": 1, "point_index": 0}]) is None  # the base line
+    assert model_from_selection(figure, [{"curve_number": 2, "point_index": 0}]) == 2
+    assert model_from_selection(figure, [{"curve_number": 9, "point_index": 0}]) is None
