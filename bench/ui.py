@@ -10,7 +10,15 @@
 The quick demo experiment (ULENS_DEMO_QUICK=1) is used unless --full: the same model, the same adapter shapes
 and so the same cost per score; it is built in the cache home first if missing (a few minutes, once).
 
+--first-build measures the first minute on a fresh machine instead: a fresh cache home (only the embedded model
+linked in), the quick demo building in the background as `make run` starts it, the app loading the default pair
+meanwhile. For every page, opened as a new session: seconds from the server's health to the page's first
+meaningful paint (its own main-area content beyond the title and the question line), in page order, the first
+visit of each page (cold: its code imported by this visit) and a second one (warm). Goal ≤ 1.5 s each. Then the
+seconds until Probe shows its first scored example (the first visit's forget question, pre-scored).
+
 Usage: python bench/ui.py [--runs 7] [--tokens 64] [--full] [--json FILE]
+       python bench/ui.py --first-build [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,11 +37,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from appserver import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_app, wait_healthy  # noqa: E402
+from appserver import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    fresh_home,
+    start_app,
+    start_background_demo,
+    stop_app,
+    stop_background_demo,
+    wait_healthy,
+)
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from streamlit_ui import click_score, open_with_default_pair, rendered_tokens, wait_idle  # noqa: E402
+from streamlit_ui import (  # noqa: E402
+    OWN_CONTENT,
+    SCORED,
+    click_score,
+    open_with_default_pair,
+    rendered_tokens,
+    sidebar,
+    wait_idle,
+    wait_while_progressing,
+)
 
 GOAL_S = 1.0
+PAINT_GOAL_S = 1.5  # a page's first meaningful paint during the first build
+PAGES = ("probe", "attribution", "layers", "dataset", "tradeoffs", "robustness", "report")
+OWN_ELEMENTS = 3  # the question line, the title, then the page's own content
+STALL_S = 600.0
 POLL_MS = 10  # how often the browser checks for the token view: adds ≤ 10 ms; "raf" polling instead makes headless
 # Chromium draw a frame 60 times a second, which takes CPU from the forward pass being timed on this 2-core box
 VIEW_HAS = """(needle) => Array.from(document.querySelectorAll(".ulens-tokens .ulens-token"))
@@ -139,13 +170,83 @@ def bench_core(texts: list[str]) -> list[float]:
     return times[1:]
 
 
+def first_paint(page, url: str) -> tuple[float, bool]:
+    """Seconds from navigating to `url` (a new session) to its own main-area content; whether the pair was still
+    loading then."""
+    start = time.perf_counter()
+    page.goto(url, wait_until="commit")
+    page.wait_for_function(OWN_CONTENT, arg=OWN_ELEMENTS, polling=20, timeout=300_000)
+    return time.perf_counter() - start, sidebar(page).get_by_text("Pair loaded").count() == 0
+
+
+def bench_first_build(log_dir: Path) -> dict:
+    """The first minute on a fresh machine (see the module docstring)."""
+    home = fresh_home(log_dir)
+    env = {"ULENS_HOME": str(home), "ULENS_DEMO_QUICK": "1", "ULENS_AUTOLOAD": "1"}
+    builder = start_background_demo(env)
+    started = time.perf_counter()
+    figures: dict = {"paint_s": {}, "pair_loading": {}}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        port = free_port()
+        process = start_app(port, log_dir / "first-build-app.log", env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, process, timeout=300)
+            healthy = time.perf_counter()
+            figures["healthy_after_build_start_s"] = healthy - started
+            for visit in ("cold", "warm"):
+                for name in PAGES:
+                    seconds, loading = first_paint(page, f"{url}/{name}")
+                    figures["paint_s"][f"{visit}:{name}"] = seconds
+                    figures["pair_loading"][f"{visit}:{name}"] = loading
+            page.goto(url)
+            wait_while_progressing(page, page.locator(SCORED), STALL_S, poll_s=0.5)
+            figures["first_scored_example_s"] = time.perf_counter() - healthy
+        finally:
+            stop_app(process)
+            browser.close()
+            stop_background_demo(builder)
+    return figures
+
+
+def report_first_build(figures: dict, load: tuple[float, float]) -> dict:
+    paints = figures["paint_s"]
+    over = {name: round(seconds, 2) for name, seconds in paints.items() if seconds > PAINT_GOAL_S}
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_before_after": [round(value, 2) for value in load],
+        **figures,
+        "worst_warm_paint_over_goal": max(v for k, v in paints.items() if k.startswith("warm:")) / PAINT_GOAL_S,
+        "over_goal": over,
+    }
+    print(f"machine: {report['machine']}; load average (1 min) before {load[0]:.2f}, after {load[1]:.2f}")
+    print(f"server healthy {figures['healthy_after_build_start_s']:.1f} s after the background build started")
+    for key, seconds in paints.items():
+        state = "pair loading" if figures["pair_loading"][key] else "pair loaded"
+        print(f"  {key:<18} first meaningful paint {seconds:6.2f} s  (goal {PAINT_GOAL_S} s, ratio "
+              f"{seconds / PAINT_GOAL_S:.2f}; {state})")  # fmt: skip
+    print(f"Probe's first scored example: {figures['first_scored_example_s']:.1f} s after the server was healthy")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--full", action="store_true", help="the full demo experiment (must be built)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--first-build", action="store_true", help="the first minute on a fresh cache home")
     args = parser.parse_args(argv)
+    if args.first_build:
+        load_before = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory(prefix="ulens-first-build-") as tmp:
+            figures = bench_first_build(Path(tmp))
+        report = report_first_build(figures, (load_before, os.getloadavg()[0]))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return 0
     if not args.full:
         os.environ["ULENS_DEMO_QUICK"] = "1"
     env = {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "0" if args.full else "1"}

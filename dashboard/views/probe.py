@@ -33,7 +33,7 @@ DEFAULTS = {
 }  # fmt: skip
 LINK = PageLink(("prompt", "answer", "chat", "topk", "view", "score"), seen_key="probe_url")
 AUTOSCORE = "probe_autoscore"  # session key: score the inputs once a pair is loaded (a link's score=1, a handover)
-STORY = "probe_story"  # session key: the first visit's retain example and its result, (pair key, example, result dict)
+STORY = "probe_story"  # session key: the first visit's (pair key, retain example, its result dict, forget inputs)
 NUMBER = st.column_config.NumberColumn(format=numbers.TABLE_NUMBER)
 PROBABILITY = st.column_config.NumberColumn(format=numbers.TABLE_PROBABILITY)
 TABLE_COLUMNS = {
@@ -198,7 +198,7 @@ def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
         st.session_state[keys.PROBE_RESULT] = (pair_key(), results[0].to_dict())  # the Report page reads this pair too
         st.session_state["probe_result_inputs"] = scored_inputs(inputs)
         if retain is not None:
-            st.session_state[STORY] = (pair_key(), retain, results[1].to_dict())
+            st.session_state[STORY] = (pair_key(), retain, results[1].to_dict(), scored_inputs(inputs))
 
 
 def draw_tokens(result: ProbeResult, view: str) -> None:
@@ -299,7 +299,7 @@ def draw_results(inputs: dict[str, Any]) -> None:
         return
     result = ProbeResult.from_dict(stored[1])
     story = st.session_state.get(STORY)
-    if up_to_date and story and story[0] == pair_key():
+    if up_to_date and story and story[0] == pair_key() and story[3] == scored_inputs(inputs):
         draw_story(result, ProbeResult.from_dict(story[2]), inputs["view"])
     else:
         if not up_to_date:
@@ -324,7 +324,7 @@ def first_visit() -> None:
     if forget is None or retain is None:
         return
     state[keys.PROBE_PROMPT], state[keys.PROBE_ANSWER] = forget.question, forget.answer
-    state[STORY] = (None, retain, None)  # scored with the forget question (run_score)
+    state[STORY] = (None, retain, None, None)  # scored with the forget question (run_score)
     state[AUTOSCORE] = True
 
 

@@ -5,7 +5,9 @@ Shared by the e2e fixtures (tests/e2e/conftest.py) and the browser benchmark (be
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,3 +102,31 @@ def stop_app(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def fresh_home(root: Path) -> Path:
+    """A cache home with nothing built under `root`: only the embedded model's safetensors copy (linked from the
+    usual cache home, so nothing is downloaded), no demo stage, no evaluation, no result."""
+    from core.models.embedded import ensure_embedded_model
+
+    model = ensure_embedded_model()
+    home = root / "home"
+    (home / model.parent.name).mkdir(parents=True)
+    (home / model.parent.name / model.name).symlink_to(model, target_is_directory=True)
+    return home
+
+
+def start_background_demo(env: dict[str, str]) -> int | None:
+    """`python -m core demo --background --quick` as `make run` starts it (in the cache home `env` names); the
+    builder's process id (it leads its own process group), or None when it did not start one."""
+    command = [sys.executable, "-m", "core", "demo", "--background", "--quick"]
+    started = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, text=True)
+    match = re.search(r"process (\d+)", started.stdout)
+    return int(match[1]) if match else None
+
+
+def stop_background_demo(pid: int | None) -> None:
+    """End the background build started by start_background_demo (its whole process group), by its own id."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)

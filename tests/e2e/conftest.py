@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_app, stop_app, wait_healthy
+from appserver import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    free_port,
+    fresh_home,
+    start_app,
+    start_background_demo,
+    stop_app,
+    stop_background_demo,
+    wait_healthy,
+)
 from playwright.sync_api import BrowserContext, expect
 
 OUTPUT = ROOT / "test-output" / "e2e"
@@ -90,6 +101,20 @@ def demo_pair(quick_demo):
 def demo_app_url(quick_demo) -> Iterator[str]:
     """The dashboard on the quick demo; each new browser session loads the default pair by itself."""
     yield from serve("demo-app.log", {"ULENS_AUTOLOAD": "1", "ULENS_DEMO_QUICK": "1"})
+
+
+@pytest.fixture(scope="module")
+def first_start_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`make run` on a fresh machine: a fresh cache home, the quick demo experiment building in the background
+    (`python -m core demo --background --quick`, as `make run` starts it) and the dashboard loading the default pair
+    in every new session (ULENS_AUTOLOAD=1) while that build runs."""
+    home = fresh_home(tmp_path_factory.mktemp("first-start"))
+    env = {"ULENS_HOME": str(home), "ULENS_DEMO_QUICK": "1", "ULENS_AUTOLOAD": "1"}
+    builder = start_background_demo(env)
+    try:
+        yield from serve("first-start-app.log", env)
+    finally:
+        stop_background_demo(builder)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Shared by the e2e tests and bench/ui.py.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from appserver import IDLE
@@ -43,9 +44,11 @@ def load_pair(page: Page, url: str, base: str, unlearned: str) -> None:
 
 
 def open_with_default_pair(page: Page, url: str) -> None:
-    """Open the app where the default pair loads by itself (ULENS_AUTOLOAD=1); return once Probe can score."""
+    """Open the app where the default pair loads by itself (ULENS_AUTOLOAD=1); return once Probe can score (the
+    pair loaded and the first visit's example scored)."""
     page.goto(url)
-    expect(page.get_by_role("textbox", name="Prompt")).to_be_visible()  # drawn only once a pair is loaded
+    expect(sidebar(page).get_by_text("Pair loaded")).to_be_visible()
+    expect(page.get_by_role("button", name="Score", exact=True)).to_be_enabled()
     wait_idle(page)
 
 
@@ -132,3 +135,40 @@ def page_shot(page: Page, path: Path, max_height: int = 4000) -> None:
         page.screenshot(path=str(path), full_page=True)
     finally:
         page.set_viewport_size(size)
+
+
+MAIN = "[data-testid='stMain']"
+MAIN_ELEMENTS = f"{MAIN} [data-testid='stElementContainer']"
+PROGRESS = "[data-testid='stProgress']"
+OWN_CONTENT = """(count) => document.querySelectorAll("[data-testid='stMain'] [data-testid='stElementContainer']")
+                               .length >= count"""
+EMOJI_ONLY = r"""() => {
+    const emoji = /^[\p{Extended_Pictographic}\u{1F1E6}-\u{1F1FF}\uFE0F\u200D\s]+$/u;
+    return Array.from(document.querySelectorAll("body *"))
+        .filter((element) => element.children.length === 0 && element.textContent.trim()
+                             && emoji.test(element.textContent.trim()))
+        .map((element) => element.outerHTML.slice(0, 200));
+}"""
+
+
+def progress_state(page: Page) -> list[str]:
+    """The text and value of every progress bar on the page (the sidebar's and the main area's)."""
+    return page.locator(PROGRESS).evaluate_all(
+        """(bars) => bars.map((bar) => bar.innerText + " " +
+            (bar.querySelector("[role='progressbar']")?.getAttribute("aria-valuenow") ?? ""))"""
+    )
+
+
+def wait_while_progressing(page: Page, done: Locator, stall_s: float, poll_s: float = 2.0) -> float:
+    """Wait until `done` is visible, for as long as the page shows progress: fail once neither a progress bar's
+    text nor its value has changed for `stall_s` seconds (the work stopped), however slow the machine is.
+    Returns the seconds waited."""
+    start = time.monotonic()
+    last, changed = None, start
+    while not done.first.is_visible():
+        state = progress_state(page)
+        if state != last:
+            last, changed = state, time.monotonic()
+        assert time.monotonic() - changed < stall_s, f"no progress for {stall_s:.0f} s; last shown: {last}"
+        page.wait_for_timeout(poll_s * 1000)
+    return time.monotonic() - start

@@ -15,6 +15,7 @@ from core.common.errors import UserError
 from core.evaluation import metrics
 from core.evaluation.ingest import REFERENCE_METHODS, forget_truth_ratios
 from core.evaluation.tables import rows_at
+from core.present import numbers
 from core.present.figures.common import PALETTE, esc
 
 REFERENCE_STYLE = {  # method → (marker symbol, colour, legend label)
@@ -70,7 +71,10 @@ def _hover(points: pd.DataFrame) -> dict[str, Any]:
     custom = np.column_stack(
         [points["model"].map(esc), points["method"].map(esc), points["step"].map(_step_label)]
     ).tolist()
-    template = "%{customdata[0]}<br>method %{customdata[1]}, step %{customdata[2]}<br>x %{x:.4g}, y %{y:.4g}"
+    template = (
+        "%{customdata[0]}<br>method %{customdata[1]}, step %{customdata[2]}<br>"
+        f"x %{{x:{numbers.HOVER_NUMBER}}}, y %{{y:{numbers.HOVER_NUMBER}}}"
+    )
     return {"customdata": custom, "hovertemplate": template + "<extra></extra>"}
 
 
@@ -181,7 +185,8 @@ def truth_ratio_figure(
     model_tr = _require(forget_truth_ratios(items, model, step), f"forget truth ratios of {model}")
     oracle_tr = _require(forget_truth_ratios(items, oracle, oracle_step), f"forget truth ratios of {oracle}")
     ks = metrics.ks_test(model_tr, oracle_tr)
-    title = f"Forget truth ratios, {esc(model)} vs {esc(oracle)}: KS D = {ks.statistic:.3f}, p = {ks.pvalue:.3g}"
+    statistic = f"KS D = {ks.statistic:.3f}, p = {numbers.number(ks.pvalue)}"
+    title = f"Forget truth ratios, {esc(model)} vs {esc(oracle)}: {statistic}"
     return _distribution_figure({model: model_tr, oracle: oracle_tr}, title, "truth ratio P(wrong) / P(true)")
 
 
@@ -239,7 +244,7 @@ def split_bars_figure(
         hover = [esc(name) for name in group["metric"]]
         figure.add_trace(
             go.Bar(x=labels, y=group["value"], name=esc(split), customdata=hover,
-                   hovertemplate="%{customdata}: %{y:.4g}<extra></extra>")
+                   hovertemplate=f"%{{customdata}}: %{{y:{numbers.HOVER_NUMBER}}}<extra></extra>")
         )  # fmt: skip
     method = rows["method"].iloc[0]
     figure.update_layout(

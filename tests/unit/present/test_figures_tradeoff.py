@@ -13,6 +13,7 @@ from sklearn.metrics import roc_curve
 from core.common.errors import UserError
 from core.evaluation.ingest import SUMMARY_COLUMNS, IngestResult, ingest
 from core.evaluation.results import EXAMPLE_RESULTS
+from core.present import numbers
 from core.present.figures import tradeoffs as figures
 
 FULL = "tofu_Llama-3.2-1B-Instruct_full"
@@ -131,7 +132,7 @@ def test_truth_ratio_figure_histogram_ecdf_and_ks_title(real_tofu: IngestResult)
         fraction_at_most = np.array([np.mean(values <= x) for x in curve.x])
         np.testing.assert_allclose(curve.y, fraction_at_most)
     ks = stats.ks_2samp(samples[FULL], samples[RETAIN90])
-    assert f"KS D = {ks.statistic:.3f}, p = {ks.pvalue:.3g}" in figure.layout.title.text
+    assert f"KS D = {ks.statistic:.3f}, p = {numbers.number(ks.pvalue)}" in figure.layout.title.text
     assert f"{ks.pvalue:.3g}" == f"{stored_eval(f'{FULL}/evals_forget10')['forget_quality']['agg_value']:.3g}"
 
 
