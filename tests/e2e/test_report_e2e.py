@@ -33,6 +33,7 @@ from core.analyses.probe import ProbeRequest
 from core.evaluation.ingest import ingest
 from core.models.pair import ModelPair
 from core.present.report.model import Report, build_report
+from core.present.report.pdf import print_html
 from core.present.report.render import SECTIONS
 from dashboard.state import keys
 
@@ -108,15 +109,24 @@ def test_report_renders_every_chart_offline_and_keeps_injections_as_text(
     page.screenshot(path=str(shot_dir / "report.png"), full_page=True)
 
 
+WIDTHS = "() => [...document.querySelectorAll('.table-wrap')].map(d => [d.scrollWidth, d.clientWidth])"
+
+
 def test_report_tables_fit_the_page(page: Page, report: Report, tmp_path: Path) -> None:
-    """At the browser's 1280-px width, no table is wider than the page (nothing to scroll sideways)."""
+    """At the browser's 1280-px width, and in the print version at an A4 page's text width (186 mm = 703 CSS px),
+    no table is wider than the page (nothing to scroll sideways, nothing cut off on paper)."""
     page.goto(report.write(tmp_path / "report.html").as_uri())
-    widths = page.evaluate(
-        "() => [...document.querySelectorAll('.table-wrap')].map(d => [d.scrollWidth, d.clientWidth])"
-    )
+    widths = page.evaluate(WIDTHS)
     assert widths and all(scroll <= client for scroll, client in widths), widths
     expect(page.locator("#section-pair")).to_contain_text(f"demo:target {IMAGE}")
     assert page.locator("#section-pair img").count() == 0
+    printed = tmp_path / "print.html"
+    printed.write_text(print_html(report), encoding="utf-8")
+    page.set_viewport_size({"width": 703, "height": 1000})
+    page.emulate_media(media="print")
+    page.goto(printed.as_uri())
+    widths = page.evaluate(WIDTHS)
+    assert widths and all(scroll <= client for scroll, client in widths), widths
 
 
 def test_pdf_holds_the_summary_as_text(pdf_pages: list[str], report: Report) -> None:

@@ -75,7 +75,7 @@ def relearning_figure(result: RobustnessResult) -> go.Figure:
 
 ROBUSTNESS_COLUMNS = {
     "attack": "attack",
-    "variant": "variant (the headline row of each attack)",
+    "variant": "variant",
     "n_items": "forget items",
     "recovery_pct": "recovery (%, 0 = stays forgotten, 100 = back to the base)",
     "attacked_unlearned": "forget probability, unlearned under attack",

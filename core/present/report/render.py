@@ -56,6 +56,7 @@ tr.reference td { background: var(--ref); font-style: italic; }
 .summary { background: #f5f8fc; border-left: 4px solid #1f77b4; padding: 4px 16px; }
 .summary li { margin: 4px 0; }
 table.metrics th.metric { font-weight: normal; max-width: 22em; }
+th, td { overflow-wrap: anywhere; }
 table.metrics th small, table.metrics th.run small { color: var(--muted); font-weight: normal; }
 th.reference, td.reference { background: var(--ref); font-style: italic; }
 .footnotes { color: var(--muted); font-size: 0.8em; columns: 2; }
