@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "test-output" / "e2e" / "pages"
 TARGET = ROOT / "assets" / "screenshots"
-PAGES = ("probe", "attribution", "layers", "tradeoffs", "dataset")
+PAGES = ("first-visit", "first-visit-loading", "probe", "attribution", "layers", "tradeoffs", "dataset")
 LIMIT_BYTES = 300_000
 
 

@@ -56,7 +56,8 @@ def load_pair(at: AppTest, base: Path | str, unlearned: Path | str) -> None:
 def wait_loaded(at: AppTest) -> AppTest:
     """Wait for the session's pair to finish loading in the background, then run the page again."""
     if keys.PAIR_KEY in at.session_state:
-        pair_load(*at.session_state[keys.PAIR_KEY]).wait(TIMEOUT)
+        budget = at.session_state[keys.PAIR_BUDGET] if keys.PAIR_BUDGET in at.session_state else None  # noqa: SIM401 - no .get on AppTest state
+        pair_load(*at.session_state[keys.PAIR_KEY], budget).wait(TIMEOUT)
     return at.run()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 # the sidebar and the pair
 PAIR_KEY = "pair_key"  # load_pair's arguments for the pair this session chose (loaded, or loading in the background)
+PAIR_BUDGET = "pair_budget"  # the memory budget (bytes, or None) the session's pair was chosen with
 PREVIOUS_PAIR = "previous_pair"  # the pair loaded before the one loading now: the session goes back to it on failure
 LOAD_ERROR = "load_error"  # the message of the last pair that could not be loaded (the sidebar shows it)
 LOAD_SEEN = "load_seen"  # the pair whose finished load the page was redrawn for (once, by the progress panel)

@@ -40,6 +40,7 @@ class PairLoad:
     steps while loading; `message` says what happens now."""
 
     key: tuple
+    max_memory: int | None = None  # the sidebar's memory budget in bytes (None: the whole pair, or automatic)
     state: str = "queued"
     fraction: float = 0.0
     message: str = "queued"
@@ -140,7 +141,10 @@ class PairLoad:
             def progress(message: str) -> None:
                 self._say("loading", message, next(steps) / LOAD_STEPS * 0.95)
 
-            return ModelPair.load(ModelSpec.parse(base, **options), ModelSpec.parse(unlearned, **options), progress)
+            specs = ModelSpec.parse(base, **options), ModelSpec.parse(unlearned, **options)
+            if self.max_memory is None:
+                return ModelPair.load(*specs, progress)
+            return ModelPair.load(*specs, progress, max_memory=self.max_memory)
         finally:
             _LOAD_LOCK.release()
 
@@ -163,15 +167,23 @@ getattr(threading, "_register_atexit", lambda function: None)(_finish_loads)
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def pair_load(
-    base: str, unlearned: str, dtype: str, device: str, trust_remote_code: bool, allow_unsafe_weights: bool
+    base: str,
+    unlearned: str,
+    dtype: str,
+    device: str,
+    trust_remote_code: bool,
+    allow_unsafe_weights: bool,
+    max_memory: int | None,
 ) -> PairLoad:
-    """The load of one pair, started by the first session that asks and shared by every other one (the cache's own
-    lock makes sessions asking at once get this one object). The two opt-ins are the operator's
-    (`operator_opt_ins()`, from the environment); the sidebar never takes them from the browser."""
-    return PairLoad((base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights)).start()
+    """The load of one pair (and memory budget), started by the first session that asks and shared by every other
+    one (the cache's own lock makes sessions asking at once get this one object). The two opt-ins are the
+    operator's (`operator_opt_ins()`, from the environment); the sidebar never takes them from the browser.
+    Every argument is passed on every call, `max_memory` too: st.cache_resource keys on the arguments as given."""
+    key = (base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights)
+    return PairLoad(key, max_memory).start()
 
 
 def forget_failed(load: PairLoad) -> None:
     """Drop a failed load from the cache, so choosing the pair again tries again (a fixed folder, freed memory)."""
     if load.failed:
-        pair_load.clear(*load.key)
+        pair_load.clear(*load.key, load.max_memory)

@@ -36,7 +36,7 @@ def load_pair(
 ) -> ModelPair:
     """The pair for these load_pair arguments, waiting for its (shared, background) load; a failure is a UserError.
     For callers that have nothing to do without it (the tests, core calls on the session's pair)."""
-    return loader.pair_load(base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights).result()
+    return loader.pair_load(base, unlearned, dtype, device, trust_remote_code, allow_unsafe_weights, None).result()
 
 
 @contextlib.contextmanager
@@ -83,7 +83,7 @@ def pair_key() -> tuple | None:
 def session_load() -> PairLoad | None:
     """The background load of this session's pair (shared with every session that chose the same pair)."""
     key = pair_key()
-    return None if key is None else loader.pair_load(*key)
+    return None if key is None else loader.pair_load(*key, st.session_state.get(keys.PAIR_BUDGET))
 
 
 def current_pair() -> ModelPair | None:
@@ -95,12 +95,12 @@ def current_pair() -> ModelPair | None:
     if load.failed:
         st.session_state[keys.LOAD_ERROR] = load.error
         previous = st.session_state.pop(keys.PREVIOUS_PAIR, None)
-        if previous is not None and previous != load.key:
-            st.session_state[keys.PAIR_KEY] = previous
-        else:
-            st.session_state.pop(keys.PAIR_KEY, None)
         loader.forget_failed(load)
-        return current_pair() if previous is not None and previous != load.key else None
+        if previous is None or previous == (load.key, load.max_memory):
+            st.session_state.pop(keys.PAIR_KEY, None)
+            return None
+        st.session_state[keys.PAIR_KEY], st.session_state[keys.PAIR_BUDGET] = previous
+        return current_pair()
     return load.pair
 
 
@@ -126,22 +126,23 @@ def require_pair() -> ModelPair:
     raise AssertionError("st.stop() returned")  # pragma: no cover - st.stop raises
 
 
-def choose_pair(key: tuple) -> bool:
-    """Make `key` this session's pair and start its background load (or join the one under way). Local model
-    folders are checked here first, so a missing path or refused weights show at once; the rest (building demo
-    models, loading weights) runs in the background. Returns whether the pair was taken."""
+def choose_pair(key: tuple, max_memory: int | None = None) -> bool:
+    """Make `key` this session's pair (with the memory budget `max_memory`, bytes or None) and start its background
+    load (or join the one under way). Local model folders are checked here first, so a missing path or refused
+    weights show at once; the rest (building demo models, loading weights) runs in the background. Returns whether
+    the pair was taken."""
     try:
         check_local_specs(key)
     except UserError as exc:
         st.session_state[keys.LOAD_ERROR] = str(exc)
         return False
     previous = session_load()
-    if previous is not None and previous.ready and previous.key != key:
-        st.session_state[keys.PREVIOUS_PAIR] = previous.key
-    st.session_state[keys.PAIR_KEY] = key
+    if previous is not None and previous.ready and (previous.key, previous.max_memory) != (key, max_memory):
+        st.session_state[keys.PREVIOUS_PAIR] = (previous.key, previous.max_memory)
+    st.session_state[keys.PAIR_KEY], st.session_state[keys.PAIR_BUDGET] = key, max_memory
     for stale in (keys.LOAD_ERROR, keys.LOAD_SEEN):
         st.session_state.pop(stale, None)
-    loader.pair_load(*key)
+    loader.pair_load(*key, max_memory)
     return True
 
 

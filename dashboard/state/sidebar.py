@@ -15,6 +15,7 @@ from dashboard.boundary import fragment
 from dashboard.plain import plain
 from dashboard.state import demo, keys
 from dashboard.state.inputs import keep_inputs
+from dashboard.state.memory import max_memory_field, memory_lines
 from dashboard.state.pair import (
     PAIR_REFRESH_S,
     choose_pair,
@@ -49,7 +50,7 @@ def interim_pair_notice() -> None:
         )
     elif st.button(f"Open {DEFAULT_BASE} vs {DEFAULT_UNLEARNED}", type="primary", key="open_default_pair"):
         st.session_state.pop(keys.INTERIM_OPENED, None)
-        choose_pair((DEFAULT_BASE, DEFAULT_UNLEARNED, *key[2:]))
+        choose_pair((DEFAULT_BASE, DEFAULT_UNLEARNED, *key[2:]), st.session_state.get(keys.PAIR_BUDGET))
         st.rerun()
 
 
@@ -64,8 +65,9 @@ def opt_ins_text(opt_ins: dict[str, bool]) -> str:
     )
 
 
-def pair_form() -> tuple[tuple, bool]:
-    """The pair form: the chosen load_pair arguments (the opt-ins from the environment) and whether it was sent."""
+def pair_form() -> tuple[tuple, int | None, bool]:
+    """The pair form: the chosen load_pair arguments (the opt-ins from the environment), the memory budget (bytes
+    or None) and whether it was sent."""
     with st.form("pair"):
         base = st.text_input(
             "Base model",
@@ -80,6 +82,7 @@ def pair_form() -> tuple[tuple, bool]:
         left, right = st.columns(2)
         dtype = left.selectbox("dtype", DTYPES, index=DTYPES.index(_chosen(2, "auto")))
         device = right.selectbox("device", DEVICES, index=DEVICES.index(_chosen(3, "auto")))
+        budget = max_memory_field()
         opt_ins = operator_opt_ins()
         st.caption(opt_ins_text(opt_ins))
         submitted = st.form_submit_button("Load pair", type="primary")
@@ -91,7 +94,7 @@ def pair_form() -> tuple[tuple, bool]:
         opt_ins["trust_remote_code"],
         opt_ins["allow_unsafe_weights"],
     )
-    return chosen, submitted
+    return chosen, budget, submitted
 
 
 def pair_summary(info: dict) -> str:
@@ -119,6 +122,8 @@ def loaded_panel(pair: ModelPair) -> None:
         st.caption(f"**{side}** {plain(typed)}", help=plain(info[side]))
     st.caption(pair_summary(info))
     st.caption(f"Memory: {memory_text(memory_usage(pair))}")
+    for line in memory_lines(info):  # tensors shared, the budget, offloaded layers (dashboard/state/memory.py)
+        st.caption(line)
 
 
 @fragment(run_every=PAIR_REFRESH_S)
@@ -140,12 +145,12 @@ def sidebar() -> None:
     keep_inputs()
     with st.sidebar:
         st.header("Model pair")
-        chosen, submitted = pair_form()
+        chosen, budget, submitted = pair_form()
         autoload = st.session_state.get(keys.AUTOLOAD, os.environ.get(AUTOLOAD_ENV, "1") != "0")
         if submitted:
             st.session_state[keys.AUTOLOAD] = False
             st.session_state.pop(keys.INTERIM_OPENED, None)
-            choose_pair(chosen)
+            choose_pair(chosen, budget)
         elif pair_key() is None and autoload:
             st.session_state[keys.AUTOLOAD] = False
             choose_pair(demo.first_start_key(chosen))

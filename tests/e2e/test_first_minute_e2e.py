@@ -19,11 +19,23 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
-from streamlit_ui import EMOJI_ONLY, MAIN, OWN_CONTENT, PLOT, SCORED, sidebar, wait_while_progressing
+from streamlit_ui import (
+    EMOJI_ONLY,
+    MAIN,
+    OWN_CONTENT,
+    PLOT,
+    PROGRESS,
+    SCORED,
+    sidebar,
+    wait_idle,
+    wait_while_progressing,
+)
 
+VIEWPORT = {"width": 1400, "height": 900}
 STALL_S = 600.0  # the build's progress bars not moving for this long means it stopped (a stage's step takes seconds)
 OWN_ELEMENTS = 3  # the app's question line and the page title, then at least one element of the page's own
 PAGES = ("probe", "attribution", "layers", "dataset", "tradeoffs", "robustness", "report")
@@ -61,17 +73,20 @@ def test_tradeoffs_draws_a_chart_without_any_model(page: Page, first_start_url: 
     page.goto(f"{first_start_url}/tradeoffs")
     expect(page.locator(PLOT).first).to_be_visible()
     expect(
-        page.get_by_text(re.compile(r"^Showing the (bundled example|demo experiment's own evaluation)"))
+        page.get_by_text(re.compile(r"Showing the (bundled example|demo experiment's own evaluation)"))
     ).to_be_visible()
 
 
 def test_probe_shows_its_prescored_example_once_the_pair_is_ready_without_a_reload(
-    page: Page, first_start_url: str
+    page: Page, first_start_url: str, shot_dir: Path
 ) -> None:
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
+    page.set_viewport_size(VIEWPORT)
     page.goto(first_start_url)
     expect(page.get_by_role("textbox", name="Prompt")).not_to_be_empty()  # the first forget question, filled in
+    if page.locator(MAIN).locator(PROGRESS).count():
+        page.screenshot(path=str(shot_dir / "pages" / "first-visit-loading.png"))
     waited = wait_while_progressing(page, page.locator(SCORED), STALL_S)
     print(f"Probe showed its scored example after {waited:.0f} s")
     expect(page.locator(".ulens-tokens")).to_have_count(2)  # the forget example and the retain example beside it
@@ -86,6 +101,10 @@ def test_probe_shows_its_prescored_example_once_the_pair_is_ready_without_a_relo
     assert amount == pytest.approx(abs(deltas[0]), abs=0.05 + 1e-9)  # the reading rounds to 0.1 nat
     assert re.search(r"retain example next to it (is almost untouched|moved too) \(([+-]?[\d.]+)", reading)
     assert len(navigations) == 1, navigations  # filled in where it stood: no reload, no second navigation
+    wait_idle(page)
+    box = page.locator(SCORED).first.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= VIEWPORT["height"]  # the result in view, no scrolling
+    page.screenshot(path=str(shot_dir / "pages" / "first-visit.png"))  # the viewport: what a first visitor sees
 
 
 def test_no_icon_is_an_emoji(page: Page, first_start_url: str) -> None:

@@ -95,7 +95,7 @@ def test_probe_first_visit_scores_a_forget_and_a_retain_example_with_their_readi
     held_loads.set()
     wait_loaded(at)
     assert not at.exception and not errors(at)
-    pair = pair_load(*at.session_state[keys.PAIR_KEY]).result()
+    pair = pair_load(*at.session_state[keys.PAIR_KEY], None).result()
     chat = at.toggle(key=keys.PROBE_CHAT).value
     expected = score(pair, [ProbeRequest(forget.question, forget.answer), ProbeRequest(retain.question, retain.answer)],
                      chat=chat, top_k=5)  # fmt: skip
@@ -113,14 +113,14 @@ def test_sessions_share_one_load_and_loads_run_one_at_a_time(tiny_pair_dirs, hel
     choose(first, *tiny_pair_dirs)
     choose(second, *tiny_pair_dirs)
     key = first.session_state[keys.PAIR_KEY]
-    assert second.session_state[keys.PAIR_KEY] == key and pair_load(*key) is pair_load(*key)
+    assert second.session_state[keys.PAIR_KEY] == key and pair_load(*key, None) is pair_load(*key, None)
     other = open_page("dataset")
     choose(other, tiny_pair_dirs[1], tiny_pair_dirs[0])  # another pair, asked for while the first loads
     held_loads.set()
     for at in (first, second, other):
         wait_loaded(at)
     assert len(held_loads.spans) == 2  # one load per pair, not one per session
-    loads = [pair_load(*at.session_state[keys.PAIR_KEY]) for at in (first, other)]
+    loads = [pair_load(*at.session_state[keys.PAIR_KEY], None) for at in (first, other)]
     assert all(load.ready for load in loads) and loads[0].pair is not loads[1].pair
 
 

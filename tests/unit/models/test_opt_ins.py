@@ -260,7 +260,8 @@ def test_the_dashboard_says_what_it_waits_for(tiny_llama, tiny_tokenizer, monkey
     thread = threading.Thread(target=page)
     thread.start()
     wait_for(lambda: bool(slot.shown))
-    assert slot.shown[0] == "⏳ waiting for another session's attribution…" and not finished.is_set()
+    assert slot.shown[0] == ":material/hourglass_top: waiting for another session's attribution…"
+    assert not finished.is_set()
     release.set()
     holder.join(10)
     thread.join(10)
