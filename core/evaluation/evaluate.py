@@ -106,7 +106,8 @@ def evaluate_model(
             s.answer.text = tokenizer.decode(s.answer.labels.tolist(), skip_special_tokens=True)
     logs = teacher_forced_logs(sorted(scores, key=lambda s: (SPLIT_NAMES.index(s.split), s.item.index)))
     if settings.rouge:
-        logs |= rouge_logs(model, tokenizer, units, settings, tick, template)
+        chosen = [unit for unit in units if settings.rouge_splits is None or unit.split in settings.rouge_splits]
+        logs |= rouge_logs(model, tokenizer, chosen, settings, tick, template)
     if settings.gradnorm:
         logs |= gradnorm_logs(model, tokenizer, dataset, template, settings, limit)
     return dict(sorted(logs.items()))
@@ -127,8 +128,10 @@ def _ensure_batch_fits(model: torch.nn.Module, batch: list[Unit], device: torch.
 
 def _batch_count(dataset: SplitData, settings: EvalSettings) -> int:
     items = sum(len(split) for split in dataset.splits().values())
+    wanted = settings.rouge_splits
+    generated = sum(len(qa) for name, qa in dataset.splits().items() if wanted is None or name in wanted)
     count = math.ceil(items / settings.batch_size)
-    return count + (math.ceil(items / settings.generation_batch_size) if settings.rouge else 0)
+    return count + (math.ceil(generated / settings.generation_batch_size) if settings.rouge else 0)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -311,11 +314,15 @@ _EVALUATE_OPTIONS = ("oracle", "settings", "progress", "cache")
 
 # TOFU too evaluates on subsets (retain: 400 of 3,600; holdout as large as forget). The demo evaluates 21 models
 # (base, target, oracle, 3 runs × 6 checkpoints) inside its 10-minute budget on a 2-core CPU, so it keeps what the
-# tradeoff needs: every forget row (probability, truth ratio → forget quality, MIA), two retain people (12 items:
-# model utility), the holdout's answers only (the MIA non-members: no paraphrase or perturbed rows to pay for), and
-# a third of the world facts.
+# tradeoff needs: every forget row (probability, truth ratio → forget quality, MIA), two retain people (12 items),
+# the holdout's answers only (the MIA non-members: no paraphrase or perturbed rows to pay for), and 12 real-authors
+# and 12 world-facts items; ROUGE generates (DEMO_ROUGE_TOKENS greedy tokens) on the utility splits only, so all
+# nine model-utility components are there and `model_utility` is open-unlearning's number.
 DEMO_RETAIN_ITEMS = 12
 DEMO_WORLD_FACTS = 12
+DEMO_REAL_AUTHORS = 12
+DEMO_ROUGE_TOKENS = 24  # the demo's answers are at most 26 tokens; ROUGE recall reads what the reference shares
+DEMO_ROUGE_SPLITS = ("retain", "real_authors", "world_facts")
 
 
 def demo_models(experiment: DemoExperiment) -> list[EvalModel]:
@@ -343,6 +350,9 @@ def demo_eval_data(experiment: DemoExperiment) -> SplitData:
     ]
     holdout = dataclasses.replace(data.holdout, items=answers_only)
     split = {"retain": retain, "holdout": holdout}
+    if data.real_authors is not None:
+        authors = data.real_authors.items[:DEMO_REAL_AUTHORS]
+        split["real_authors"] = dataclasses.replace(data.real_authors, items=authors)
     if data.world_facts is not None:
         split["world_facts"] = dataclasses.replace(data.world_facts, items=data.world_facts.items[:DEMO_WORLD_FACTS])
     return dataclasses.replace(data, **split)
@@ -350,12 +360,19 @@ def demo_eval_data(experiment: DemoExperiment) -> SplitData:
 
 @register_evaluation
 def tofu(experiment: DemoExperiment, out_dir: Path, progress: Callable[[float, str], None]) -> None:
-    """The demo pipeline's evaluation: every demo model against the oracle, written under `out_dir` (no ROUGE)."""
+    """The demo pipeline's evaluation: every demo model against the oracle, written under `out_dir` (ROUGE on the
+    utility splits)."""
 
     def report(done: int, total: int, label: str) -> None:
         progress(done / total, f"evaluating {label} ({done}/{total} batches)")
 
-    settings = EvalSettings(template="chat" if experiment.recipe.chat else "plain")
+    settings = EvalSettings(
+        template="chat" if experiment.recipe.chat else "plain",
+        rouge=True,
+        rouge_splits=DEMO_ROUGE_SPLITS,
+        max_new_tokens=DEMO_ROUGE_TOKENS,
+        generation_batch_size=DEMO_RETAIN_ITEMS,
+    )
     evaluate(demo_models(experiment), demo_eval_data(experiment), oracle=ORACLE, settings=settings,
              out_dir=out_dir, progress=report)  # fmt: skip
 

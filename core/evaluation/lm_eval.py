@@ -83,15 +83,21 @@ def run_lm_eval(
         from lm_eval.models.huggingface import HFLM
     except ImportError as error:
         raise UserError(f"--lm-eval needs lm-evaluation-harness: pip install lm-eval==0.4.13 ({error})") from None
+    from lm_eval.tasks import TaskManager
+
     model.eval()
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     logs: dict[str, Any] = {}
     summary: dict[str, Any] = {}
-    for task in tasks:
-        config = task_config(task)
+    configs = [task_config(task) for task in tasks]
+    # indexing the harness's thousands of built-in task files takes minutes on a small CPU: only when one is named
+    manager = TaskManager(include_defaults=not all(isinstance(config, dict) for config in configs))
+    for config in configs:
         name = config["task"] if isinstance(config, dict) else config
         try:
-            results = simple_evaluate(model=wrapped, tasks=[config], limit=limit, log_samples=True)
+            results = simple_evaluate(
+                model=wrapped, tasks=[config], limit=limit, log_samples=True, task_manager=manager
+            )
         except (OSError, ValueError, KeyError, ConnectionError) as error:
             raise UserError(f"lm-eval task {name}: {str(error).splitlines()[0] if str(error) else error!r}") from None
         if results is None:

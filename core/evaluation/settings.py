@@ -43,6 +43,7 @@ class EvalSettings:
     pad_mask: bool = False
     model_dtype_logp: bool = False
     reference: str | None = None  # a model spec for mia_reference (its losses are subtracted)
+    rouge_splits: tuple[str, ...] | None = None  # the splits ROUGE generates on (None: every split)
     gradnorm: bool = False  # mia_gradnorm: one backward pass per forget/holdout item
 
     def __post_init__(self) -> None:
@@ -57,6 +58,7 @@ class EvalSettings:
         fields = {"chat": self.chat, "max_length": self.max_length, "rouge": self.rouge, "template": self.template}
         fields |= {"score_end": self.score_end, "pad_mask": self.pad_mask, "model_dtype_logp": self.model_dtype_logp}
         fields |= {"reference": self.reference, "gradnorm": self.gradnorm, "scoring": SCORING_VERSION}
+        fields |= {"rouge_splits": list(self.rouge_splits)} if self.rouge_splits is not None else {}
         return fields | ({"max_new_tokens": self.max_new_tokens} if self.rouge else {})
 
     def template_for(self, tokenizer: Any, spec_text: str | None = None) -> Template:
