@@ -16,6 +16,7 @@ from dashboard.boundary import fragment, report_errors
 from dashboard.exports import csv_download
 from dashboard.sources import typed_path
 from dashboard.state import keys
+from dashboard.state.focus import request_scroll, results_header
 from dashboard.state.pair import chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
 
@@ -23,6 +24,7 @@ SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
 UPLOAD_KEY = "dataset_upload_parsed"  # session key: (upload id, name, size) and its QADataset or UserError
 MAX_FILTER_CHARS = 1_000  # the table filter box
+RESULTS_ANCHOR = "dataset-results"
 NUMBER = st.column_config.NumberColumn(format=numbers.TABLE_NUMBER)
 PROBABILITY = st.column_config.NumberColumn(format=numbers.TABLE_PROBABILITY)
 COLUMN_CONFIG = {
@@ -112,11 +114,13 @@ def score_panel(dataset: QADataset) -> None:
             return
         st.session_state["dataset_scores"] = (key, frame)
         status.update(label=f"Scored {len(frame)} items", state="complete", expanded=False)
+        request_scroll(RESULTS_ANCHOR)
 
 
 @fragment
 def results_panel(frame: pd.DataFrame) -> None:
     """Summary numbers, a filterable table (click a header to sort), and the selected item handed to Probe."""
+    results_header("Per-item metrics", RESULTS_ANCHOR)
     cols = st.columns(3)
     cols[0].metric("Items scored", len(frame))
     base, unlearned = frame["prob_base"].mean(), frame["prob_unlearned"].mean()

@@ -16,11 +16,13 @@ from dashboard.exports import chart
 from dashboard.options import option_input
 from dashboard.plain import plain
 from dashboard.sources import typed_path
+from dashboard.state.focus import request_scroll, results_header
 from dashboard.state.pair import pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
+RESULTS_ANCHOR = "robustness-results"
 MAX_STEPS_CHARS = 200  # the relearning steps box; core.attacks.base refuses steps beyond core.common.limits' bounds
 EXPANDERS = {"relearn": "Relearning attack"}
 MEANWHILE = "Meanwhile: choose the attacks and their settings above; they run once the models are ready."
@@ -121,6 +123,7 @@ def run_panel(source: str, data: SplitData, attacks: list[str], settings: Robust
             return
         st.session_state["robustness_result"] = ((pair_key(), source), result)
         status.update(label=f"Ran {len(attacks)} attack(s)", state="complete", expanded=False)
+        request_scroll(RESULTS_ANCHOR)
 
 
 def table_columns(frame) -> dict:
@@ -136,6 +139,7 @@ def table_columns(frame) -> dict:
 
 
 def results_panel(result: RobustnessResult) -> None:
+    results_header("Recovery", RESULTS_ANCHOR)
     cols = st.columns(3)
     cols[0].metric("Forget items", result.n_items)
     cols[1].metric("Forget probability, base", numbers.probability(result.base))

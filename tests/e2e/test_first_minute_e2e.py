@@ -12,7 +12,7 @@ new session meanwhile (the `first_start_url` fixture).
 - Probe shows its pre-scored forget example, with the retain example beside it and the reading of the two, once
   the pair is ready, without a reload. The wait follows the build's progress bars (it fails when they stop moving
   for STALL_S), not a fixed time: the build takes a minute on an idle machine and much longer on a busy one.
-- No icon in the DOM is an emoji (they draw as empty boxes without an emoji font).
+- No icon in the DOM is an emoji (they draw as empty boxes without an emoji font), and there is no Deploy button.
 """
 
 from __future__ import annotations
@@ -114,3 +114,4 @@ def test_no_icon_is_an_emoji(page: Page, first_start_url: str) -> None:
         assert page.evaluate(EMOJI_ONLY) == [], name
     icons = sidebar(page).get_by_test_id("stSidebarNavLink").get_by_test_id("stIconMaterial")
     expect(icons).to_have_count(len(PAGES))  # every page's icon is a Material Symbol
+    assert page.get_by_role("button", name="Deploy").count() == 0  # client.toolbarMode = "minimal"

@@ -214,3 +214,15 @@ def test_question_line_is_drawn_above_every_page() -> None:
         if page != "probe":
             at.switch_page(f"views/{page}.py").run()
         assert at.main.caption[0].value.startswith(f":material/help: {question}")
+
+
+def test_dataset_results_are_scrolled_into_view_once_after_compute(tiny_pair_dirs) -> None:
+    at = open_page("dataset", tiny_pair_dirs)
+    at.number_input(key="dataset_limit").set_value(2)
+    button(at, "Compute per-item metrics").click().run()
+    assert not at.exception and not errors(at)
+    assert "dataset-results" in [header.proto.anchor for header in at.subheader]
+    scrolls = [element for element in at.get("iframe") if "dataset-results" in element.proto.srcdoc]
+    assert len(scrolls) == 1  # right after the click
+    at.run()
+    assert not [element for element in at.get("iframe") if "dataset-results" in element.proto.srcdoc]  # only once
