@@ -11,7 +11,15 @@ the largest absolute difference between the matrices.
   the answer's earlier tokens, so it is compared with our `include_answer_prefix=True`, baseline `unk` (its default).
   inseq runs in its own virtual environment (`--inseq-python`), since it is not a project dependency.
 
+AttnLRP (`attn_lrp`: one forward and one batched backward per side, no steps) is timed on the same per-token matrix
+and its speed printed against ours and captum's at --n-steps.
+
+`--faithfulness` instead runs every method on the demo pair's first forget example (word granularity, whole answer)
+with each baseline and prints the deletion and insertion areas and the area between them per method and side
+(core.analyses.attribution.faithfulness): the figures behind the Attribution page's default method and baseline.
+
 Usage: python bench/attribution.py [--n-steps 32] [--threads N] [--inseq-python /tmp/inseq-venv/bin/python]
+       python bench/attribution.py --faithfulness [--baselines pad eos zero]
 """
 
 from __future__ import annotations
@@ -137,8 +145,61 @@ def inseq_worker(request: dict) -> None:
     print(json.dumps({"version": version("inseq"), "seconds": seconds, "matrix": matrix.tolist(), "ids": ids}))
 
 
+def run_lrp(pair, ours_s: float, captum_s: float | None) -> None:
+    """AttnLRP's per-token matrix on both sides, timed; its speed against IG (ours, captum's) at the same steps."""
+    from core.analyses.attribution import AttributionSettings, attribute
+
+    settings = AttributionSettings(per_token=True)
+    result, seconds = timed(lambda: attribute(pair, PROMPT, ANSWER, "attn_lrp", settings=settings))
+    share = max(
+        abs(d) / max(abs(e), 1e-12)
+        for side in ("base", "unlearned")
+        for d, e in zip(result.convergence_delta[side], result.explained[side], strict=True)
+    )
+    print(f"  AttnLRP: {seconds:.1f} s, largest |Σ relevance − logit| / |logit| over rows {share:.1%}")
+    print(f"AttnLRP vs our IG: {ours_s / seconds:.1f}× faster")
+    if captum_s is not None:
+        print(f"AttnLRP vs captum LLMGradientAttribution: {captum_s / seconds:.1f}× faster")
+
+
+def faithfulness_table(baselines: list[str]) -> None:
+    """Every method on the demo's first forget example, per baseline: deletion / insertion areas per side."""
+    from core.analyses.attribution import AttributionSettings
+    from core.analyses.attribution.faithfulness import compare_methods
+    from core.cli.common import build_demo_first
+    from core.data.examples import demo_examples
+    from core.models.pair import ModelPair
+    from core.models.spec import ModelSpec
+
+    specs = [ModelSpec.parse("demo:target"), ModelSpec.parse("demo:unlearned")]
+    build_demo_first(specs)
+    pair = ModelPair.load(*specs)
+    example = next(e for e in demo_examples() if e.split == "forget")
+    print(f"demo:target vs demo:unlearned, first forget example: {example.question!r} → {example.answer!r}")
+    print(f"{'baseline':8s} {'method':22s} {'side':9s} {'deletion':>9s} {'insertion':>9s} {'between':>8s}")
+    for baseline in baselines:
+        settings = AttributionSettings(granularity="word", baseline=baseline)
+        (results, report), seconds = timed(
+            lambda: compare_methods(pair, example.question, example.answer, False, settings)  # noqa: B023
+        )
+        for side in ("base", "unlearned"):
+            for method, curve in [*report.curves[side].items(), ("(random order)", report.random[side])]:
+                print(
+                    f"{baseline:8s} {method:22s} {side:9s} {curve.deletion_area:9.3f} {curve.insertion_area:9.3f} "
+                    f"{curve.between:8.3f}"
+                )
+        for result in results:
+            if result.convergence_delta:
+                for side in ("base", "unlearned"):
+                    error, change = sum(result.convergence_delta[side]), sum(result.explained_change(side))
+                    print(f"  {result.method} {side}: convergence delta {error:+.3g} against {change:+.3g}")
+        print(f"  ({seconds:.0f} s CPU for every method and the curves)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faithfulness", action="store_true", help="the demo's faithfulness table instead")
+    parser.add_argument("--baselines", nargs="+", default=["pad", "eos", "zero"])
     parser.add_argument("--n-steps", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inseq-python", default="/tmp/inseq-venv/bin/python")
@@ -152,13 +213,17 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.faithfulness:
+        faithfulness_table(args.baselines)
+        return
+
     from core.models.embedded import ensure_embedded_model
     from core.models.pair import ModelPair
     from core.models.spec import ModelSpec
     from core.scoring.encoding import encode
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model_dir = ensure_embedded_model()
     spec = ModelSpec(str(model_dir), dtype="float32", device="cpu")
     pair = ModelPair.load(spec, spec)
@@ -170,6 +235,7 @@ def main() -> None:
     )
 
     ours_b, ours_u, ours_s = run_ours(pair, args, include_prefix=False, baseline="pad")
+    cap_s = None
     if not args.skip_captum:
         cap_b, cap_u, cap_s = run_captum(pair, ids, p, args)
         diff = max((ours_b - cap_b).abs().max().item(), (ours_u - cap_u).abs().max().item())
@@ -177,6 +243,7 @@ def main() -> None:
             f"vs captum:  {cap_s / ours_s:.2f}× faster; max |Δ matrix| {diff:.2e} (max |attribution| "
             f"{cap_b.abs().max().item():.2f})"
         )
+    run_lrp(pair, ours_s, cap_s)
 
     payload, why = run_inseq(model_dir, args)
     if payload is None:

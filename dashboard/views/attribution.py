@@ -1,20 +1,37 @@
-"""Attribution: which prompt tokens drive the answer under each model, and how unlearning moved them (Δ)."""
+"""Attribution: which prompt tokens drive the answer under each model, and how unlearning moved them (Δ); whether
+a map adds up to what it explains (never a silent junk map), and which method's map to believe on this prompt
+(deletion / insertion curves of every method)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
 from core.analyses.attribution import (
     ATTRIBUTION_METHODS,
     GRANULARITIES,
+    SETTINGS_OPTIONS,
     AttributionResult,
     AttributionSettings,
     attribute,
 )
-from core.present.figures.attribution import MATRIX_SIDES, attribution_heatmap, attribution_matrix_figure
+from core.analyses.attribution.faithfulness import Faithfulness, compare_methods
+from core.present import numbers
+from core.present.figures.attribution import (
+    MATRIX_SIDES,
+    attribution_heatmap,
+    attribution_matrix_figure,
+    completeness,
+    completeness_warning,
+    faithfulness_figure,
+    faithfulness_frame,
+    faithfulness_reading,
+)
 from dashboard.boundary import report_errors
 from dashboard.exports import chart, table_download
 from dashboard.options import option_inputs
+from dashboard.plain import plain
 from dashboard.question import question_inputs
 from dashboard.state import keys
 from dashboard.state.pair import pair_key, require_pair, shared_model_job
@@ -23,6 +40,10 @@ from dashboard.state.sidebar import sidebar
 # Widget keys other than attribution_<option>: n_steps's from before the options were declared (links and tests
 # use it); the IG rule's "method" would clash with the method picker's key.
 OPTION_KEYS = {"n_steps": "attribution_steps", "method": "attribution_ig_rule"}
+# The defaults that are faithful on the demo pair's first forget example by the deletion / insertion curves and add
+# up (docs/PERFORMANCE-attribution.md: bench/attribution.py --faithfulness).
+DEFAULT_METHOD, DEFAULT_BASELINE = "attn_lrp", "eos"
+FAITHFULNESS_RESULT = "attribution_faithfulness"
 
 sidebar()
 st.title("Attribution")
@@ -30,9 +51,11 @@ pair = require_pair()
 
 prompt, answer, chat = question_inputs("attribution")
 cols = st.columns(3)
+names = ATTRIBUTION_METHODS.names()
 method = cols[0].selectbox(
     "Method",
-    ATTRIBUTION_METHODS.names(),
+    names,
+    index=names.index(DEFAULT_METHOD),
     format_func=lambda name: name.replace("_", " "),
     key="attribution_method",
     help="  \n".join(f"**{name.replace('_', ' ')}**: {m.description}" for name, m in ATTRIBUTION_METHODS.items()),
@@ -44,7 +67,12 @@ per_token = cols[2].checkbox(
     "Per-token matrix", key="attribution_per_token", help="One row per answer token or word (slower)."
 )
 # The chosen method's own settings, one control per option it declares (the others keep their defaults).
-chosen = option_inputs(ATTRIBUTION_METHODS.options(method), "attribution", OPTION_KEYS)
+# The baseline is always drawn: the faithfulness curves below replace features by it, whatever the method.
+specs = ATTRIBUTION_METHODS.options(method)
+if "baseline" not in {spec.name for spec in specs}:
+    specs = (SETTINGS_OPTIONS["baseline"], *specs)
+specs = tuple(replace(spec, default=DEFAULT_BASELINE) if spec.name == "baseline" else spec for spec in specs)
+chosen = option_inputs(specs, "attribution", OPTION_KEYS)
 
 if st.button("Compute", type="primary", key="attribution_compute"):
     st.session_state.pop(keys.ATTRIBUTION_RESULT, None)
@@ -56,17 +84,15 @@ if st.button("Compute", type="primary", key="attribution_compute"):
 
 
 def draw_convergence(result: AttributionResult) -> None:
-    """Σ attributions − (F(x) − F(baseline)) per model: how far the integral is from complete."""
+    """Σ attributions − what they should sum to, per model: how far the map is from complete."""
     columns = st.columns(2)
-    for column, side in zip(columns, ("base", "unlearned"), strict=True):
-        error = sum(result.convergence_delta[side])
-        change = sum(result.logprob[side]) - sum(result.baseline_logprob[side])
-        share = f", {abs(error) / abs(change):.1%} of the change" if change else ""
+    for column, check in zip(columns, completeness(result), strict=True):
+        share = f", {numbers.percent(check.share, 1)} of it" if check.share is not None else ""
         column.metric(
-            f"Convergence delta, {side}",
-            f"{error:+.3g}",
-            help=f"Σ attributions − (log p(answer) − log p(answer | baseline)) = {error:+.4g}, against a change "
-            f"of {change:+.4g}{share}. Raise the steps when it is large.",
+            f"Convergence delta, {check.side}",
+            numbers.number(check.error, sign=True),
+            help=f"Σ attributions − what the map explains ({numbers.number(check.explained, sign=True)}"
+            f"{share}); beyond a few % the map does not add up.",
         )
 
 
@@ -77,6 +103,9 @@ def draw(result: AttributionResult) -> None:
         "Blue: the token raises the answer's log-prob; red: lowers it. Δ = unlearned − base"
         + (", attributed exactly." if result.contrast_exact else ", the difference of the two maps.")
     )
+    warning = completeness_warning(result)
+    if warning:
+        st.warning(plain(warning))
     heatmap = attribution_heatmap(result)
     chart(heatmap, "attribution heatmap", key="attribution_heatmap")
     if result.convergence_delta:
@@ -99,3 +128,39 @@ def draw(result: AttributionResult) -> None:
 stored = st.session_state.get(keys.ATTRIBUTION_RESULT)
 if stored and stored[0] == pair_key():
     draw(AttributionResult.from_dict(stored[1]))
+
+
+def compare(settings: AttributionSettings) -> dict:
+    """Every method's map of the whole answer and its faithfulness curves, with a progress bar."""
+    bar = st.progress(0.0, text="Attributing with every method…")
+    _, report = compare_methods(
+        pair, prompt, answer, chat, settings, progress=lambda fraction, text: bar.progress(fraction, text=text)
+    )
+    bar.empty()
+    return report.to_dict()
+
+
+st.header("Which map to believe")
+st.caption(
+    "Every method's map of the whole answer, then its deletion curve (prompt features replaced by the baseline, "
+    "most relevant first: a faithful map makes the answer's log-prob fall fast) and insertion curve (restored in "
+    "that order: it should rise fast). The larger the area between the two, the better the map tracks the model."
+)
+if st.button("Compare every method", key="attribution_faithfulness_compute"):
+    st.session_state.pop(FAITHFULNESS_RESULT, None)
+    settings = AttributionSettings(granularity=granularity, **chosen)
+    with report_errors(), shared_model_job("attribution"):
+        st.session_state[FAITHFULNESS_RESULT] = (pair_key(), compare(settings))
+faithful = st.session_state.get(FAITHFULNESS_RESULT)
+if faithful and faithful[0] == pair_key():
+    report = Faithfulness.from_dict(faithful[1])
+    st.info(plain(faithfulness_reading(report)))
+    side = st.segmented_control(
+        "Curves of", ["unlearned", "base"], default="unlearned", key="attribution_faithfulness_side"
+    )
+    chart(faithfulness_figure(report, side or "unlearned"), "faithfulness curves", key="attribution_faithfulness")
+    frame = faithfulness_frame(report)
+    st.dataframe(frame, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format=numbers.TABLE_NUMBER) for c in ("deletion_area", "insertion_area",
+                                                                                 "between")})  # fmt: skip
+    table_download(frame, "faithfulness", key="attribution_faithfulness_table")

@@ -62,3 +62,40 @@ def test_smollm2_cli_json(embedded_model_dir, capsys):
     payload = json.loads(out)
     assert status == 0 and payload["prompt_tokens"] == ["The", " capital", " of", " France", " is"]
     assert payload["convergence_delta"] is None and payload["delta"] == [[0.0] * 5]
+
+
+def test_smollm2_lrp_explains_the_answer_logits(smollm_pair):
+    """AttnLRP on the real model: `explained` is the answer's logits as a plain forward gives them; CP-LRP's relevance
+    sums to them within the float32 bound (SmolLM2 has no biases); AttnLRP's own sum is reported as its delta."""
+    import logging
+
+    prompt, answer = "The capital of France is", " Paris."
+    cp = attribute(smollm_pair, prompt, answer, "attn_lrp", settings=AttributionSettings(per_token=True, lrp_rule="cp"))
+    lrp = attribute(smollm_pair, prompt, answer, "attn_lrp", settings=AttributionSettings(per_token=True))
+    encoded = encode(smollm_pair.tokenizer, prompt, answer, max_length=smollm_pair.context_length)
+    ids, p = torch.tensor([encoded.input_ids]), encoded.score_from
+    with smollm_pair.use("base") as model, torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+        tolerance = logit_tolerance(model, logits)
+    expected = [float(logits[p - 1 + t, ids[0, p + t]]) for t in range(ids.shape[1] - p)]
+    assert cp.explained["base"] == pytest.approx(expected, abs=tolerance)
+    # every relevance term is exact to the same float32 bound as a logit; the delta sums them once more
+    assert max(abs(d) for d in cp.convergence_delta["base"]) <= 2 * tolerance
+    shares = [abs(d) / abs(e) for d, e in zip(lrp.convergence_delta["base"], lrp.explained["base"], strict=True)]
+    logging.getLogger(__name__).info("AttnLRP |Σ relevance − logit| / |logit| per answer token: %s", shares)
+    assert all(torch.isfinite(torch.tensor(lrp.base)).flatten())
+
+
+def test_smollm2_faithfulness_of_every_method(smollm_pair):
+    """Every method's curves on the real model: deletion starts at the answer's log-prob and ends, like insertion
+    starts, at the all-baseline log-prob; the best map beats a random order."""
+    from core.analyses.attribution.faithfulness import compare_methods
+
+    settings = AttributionSettings(baseline="eos", granularity="word", n_steps=8, n_samples=4)
+    results, report = compare_methods(smollm_pair, "The capital of France is", " Paris.", False, settings)
+    assert {r.method for r in results} == set(report.curves["base"])
+    for result in results:
+        curve = report.curves["base"][result.method]
+        assert curve.deletion[0] == pytest.approx(result.logprob["base"][0], abs=1e-3)
+        assert curve.deletion[-1] == pytest.approx(curve.insertion[0], abs=1e-3)
+    assert report.curves["base"][report.best("base")].between > report.random["base"].between

@@ -1,16 +1,21 @@
-"""Figures of the Attribution page: how much each prompt token drives the answer under each model."""
+"""Figures of the Attribution page: how much each prompt token drives the answer under each model, whether a map adds
+up to what it claims to explain, and which method's map is most faithful on the prompt (deletion / insertion)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.analyses.attribution import AttributionResult
+from core.analyses.attribution.faithfulness import Faithfulness
 from core.common.errors import UserError
-from core.present.figures.common import esc, token_axis, token_label
+from core.present import numbers
+from core.present.figures.common import PALETTE, esc, token_axis, token_label
 from core.present.highlight import NEGATIVE_RGB, POSITIVE_RGB
 
 MATRIX_SIDES = {"base": "base model", "unlearned": "unlearned model", "delta": "Δ (unlearned − base)"}
@@ -102,3 +107,110 @@ def attribution_matrix_figure(result: AttributionResult, side: str) -> go.Figure
         margin={"l": 20, "r": 20, "t": 50, "b": 40},
     )
     return figure
+
+
+# ============================================================================================== does the map add up
+
+
+CONVERGENCE_SHARE = 0.05  # |convergence delta| beyond this share of what the map explains: the map does not add up
+CONVERGENCE_FLOOR = 0.05  # nats: below this the delta is negligible whatever it explains (a change near 0)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """One side's map against the number it should sum to (integrated gradients' F(x) − F(baseline), AttnLRP's
+    logit): the delta, its share of that number, and whether it is beyond CONVERGENCE_SHARE."""
+
+    side: str
+    error: float
+    explained: float
+    share: float | None  # |error| / |explained| (None: nothing explained)
+    adds_up: bool
+
+
+def completeness(result: AttributionResult) -> list[Completeness]:
+    """Per side, whether the map adds up; empty for methods without a completeness axiom (ablation, Shapley…)."""
+    if not result.convergence_delta:
+        return []
+    checks = []
+    for side in ("base", "unlearned"):
+        error = float(sum(result.convergence_delta[side]))
+        explained = float(sum(result.explained_change(side)))
+        share = abs(error) / abs(explained) if explained else None
+        adds_up = abs(error) <= max(CONVERGENCE_FLOOR, CONVERGENCE_SHARE * abs(explained))
+        checks.append(Completeness(side, error, explained, share, adds_up))
+    return checks
+
+
+def _remedy(result: AttributionResult) -> str:
+    if result.method == "integrated_gradients":
+        return (
+            f"raise the IG steps (now {result.settings.n_steps}), try another baseline (now "
+            f"{result.settings.baseline!r}), or use a method that adds up here (see which map to believe below)"
+        )
+    if result.method == "attn_lrp":
+        return "switch the LRP rule to cp (conserves exactly), or compare with another method below"
+    return "try another method (see which map to believe below)"
+
+
+def completeness_warning(result: AttributionResult) -> str | None:
+    """A sentence saying which side's map does not add up and what to do, or None when every map adds up."""
+    failing = [check for check in completeness(result) if not check.adds_up]
+    if not failing:
+        return None
+    parts = [
+        f"the {c.side} model's map sums to {numbers.number(c.explained + c.error, sign=True)} but should to "
+        f"{numbers.number(c.explained, sign=True)} (convergence delta {numbers.number(c.error, sign=True)}"
+        + (f", {numbers.percent(c.share)} of what it explains)" if c.share is not None else ")")
+        for c in failing
+    ]
+    return f"This map does not add up: {'; '.join(parts)}. Do not read it as is: {_remedy(result)}."
+
+
+# ============================================================================================== faithfulness
+
+
+def faithfulness_figure(report: Faithfulness, side: str) -> go.Figure:
+    """Deletion (left) and insertion (right) curves of every method's order on `side`, and the random floor."""
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("deletion: most relevant first", "insertion: most relevant first")
+    )
+    lines = [*report.curves[side].items(), ("random order", report.random[side])]
+    for i, (name, curve) in enumerate(lines):
+        style = {"color": "#7f7f7f", "dash": "dot"} if name == "random order" else {"color": PALETTE[i % len(PALETTE)]}
+        label = f"{name.replace('_', ' ')} (between {numbers.number(curve.between)})"
+        for col, values in ((1, curve.deletion), (2, curve.insertion)):
+            figure.add_trace(
+                go.Scatter(x=report.fractions, y=values, mode="lines+markers", name=esc(label), legendgroup=esc(name),
+                           showlegend=col == 1, line=style,
+                           hovertemplate=f"{esc(name)}: %{{x:.0%}} → %{{y:{numbers.HOVER_NUMBER}}}<extra></extra>"),
+                row=1, col=col,
+            )  # fmt: skip
+    figure.update_xaxes(title_text="share of prompt features replaced / restored", tickformat=".0%")
+    figure.update_yaxes(title_text="answer log-prob (nats)", row=1, col=1)
+    figure.update_layout(title=f"Which map to believe: deletion and insertion on the {side} model", height=400)
+    return figure
+
+
+def faithfulness_frame(report: Faithfulness) -> pd.DataFrame:
+    """One row per side and method (and the random order): deletion, insertion and the area between them."""
+    records = [
+        {"side": side, "method": name, "deletion_area": c.deletion_area, "insertion_area": c.insertion_area,
+         "between": c.between}
+        for side in report.curves
+        for name, c in [*report.curves[side].items(), ("random order", report.random[side])]
+    ]  # fmt: skip
+    return pd.DataFrame(records)
+
+
+def faithfulness_reading(report: Faithfulness) -> str:
+    """Which method's map tracks each model's behaviour best on this prompt, against a random order."""
+    parts = []
+    for side in report.curves:
+        best = report.best(side)
+        curve, floor = report.curves[side][best], report.random[side]
+        parts.append(
+            f"for the {side} model, {best.replace('_', ' ')} (area between its curves "
+            f"{numbers.number(curve.between)} nats, a random order {numbers.number(floor.between)})"
+        )
+    return "The map that explains each model's behaviour best on this prompt: " + "; ".join(parts) + "."
