@@ -12,6 +12,7 @@ from core.analyses.attribution import ATTRIBUTION_METHODS, GRANULARITIES, Attrib
 from core.cli.common import add_option_arguments, add_pair_arguments, pair_from_args
 from core.common import options_of
 from core.common.errors import UserError
+from core.present.figures.attribution import completeness_warning
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +24,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--method", default="integrated_gradients", help="see --list")
     parser.add_argument("--per-token", action="store_true", help="one row per answer token (else the whole answer)")
     # the methods' own knobs, as the methods declare them (the Attribution page draws the same options)
-    add_option_arguments(parser, options_of(AttributionSettings, "baseline", "n_steps", "n_samples", "window", "seed"))
+    add_option_arguments(
+        parser, options_of(AttributionSettings, "baseline", "n_steps", "n_samples", "window", "seed", "lrp_rule")
+    )
     parser.add_argument("--granularity", choices=GRANULARITIES, default="token")
     parser.add_argument("--include-answer-prefix", action="store_true", help="also attribute to earlier answer tokens")
     parser.add_argument("--attribute-special", action="store_true", help="attribute to special tokens (BOS…) too")
@@ -54,6 +57,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         include_answer_prefix=args.include_answer_prefix,
         keep_special=not args.attribute_special,
         seed=args.seed,
+        lrp_rule=args.lrp_rule,
     )
     result = attribute(pair_from_args(args), args.prompt, args.answer, args.method, args.chat, settings)
     if args.json:
@@ -64,4 +68,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{side}\n{table.T.to_string(float_format='{:+.3f}'.format)}\n\n")
     if result.convergence_delta:
         sys.stdout.write(f"convergence delta: {json.dumps(result.convergence_delta)}\n")
+        warning = completeness_warning(result)
+        if warning:
+            sys.stderr.write(warning + "\n")
     return 0
