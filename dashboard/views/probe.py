@@ -275,6 +275,7 @@ def score_panel() -> None:
     generate_clicked = cols[1].button("Generate from both", key="probe_generate", disabled=pair is None)
     if pair is None:
         return
+    retell_story(inputs)
     if score_clicked or st.session_state.pop(AUTOSCORE, False):
         run_score(pair, inputs)
     if generate_clicked:
@@ -307,6 +308,15 @@ def draw_results(inputs: dict[str, Any]) -> None:
         draw_tokens(result, inputs["view"])
         delta_metric(result)
     draw_details(result)
+
+
+def retell_story(inputs: dict[str, Any]) -> None:
+    """A new pair while the inputs are still the first visit's (base vs target opened first, then the default
+    pair): score the forget and retain examples again under it, so the story is told for the pair on screen."""
+    story = st.session_state.get(STORY)
+    if story and story[0] not in (None, pair_key()) and story[3] == scored_inputs(inputs):
+        st.session_state[STORY] = (None, story[1], None, None)
+        st.session_state[AUTOSCORE] = True
 
 
 def first_visit() -> None:

@@ -226,3 +226,16 @@ def test_dataset_results_are_scrolled_into_view_once_after_compute(tiny_pair_dir
     assert len(scrolls) == 1  # right after the click
     at.run()
     assert not [element for element in at.get("iframe") if "dataset-results" in element.proto.srcdoc]  # only once
+
+
+def test_probe_tells_the_story_again_for_a_new_pair(tiny_pair_dirs) -> None:
+    at = open_page("probe")
+    load_checked_pair(at, *tiny_pair_dirs)
+    first = [metric.value for metric in at.metric]
+    assert len(first) == 2  # the forget and the retain example
+    load_checked_pair(at, tiny_pair_dirs[1], tiny_pair_dirs[0])  # the sides swapped: every Δ changes sign
+    assert not errors(at)
+    again = [metric.value for metric in at.metric]
+    # each value is printed to 3 decimals: two roundings of at most 5e-4 each, plus float32 noise far below that
+    assert len(again) == 2
+    assert all(float(a) == pytest.approx(-float(b), abs=1.5e-3) for a, b in zip(again, first, strict=True))
