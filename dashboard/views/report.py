@@ -37,8 +37,12 @@ NO_ROBUSTNESS, SESSION_ROBUSTNESS, FILE_ROBUSTNESS = "None", "This session's (Ro
 
 
 def probe_default() -> str:
-    """The Probe page's prompt and answer as one `prompt|answer` line (its widgets, else its last scored result)."""
-    prompt, answer = st.session_state.get(keys.PROBE_PROMPT), st.session_state.get(keys.PROBE_ANSWER)
+    """The Probe page's prompt and answer as one `prompt|answer` line (its widgets, else its last scored result).
+
+    Without a pair chosen the widgets' text is not taken (the Probe page fills them with an example on its own, and
+    a results-only report would then ask for a pair); a scored result is (it was scored under a pair)."""
+    widgets = (st.session_state.get(keys.PROBE_PROMPT), st.session_state.get(keys.PROBE_ANSWER))
+    prompt, answer = widgets if pair_key() is not None else (None, None)
     if not prompt:
         stored = st.session_state.get(keys.PROBE_RESULT)
         prompt, answer = (stored[1].get("prompt"), stored[1].get("answer")) if stored else (None, None)
