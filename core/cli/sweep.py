@@ -113,7 +113,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 def run_unlearn_sweep(args: argparse.Namespace, given: dict[str, Any]) -> int:
     """`unlearn --ray --method a,b --seeds 0,1`: one run per method and seed, each a Ray task."""
-    from core.cli.common import build_demo_first
+    from core.cli.common import build_demo_first, template_from_args
     from core.models.spec import ModelSpec
     from core.sweep.unlearn import UnlearnJob, plan_runs, unlearn_sweep
     from core.unlearn.trainer import TrainConfig
@@ -126,7 +126,7 @@ def run_unlearn_sweep(args: argparse.Namespace, given: dict[str, Any]) -> int:
     build_demo_first([ModelSpec.parse(args.base)])
     config = TrainConfig(steps=args.steps, lr=args.lr or (1e-4 if args.lora else 1e-5), batch_size=args.batch_size,
                          save_every=args.save_every, seed=args.seed, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
-                         chat=not args.no_chat)  # fmt: skip
+                         chat=template_from_args(args, [args.base]))  # as `unlearn` builds it  # fmt: skip
     lora = (args.lora_rank, args.lora_alpha, args.lora_targets) if args.lora else None
     job = UnlearnJob(args.base, args.device, args.forget, args.retain, args.refusals, config, lora)
     outcomes = unlearn_sweep(job, runs, cluster, Path(args.out))
