@@ -89,8 +89,13 @@ def config_device_map(config: Any, limits: dict[Any, int], dtype: torch.dtype) -
         empty, max_memory=dict(limits), no_split_module_classes=empty._no_split_modules or [], dtype=dtype
     )
     home = next(iter(limits))
-    embeddings = next(name for name, module in empty.named_modules() if module is empty.get_input_embeddings())
-    return pin(dict(placement), embeddings, home, {name for name, _ in empty.named_modules()})
+    names = {module: name for name, module in empty.named_modules()}
+    placement = pin(dict(placement), names[empty.get_input_embeddings()], home, set(names.values()))
+    head = empty.get_output_embeddings()
+    tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
+    if head is not None and (tied or head.weight is empty.get_input_embeddings().weight):  # one tensor, one place
+        placement = pin(placement, names[head], home, set(names.values()))
+    return placement
 
 
 def pin(placement: dict[str, Any], name: str, home: Any, modules: set[str]) -> dict[str, Any]:

@@ -249,3 +249,22 @@ def test_cli_model_plan_reads_no_weights(folders, small_budgets, capsys, monkeyp
     assert main(["model", "--plan", *names, "--max-memory", "8kb"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["tensors"] is None and "all layers" in plan["offloaded"] and plan["max_memory"] == format_bytes(8192)
+
+
+def test_tied_embeddings_stay_together_when_offloaded(tmp_path, small_budgets):
+    """Llama-3.2-1B ties lm_head to the input embeddings: both stay on the device, whatever else goes to disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = save_tiny_model_dir(tmp_path / "tied")
+    (folder / "model.safetensors").unlink()
+    config = AutoConfig.from_pretrained(folder)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)  # lm_head.weight is not in the file, as in 3.2-1B
+    assert "lm_head.weight" not in load_file(folder / "model.safetensors")
+    memory = ModelPair.load(ModelSpec(str(folder)), ModelSpec(str(folder)))
+    offloaded = ModelPair.load(ModelSpec(str(folder)), ModelSpec(str(folder)), max_memory=8192)
+    assert "lm_head" not in offloaded.describe()["offloaded"] and "all layers" in offloaded.describe()["offloaded"]
+    (a,) = score(memory, [ProbeRequest(PROMPT, ANSWER)])
+    (b,) = score(offloaded, [ProbeRequest(PROMPT, ANSWER)])
+    assert [t.logprob_base for t in a.tokens] == pytest.approx([t.logprob_base for t in b.tokens], abs=1e-5)
