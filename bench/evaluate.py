@@ -10,8 +10,14 @@ Bare and full runs alternate and the median of --repeats is kept, so a machine t
 skews both alike. Both wall-clock and process CPU seconds are reported: on a shared machine run with --threads 1 and
 read the CPU ratio, which other processes barely move (wall time there swings by ±30%).
 
+3. open-unlearning (where installed): `--open-unlearning-cmd CMD` (or the environment variable
+   ULENS_OPEN_UNLEARNING_CMD) is a shell command that runs open-unlearning's TOFU evaluator on the same model and
+   data (set up as tests/fixtures/open-unlearning/README.md describes); it is timed as a subprocess, our `evaluate`
+   of the same metrics (--ou-template, --ou-items items per split, ROUGE at --ou-max-new-tokens, gradient norm) is
+   timed in this process, and the ratio is printed (open-unlearning seconds / ours).
+
 Usage: python bench/evaluate.py [--items 6] [--batch-size 8] [--repeats 3] [--threads N]
-       [--max-new-tokens 200 64] [--device auto] [--json]
+       [--max-new-tokens 200 64] [--device auto] [--json] [--open-unlearning-cmd CMD --ou-items 6]
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -82,7 +90,7 @@ def alternate(
 def bench_teacher_forced(model, tokenizer, data: SplitData, args: argparse.Namespace) -> dict:
     device = next(model.parameters()).device
     settings = EvalSettings(batch_size=args.batch_size)
-    units = plan_units(data, tokenizer, settings.chat, 2048)
+    units = plan_units(data, tokenizer, settings.template_for(tokenizer), 2048)
     batches = plan_batches(units, settings.batch_size)
     tokens = sum(len(row.input_ids) for unit in units for row in unit.rows)
     scored = sum(len(row.input_ids) - row.score_from for unit in units for row in unit.rows)
@@ -120,7 +128,8 @@ def bench_teacher_forced(model, tokenizer, data: SplitData, args: argparse.Names
 
 def bench_generation(model, tokenizer, data: SplitData, args: argparse.Namespace, per_item: float) -> list[dict]:
     device = next(model.parameters()).device
-    units = plan_units(data, tokenizer, True, 2048)
+    template = EvalSettings().template_for(tokenizer)
+    units = plan_units(data, tokenizer, template, 2048)
     out = []
     for max_new in args.max_new_tokens:
         texts: dict[int, list[str]] = {}
@@ -129,7 +138,8 @@ def bench_generation(model, tokenizer, data: SplitData, args: argparse.Namespace
             settings = EvalSettings(rouge=True, max_new_tokens=max_new, generation_batch_size=batch)
             found = {}
             wall, seconds = timed(
-                lambda s=settings, f=found: f.update(rouge_logs(model, tokenizer, units, s, lambda: None)), device
+                lambda s=settings, f=found: f.update(rouge_logs(model, tokenizer, units, s, lambda: None, template)),
+                device,
             )
             generations = [r["generation"] for entry in found.values() for r in entry["value_by_index"].values()]
             texts[batch] = generations
@@ -146,6 +156,30 @@ def bench_generation(model, tokenizer, data: SplitData, args: argparse.Namespace
     return out
 
 
+def bench_open_unlearning(model, tokenizer, data: SplitData, args: argparse.Namespace) -> dict | None:
+    """open-unlearning's evaluator (a subprocess: its own process start, model load and data load included) against
+    our `evaluate` of the same metrics on the same model and data, with its attention mask (process start and model
+    load excluded on our side: the figure is what an evaluation costs once a model is loaded)."""
+    command = args.open_unlearning_cmd or os.environ.get("ULENS_OPEN_UNLEARNING_CMD")
+    if not command:
+        return None
+    entry = EvalModel(model=model, tokenizer=tokenizer, name="bench", identity="bench")
+    settings = EvalSettings(
+        template=args.ou_template, rouge=True, max_new_tokens=args.ou_max_new_tokens, gradnorm=True, batch_size=32,
+        generation_batch_size=32,
+    ).open_unlearning()  # fmt: skip
+    device = next(model.parameters()).device
+    ours_wall, ours_cpu = timed(lambda: evaluate([entry], data, settings=settings, cache=False), device)
+    start = time.perf_counter()
+    finished = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    theirs = time.perf_counter() - start
+    if finished.returncode != 0:
+        log.warning("open-unlearning failed (%d): %s", finished.returncode, finished.stderr[-2000:])
+        return {"command": command, "failed": finished.returncode}
+    return {"command": command, "ours_wall_s": ours_wall, "ours_cpu_s": ours_cpu, "open_unlearning_wall_s": theirs,
+            "ratio_wall": theirs / ours_wall}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=6, help="items per split (the demo has 18/144/18/36)")
@@ -156,6 +190,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--open-unlearning-cmd", help="shell command running open-unlearning's evaluator (part 3)")
+    parser.add_argument("--ou-items", type=int, default=6, help="items per split for part 3")
+    parser.add_argument("--ou-template", default="chat", help="the template open-unlearning's command uses")
+    parser.add_argument("--ou-max-new-tokens", type=int, default=8, help="its generation length")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.threads:
@@ -169,6 +207,7 @@ def main() -> None:
     result["teacher_forced"] = bench_teacher_forced(model, tokenizer, subset(data, args.items), args)
     per_item = result["teacher_forced"]["full_cpu_s_per_item"]
     result["generation"] = bench_generation(model, tokenizer, subset(data, args.generation_items), args, per_item)
+    result["open_unlearning"] = bench_open_unlearning(model, tokenizer, subset(data, args.ou_items), args)
     if args.json:
         print(json.dumps(result))
         return
@@ -186,6 +225,12 @@ def main() -> None:
             f" one by one {row['batch_1_cpu_s_per_item']:.2f} (speed-up {row['batched_speedup']:.2f}x);"
             f" batched = {row[f'{batched}_vs_teacher_forced']:.1f}x the teacher-forced cost per item;"
             f" identical texts {row['batched_equals_one_by_one']:.0%}"
+        )
+    ou = result["open_unlearning"]
+    if ou and "ratio_wall" in ou:
+        print(
+            f"open-unlearning's evaluator {ou['open_unlearning_wall_s']:.1f} s, ours {ou['ours_wall_s']:.1f} s:"
+            f" ratio {ou['ratio_wall']:.2f} (theirs / ours)"
         )
 
 

@@ -116,6 +116,7 @@ class SplitData:
     real_authors: QADataset | None = None
     world_facts: QADataset | None = None
     refusals: list[str] = field(default_factory=list)
+    muse: Any = None  # core.data.muse.MuseData: MUSE KnowMem / VerbMem files of the folder, when it has them
 
     def splits(self) -> dict[str, QADataset]:
         """The QA splits present, by name, in SPLIT_NAMES order."""
@@ -179,10 +180,13 @@ def load_split_folder(folder: str | Path, *, require: tuple[str, ...] = ()) -> S
         source = _split_source(folder, split)
         if source is not None:
             setattr(data, split, load_qa_dataset(source, split=split, name=folder.name))
+    from core.data.muse import load_muse_parts
+
+    data.muse = load_muse_parts(folder) or None
     refusal_files = [folder / name for name in REFUSAL_FILES if (folder / name).is_file()]
     if refusal_files:
         data.refusals = load_lines(refusal_files[0])
-    present = [*data.splits(), *([REFUSALS] if data.refusals else [])]
+    present = [*data.splits(), *([REFUSALS] if data.refusals else []), *(["muse"] if data.muse else [])]
     if not present:
         expected = ", ".join(f"{split}.jsonl" for split in SPLIT_NAMES)
         raise UserError(f"{folder}: no split files found (expected any of {expected}, {REFUSAL_FILES[0]})")

@@ -141,4 +141,5 @@ def weights_identity(model: torch.nn.Module, tokenizer: Any) -> str:
 
 def dataset_hash(dataset: SplitData) -> str:
     """A hash of every QA split's records (refusals play no part in evaluation)."""
-    return content_hash({name: [item.to_record() for item in split] for name, split in dataset.splits().items()})
+    records = {name: [item.to_record() for item in split] for name, split in dataset.splits().items()}
+    return content_hash(records | ({"muse": dataset.muse.records()} if dataset.muse else {}))

@@ -28,6 +28,7 @@ from core.evaluation.derived import OracleReference, derived_logs, folder_refere
 from core.evaluation.loading import ModelLoader
 from core.evaluation.mia import MIA_ATTACKS, mia_logs, reference_logs
 from core.evaluation.mia_models import gradnorm_logs, reference_losses
+from core.evaluation.muse import muse_logs
 from core.evaluation.result import EvalResult, Evaluation
 from core.evaluation.rouge import rouge_logs
 from core.evaluation.run_names import infer_method
@@ -110,6 +111,8 @@ def evaluate_model(
         logs |= rouge_logs(model, tokenizer, chosen, settings, tick, template)
     if settings.gradnorm:
         logs |= gradnorm_logs(model, tokenizer, dataset, template, settings, limit)
+    if settings.rouge and dataset.muse:
+        logs |= muse_logs(model, tokenizer, dataset.muse, template, settings)
     return dict(sorted(logs.items()))
 
 

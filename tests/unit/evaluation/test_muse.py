@@ -1,0 +1,69 @@
+"""MUSE KnowMem / VerbMem computed from a split folder's files, against greedy generation and rouge-score run
+directly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rouge_score import rouge_scorer
+from tiny_models import TinyTokenizer, make_tiny_llama
+
+from core.common.errors import UserError
+from core.data.qa import load_split_folder
+from core.evaluation.evaluate import EvalSettings, evaluate
+from core.evaluation.muse import KNOWMEM_TOKENS, VERBMEM_TOKENS
+
+
+def write(folder: Path) -> None:
+    folder.mkdir()
+    knowmem = [{"question": f"Who is {name}?", "answer": f"{name} is a poet."} for name in ("Ann", "Bo")]
+    (folder / "forget_knowmem.jsonl").write_text("".join(json.dumps(r) + "\n" for r in knowmem))
+    verbmem = [{"prompt": "Once upon a time", "gt": " there was a king."}, {"prompt": "It was", "gt": " late."}]
+    (folder / "forget_verbmem.jsonl").write_text("".join(json.dumps(r) + "\n" for r in verbmem))
+    (folder / "forget.jsonl").write_text(json.dumps({"index": 0, "question": "q?", "answer": "a."}) + "\n")
+
+
+def greedy(model: torch.nn.Module, tokenizer: TinyTokenizer, ids: list[int], tokens: int) -> str:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False, pad_token_id=0,
+                             eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    new = out[0, len(ids) :].tolist()
+    new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_knowmem_and_verbmem_are_rouge_l_f1_of_greedy_generations(tmp_path: Path) -> None:
+    write(tmp_path / "data")
+    data = load_split_folder(tmp_path / "data")
+    model, tokenizer = make_tiny_llama(seed=0), TinyTokenizer()
+    settings = EvalSettings(template="plain", rouge=True, generation_batch_size=1, rouge_splits=())
+    logs = evaluate([("m", model, tokenizer)], data, settings=settings, cache=False).evaluation("m").logs
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    knowmem = logs["forget_knowmem_ROUGE"]
+    for i, item in enumerate(data.muse.knowmem["forget"]):
+        record = knowmem["value_by_index"][str(i)]
+        prompt = tokenizer(item.question).input_ids
+        text = greedy(model, tokenizer, prompt, KNOWMEM_TOKENS)
+        for stop in ("\n\n", "\nQuestion", "Question:"):
+            text = text.split(stop)[0]
+        assert record["generation"] == text.strip()
+        assert record["rougeL_f1"] == pytest.approx(scorer.score(item.answer, text.strip())["rougeL"].fmeasure)
+    verbmem = logs["forget_verbmem_ROUGE"]
+    values = []
+    for i, (prompt, truth) in enumerate(data.muse.verbmem):
+        record = verbmem["value_by_index"][str(i)]
+        text = greedy(model, tokenizer, tokenizer(prompt).input_ids, VERBMEM_TOKENS)
+        assert record["generation"] == text
+        values.append(scorer.score(truth, text.strip())["rougeL"].fmeasure)
+        assert record["rougeL_f1"] == pytest.approx(values[-1])
+    assert verbmem["agg_value"] == pytest.approx(sum(values) / len(values))
+
+
+def test_a_bad_verbmem_line_is_a_user_error(tmp_path: Path) -> None:
+    write(tmp_path / "data")
+    (tmp_path / "data" / "forget_verbmem.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(UserError, match="'prompt' and 'gt'"):
+        load_split_folder(tmp_path / "data")
