@@ -106,7 +106,7 @@ def _truth_ratio(split: str, items: list[ItemScores]) -> dict[str, Any]:
 
 @split_metric("normalised_probability")
 def _normalised_probability(split: str, items: list[ItemScores]) -> dict[str, Any]:
-    if split != "world_facts" or not _with_perturbed(split, items):
+    if split not in ("world_facts", "real_authors") or not _with_perturbed(split, items):
         return {}
     values = [
         float(metrics.normalised_probability(metrics.probability([s.answer.avg_loss]), [_wrong_probs(s)])[0])
@@ -126,7 +126,7 @@ def _wrong_probs(scores: ItemScores) -> np.ndarray:
 @split_metric("mcq_accuracy")
 def _mcq_accuracy(split: str, items: list[ItemScores]) -> dict[str, Any]:
     """The true answer against its wrong ones by mean token log-likelihood (answers differ in length)."""
-    if split != "world_facts" or not _with_perturbed(split, items):
+    if split not in ("world_facts", "real_authors") or not _with_perturbed(split, items):
         return {}
     correct = [metrics.mcq_accuracy([[-s.answer.avg_loss] + [-r.avg_loss for r in s.perturbed]], [0]) for s in items]
     return {f"{split}/acc": metric_entry(items, [{"score": c} for c in correct], float(np.mean(correct)))}
