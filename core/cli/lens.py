@@ -130,10 +130,9 @@ def _patching(pair: ModelPair, args: argparse.Namespace) -> int:
 def _depth(pair: ModelPair, sets: dict, args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    oracle = _oracle(args)  # loaded before the bar starts
     with tqdm(total=sum(len(items) for items in sets.values()), desc="depth score", unit="item") as bar:
-        result = depth_over_sets(
-            pair, sets, args.chat, args.positions, _oracle(args), lambda fraction, message: bar.update(1)
-        )
+        result = depth_over_sets(pair, sets, args.chat, args.positions, oracle, lambda fraction, message: bar.update(1))
     if args.json:
         return _write(result.to_json())
     lines = []
