@@ -85,8 +85,17 @@ ROBUSTNESS_COLUMNS = {
 }
 
 
+def attack_description(name: str) -> str:
+    """What an attack does, in words (its registered description; empty for an attack not registered here)."""
+    from core.attacks import ATTACKS
+
+    return ATTACKS[name].description if name in ATTACKS else ""
+
+
 def robustness_frame(result: RobustnessResult) -> pd.DataFrame:
-    """One row per attack (its headline outcome) with the columns a reader needs, named in words."""
+    """One row per attack (its headline outcome) with the columns a reader needs, named in words, and what each
+    attack does."""
     rows = [{key: getattr(o, key) for key in ROBUSTNESS_COLUMNS} for o in result.headlines()]
     frame = pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
+    frame.insert(1, "what it does", [attack_description(o.attack) for o in result.headlines()])
     return frame.rename(columns=ROBUSTNESS_COLUMNS)

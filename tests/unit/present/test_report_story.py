@@ -23,9 +23,11 @@ from report_inputs import (
     tiny_pair,
 )
 
+from core.attacks import ATTACKS
 from core.cli import main
 from core.common.errors import UserError
 from core.evaluation.tables import IngestResult
+from core.present.figures.robustness import ROBUSTNESS_COLUMNS
 from core.present.names import format_value, metric_name
 from core.present.report import export, pdf
 from core.present.report.labels import Labels, parse_labels
@@ -181,7 +183,8 @@ def test_robustness_section_table_and_chart(report: Report) -> None:
     result = robustness_result()
     table = report.robustness_table().frame
     assert table.iloc[:, 0].tolist() == [o.attack for o in result.headlines()]
-    assert table.iloc[:, 3].tolist()[:2] == pytest.approx([12.5, 75.0])
+    assert table[ROBUSTNESS_COLUMNS["recovery_pct"]].tolist()[:2] == pytest.approx([12.5, 75.0])
+    assert table["what it does"].tolist() == [ATTACKS["paraphrase"].description, ATTACKS["relearn"].description, ""]
     chart = report.robustness_charts()[0].figure
     assert list(chart.data[0].y) == [o.recovery_pct for o in result.headlines()]
     assert [c.name for c in report.robustness_charts()] == ["robustness-recovery", "robustness-relearning"]
