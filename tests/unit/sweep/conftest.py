@@ -1,4 +1,5 @@
-"""One local Ray instance for every sweep test: two CPUs, no dashboard (the machine is shared with other jobs)."""
+"""A local Ray instance for each sweep test module (started once per module, stopped after it, so no Ray process
+outlives the module): two CPUs, no dashboard (the machine is shared with other jobs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import sweep_faults
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     import ray
 
