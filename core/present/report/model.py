@@ -128,7 +128,7 @@ class Report:
         return summarise(
             table.frame if table is not None else None, self.labels, axes=self.axes,
             summary=self.results.summary if self.results is not None else None, robustness=self.robustness,
-            probes=self.probes,
+            probes=self.probes, items=self.results.items if self.results is not None else None,
         )  # fmt: skip
 
     def probe_table(self) -> Table | None:

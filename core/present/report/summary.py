@@ -143,7 +143,15 @@ class _Writer:
         return text + self.over_forgets(row)
 
 
-def _oracle_caveat(writer: _Writer) -> str | None:
+def forget_items(items: pd.DataFrame | None, model: str | None) -> int:
+    """How many forget items the run's truth ratios (and so its forget quality) rest on; 0 when not recorded."""
+    if items is None or model is None or items.empty or "index" not in items:
+        return 0
+    rows = items[items["metric"].eq("forget_truth_ratio") & items["model"].eq(model)]
+    return int(rows["index"].nunique())
+
+
+def _oracle_caveat(writer: _Writer, n_items: int = 0) -> str | None:
     if writer.oracle is None:
         if FQ in writer.table:
             return "Forget quality compares against an oracle whose own row is not among these results."
@@ -155,9 +163,10 @@ def _oracle_caveat(writer: _Writer) -> str | None:
     share = _RETAIN_SHARE.search(str(writer.oracle["model"]))
     trained = f"retrained on {share.group(1)} % of the data (without the forget set)" if share else (
         "retrained without the forget set")  # fmt: skip
+    on = f" on {n_items} forget items" if n_items else ""
     return (
         f"Forget quality compares each run's forget-set truth ratios against an oracle {trained}, {name}: "
-        f"a KS-test p-value, not a distance; small forget sets make it coarse."
+        f"a KS-test p-value{on}, not a distance; small forget sets make it coarse."
     )
 
 
@@ -225,6 +234,7 @@ def summarise(
     summary: pd.DataFrame | None = None,
     robustness: RobustnessResult | None = None,
     probes: list[ProbeResult] | None = None,
+    items: pd.DataFrame | None = None,
 ) -> Summary:
     """The summary of a report from its metrics table (`metric_table`'s frame), results and robustness."""
     out = Summary()
@@ -244,7 +254,7 @@ def summarise(
         out.findings += [writer.other(row) for row in others[:MAX_OTHER_RUNS]]
         if len(others) > MAX_OTHER_RUNS:
             out.findings.append(f"{len(others) - MAX_OTHER_RUNS} more run(s) are in the metrics table.")
-        out.caveats += [line for line in (_oracle_caveat(writer),) if line]
+        out.caveats += [line for line in (_oracle_caveat(writer, forget_items(items, out.best)),) if line]
         if summary is not None:
             out.caveats += [line for line in (_checkpoint_caveat(writer, summary, best),) if line]
     findings, caveats = _robustness_lines(robustness)

@@ -259,3 +259,14 @@ def test_summary_without_target() -> None:
         summary.caveats[1]
         == "Figures are each run's last evaluation; no earlier checkpoint has a higher forget quality."
     )
+
+
+def test_forget_quality_caveat_counts_the_forget_items() -> None:
+    """The fixtures hold per-item truth ratios for 4 forget items (TOFU_EVAL.json's value_by_index)."""
+    results = ingested_results()
+    items = results.items
+    truth = items[items["metric"].eq("forget_truth_ratio") & items["model"].eq(GRADDIFF.name) & items["step"].isna()]
+    count = len(set(truth["index"]))
+    assert count == 4
+    caveat = build_report(None, results=results).summary().caveats[0]
+    assert f"a KS-test p-value on {count} forget items, not a distance" in caveat
