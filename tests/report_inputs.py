@@ -1,5 +1,6 @@
 """The HTML report's inputs for the report tests of every tier (tests/ is on sys.path: tests/conftest.py): a tiny
-random pair, the ingest fixtures with an injected script in names and text, and the full report built from them."""
+random pair, the ingest fixtures with an injected script in names and text, a synthetic robustness result, the full
+report built from them, and MetricTables, the report's metric tables read back from its HTML as a reader sees them."""
 
 from __future__ import annotations
 
