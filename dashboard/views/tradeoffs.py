@@ -30,6 +30,7 @@ from core.evaluation.results import (
     split_bar_metrics,
     truth_ratio_oracles,
 )
+from core.present import numbers
 from core.present.figures.tradeoffs import (
     forget_quality_utility_figure,
     mia_figure,
@@ -48,7 +49,7 @@ from dashboard.views.sweep_progress import sweep_progress
 
 DEFAULT_ATTACK = "mia_min_k"
 LINK = PageLink(("folder", "oracle", "x", "y"), seen_key="tradeoff_url", repeated=("folder",))  # one folder= each
-METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format="%.4g")}
+METRIC_COLUMNS = {"value": st.column_config.NumberColumn(format=numbers.TABLE_NUMBER)}
 MAX_RUN_NAME_CHARS = 200  # core.data.uploads.safe_name allows no more
 PENDING = "tradeoff_pending"  # session key: (folders, oracle) a link named outside the data roots, not read yet
 SOURCES = "tradeoff_sources"  # session key: (folders, oracle) loaded
@@ -295,5 +296,5 @@ if loaded.summary.empty:
     st.stop()
 tradeoff_panel(loaded)
 with st.expander("All metrics"):
-    st.dataframe(loaded.summary, hide_index=True, key="tradeoff_summary")
+    st.dataframe(loaded.summary, hide_index=True, key="tradeoff_summary", column_config=METRIC_COLUMNS)
     csv_download(loaded.summary, "Download summary table (CSV)", "tradeoff_summary.csv", key="tradeoff_download")
