@@ -89,8 +89,9 @@ def test_inputs_survive_page_switches_and_follow_new_probes(tiny_pair_dirs) -> N
 
 def compute_attribution(at: AppTest, method: str, per_token: bool, n_steps: int = 4) -> None:
     ask(at, "attribution", PROMPT, ANSWER)
-    at.selectbox(key="attribution_method").set_value(method)
-    at.number_input(key="attribution_steps").set_value(n_steps)
+    at.selectbox(key="attribution_method").set_value(method).run()  # draws that method's own options
+    if any(box.key == "attribution_steps" for box in at.number_input):  # integrated gradients' steps
+        at.number_input(key="attribution_steps").set_value(n_steps)
     at.checkbox(key="attribution_per_token").set_value(per_token)
     at.radio(key="attribution_granularity").set_value("token")
     button(at, "Compute").click().run()
