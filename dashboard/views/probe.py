@@ -223,11 +223,11 @@ def draw_story(forget: ProbeResult, retain: ProbeResult, view: str) -> None:
     st.info(plain(comparison_reading(forget, retain, key[0], key[1])), icon=":material/lightbulb:")
     left, right = st.columns(2)
     with left:
-        st.markdown("**Forget-set question** (the unlearned model should have lost it)")
+        st.markdown("**Forget-set question** (what unlearning should remove)")
         draw_tokens(forget, view)
         delta_metric(forget)
     with right:
-        st.markdown("**Retain-set question** (should be kept)")
+        st.markdown("**Retain-set question** (what it should keep)")
         draw_tokens(retain, view)
         delta_metric(retain, "Retain answer log-prob Δ")
 
