@@ -220,8 +220,10 @@ def _probe_line(probes: list[ProbeResult]) -> str | None:
     if not probes:
         return None
     deltas = np.array([probe.delta for probe in probes], dtype=float)
+    if len(deltas) == 1:
+        return f"On the probe, the unlearned model's answer log-probability changed by {deltas[0]:+.3f}."
     return (
-        f"On the {len(probes)} probe(s), the unlearned model's answer log-probability changed by "
+        f"On the {len(probes)} probes, the unlearned model's answer log-probability changed by "
         f"{deltas.mean():+.3f} on average (from {deltas.min():+.3f} to {deltas.max():+.3f})."
     )
 

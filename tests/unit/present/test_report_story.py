@@ -270,3 +270,19 @@ def test_forget_quality_caveat_counts_the_forget_items() -> None:
     assert count == 4
     caveat = build_report(None, results=results).summary().caveats[0]
     assert f"a KS-test p-value on {count} forget items, not a distance" in caveat
+
+
+def test_summary_of_probes() -> None:
+    """Deltas −1.5 and −0.25: mean −0.875; one probe is quoted on its own."""
+    from types import SimpleNamespace
+
+    from core.present.report import summary as summary_module
+
+    probes = [SimpleNamespace(delta=-1.5), SimpleNamespace(delta=-0.25)]
+    assert summary_module._probe_line(probes) == (
+        "On the 2 probes, the unlearned model's answer log-probability changed by -0.875 on average "
+        "(from -1.500 to -0.250)."
+    )
+    assert summary_module._probe_line(probes[:1]) == (
+        "On the probe, the unlearned model's answer log-probability changed by -1.500."
+    )
