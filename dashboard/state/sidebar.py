@@ -26,6 +26,7 @@ from dashboard.state.pair import (
     progress_panel,
     session_load,
 )
+from dashboard.state.template import template_picker
 
 AUTOLOAD_ENV = "ULENS_AUTOLOAD"  # 0: do not load the default pair when a session starts (wait for "Load pair")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -162,4 +163,5 @@ def sidebar() -> None:
             loaded_panel(pair)
         elif session_load() is not None:
             sidebar_progress()
+        template_picker()  # the prompt template every page scores with (dashboard/state/template.py)
         demo.demo_panel()

@@ -239,3 +239,12 @@ def test_probe_tells_the_story_again_for_a_new_pair(tiny_pair_dirs) -> None:
     # each value is printed to 3 decimals: two roundings of at most 5e-4 each, plus float32 noise far below that
     assert len(again) == 2
     assert all(float(a) == pytest.approx(-float(b), abs=1.5e-3) for a, b in zip(again, first, strict=True))
+
+
+def test_sidebar_offers_the_prompt_template_on_every_page() -> None:
+    from core.scoring.templates import list_templates
+
+    for page in ("probe", "tradeoffs"):
+        at = open_page(page)
+        box = next(box for box in at.sidebar.selectbox if box.label == "Template")
+        assert list(box.options)[1:] == list(list_templates())  # "model default" first, then every shipped one
