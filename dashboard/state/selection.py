@@ -1,15 +1,16 @@
 """Choosing the pair from a page that shows many models (Checkpoints, Screen): a clicked model becomes the unlearned
 side, or two picked rows become the whole pair, on every page. The sidebar stores the loaded pair's load_pair
-arguments under keys.PAIR_KEY (base, unlearned, dtype, device, opt-ins); this loads the new pair the same way the
-sidebar's "Load pair" does and so replaces that key, keeping dtype, device and the operator's opt-ins."""
+arguments under keys.PAIR_KEY (base, unlearned, dtype, device, opt-ins) and its memory budget under
+keys.PAIR_BUDGET; this chooses the new pair the way the sidebar's "Load pair" does, keeping dtype, device, the
+operator's opt-ins and the budget."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from core.models.spec import DEFAULT_BASE, DEFAULT_UNLEARNED, operator_opt_ins
-from dashboard.state import pair as pair_state
-from dashboard.state.pair import pair_key
+from dashboard.state import keys
+from dashboard.state.pair import choose_pair, pair_key
 
 LAST_CHOICE = "selection_last_choice"  # the (page, choice) handled last: a selection event is acted on once
 
@@ -30,15 +31,11 @@ def current_specs() -> tuple[str, str]:
 
 
 def use_pair(base: str, unlearned: str) -> bool:
-    """Make (base, unlearned), with the session's options, the pair of every page and start loading it, as the
-    sidebar's "Load pair" does (dashboard.state.pair.choose_pair: checks local folders at once, loads in the
-    background; a failure shows in the sidebar and the earlier pair stays). True when the pair was taken."""
+    """Make (base, unlearned), with the session's options and memory budget, the pair of every page and start
+    loading it, as the sidebar's "Load pair" does (dashboard.state.pair.choose_pair: checks local folders at once,
+    loads in the background; a failure shows in the sidebar and the earlier pair stays). True when it was taken."""
     key = (base.strip(), unlearned.strip(), *pair_options())
-    choose = getattr(pair_state, "choose_pair", None)
-    if choose is not None:
-        return bool(choose(key))
-    pair_state.load_chosen(key)  # the synchronous loader before background loads (same contract)
-    return tuple(pair_key() or ())[:2] == key[:2]
+    return bool(choose_pair(key, st.session_state.get(keys.PAIR_BUDGET)))
 
 
 def use_as_unlearned(spec: str) -> bool:

@@ -52,7 +52,7 @@ Chosen = tuple[tuple[str, str, str | None, int | None], ...]  # (spec text, labe
 @st.cache_resource(show_spinner=False, max_entries=1)
 def load_set(base: str, chosen: Chosen, options: tuple) -> ModelSet:
     """One model set (the last one asked for) shared by every session; `options`: the pair key's load options."""
-    dtype, device, trust, pickle = options
+    dtype, device, trust, pickle = options[:4]
     spec_options = {"dtype": dtype, "device": device, "trust_remote_code": trust, "allow_unsafe_weights": pickle}
     entries = [ModelEntry(ModelSpec.parse(text, **spec_options), label, run, step) for text, label, run, step in chosen]
     with _LOAD_LOCK:
