@@ -248,7 +248,7 @@ def memory_plan(name: str, values: dict, gpu_gib: int) -> dict:
 def report(results: dict, plans: list[dict]) -> None:
     one, rmu, off, ref = (results.get(k) for k in ("one", "rmu", "offload", "reference"))
     lines = []
-    if one and rmu:
+    if one and rmu and "peak_rss_probe_gib" in rmu:
         ratio = rmu["peak_rss_probe_gib"] / one["peak_rss_probe_gib"]
         lines.append(f"RMU-style pair peak RSS / one model's (load + 64-token probe): {ratio:.3f} (goal ≤ 1.1)")
         lines.append(f"  {rmu['describe'].get('tensors')}")
