@@ -52,10 +52,11 @@ class TokenScores:
     sigma: np.ndarray
     eos_last: bool = False
     text: str | None = None  # the scored tokens decoded without special tokens (the ZLib attack's text)
+    loss_logp: np.ndarray | None = None  # open-unlearning's cross-entropy log-probs, where its arithmetic is asked
 
     @property
     def avg_loss(self) -> float:
-        return metrics.average_loss(self.logp)
+        return metrics.average_loss(self.logp if self.loss_logp is None else self.loss_logp)
 
     def tokenwise(self) -> TokenScores:
         """The rows open-unlearning's token-wise metrics read: all but a final EOS."""
@@ -114,7 +115,8 @@ _STATISTICS = ("logp", "argmax", "mu", "sigma")  # what TokenScores keeps of tok
 def _row_scores(
     statistics: dict[str, torch.Tensor], targets: torch.Tensor, rows: list[Encoded], eos_id: int | None
 ) -> list[TokenScores]:
-    columns = {key: statistics[key].cpu().numpy() for key in _STATISTICS} | {"labels": targets.cpu().numpy()}
+    keys = [*_STATISTICS, *(["loss_logp"] if "loss_logp" in statistics else [])]
+    columns = {key: statistics[key].cpu().numpy() for key in keys} | {"labels": targets.cpu().numpy()}
     bounds = np.cumsum([len(row.input_ids) - row.score_from for row in rows])[:-1]
     split = {key: np.split(value, bounds) for key, value in columns.items()}
     scores = [TokenScores(**{key: split[key][i] for key in split}) for i in range(len(rows))]

@@ -38,8 +38,11 @@ def token_statistics(
     - `rank` (1 = the most likely; ties count in the target's favour) and `entropy` (nats);
     - `kl`: KL(this ‖ other) for `kl_to` = (other logits [N, V], their `lse`), exactly 0 for equal logits.
 
-    Everything is computed in float32 from the logits (μ/σ in float64). `model_dtype_logp=True` takes `logp` from a
-    log-softmax in the logits' own dtype instead, as open-unlearning does for bf16 models (docs/FIDELITY.md).
+    Everything is computed in float32 from the logits (μ/σ in float64). `model_dtype_logp=True` reproduces
+    open-unlearning's arithmetic (docs/FIDELITY.md): `logp` from a log-softmax in the logits' own dtype (its
+    token-wise metrics; bf16 models), and `loss_logp`, minus torch's cross-entropy over the logits laid out
+    [1, V, N] in their own dtype, as its `evaluate_probability` computes avg_loss (that kernel's float32 sum over the
+    vocabulary differs from the exact value by ~1e-4 nats on a 49k vocabulary).
     """
     count = len(targets)
     if isinstance(moments, bool):
@@ -53,9 +56,12 @@ def token_statistics(
         other = None if kl_to is None else (kl_to[0][start:end].float(), kl_to[1][start:end])
         z = logits[start:end].float()
         part = _chunk_statistics(z, targets[start:end], wanted[start:end], other, **options)
-        if model_dtype_logp and logits.dtype != z.dtype:
-            low = torch.log_softmax(logits[start:end], dim=-1).gather(1, targets[start:end, None])[:, 0]
-            part["logp"] = low.float()
+        if model_dtype_logp:
+            raw, wanted_targets = logits[start:end], targets[start:end]
+            if raw.dtype != z.dtype:
+                part["logp"] = torch.log_softmax(raw, dim=-1).gather(1, wanted_targets[:, None])[:, 0].float()
+            loss = torch.nn.functional.cross_entropy(raw.T[None], wanted_targets[None], reduction="none")[0]
+            part["loss_logp"] = -loss.float()
         parts.append(part)
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 

@@ -118,9 +118,13 @@ class Template:
         else:
             ids = prompt_ids + self.answer_ids(tokenizer, prompt, answer)
         eos = tokenizer.eos_token_id
+        # tags: open-unlearning adds no end tag after the last answer, so the answer ends here (or at its own EOS)
+        stop = len(ids) - (1 if eos is not None and ids and ids[-1] == eos else 0)
+        if self.kind == CHAT:
+            stop = _answer_stop(tokenizer, ids, len(prompt_ids), answer)
         if self.appends_eos and eos is not None and ids[-1] != eos:
             ids.append(eos)
-        return ids, len(prompt_ids), _answer_stop(tokenizer, ids, len(prompt_ids), answer)
+        return ids, len(prompt_ids), stop
 
 
 def _tokens(tokenizer: Any, text: str) -> list[int]:
@@ -133,13 +137,15 @@ def _require_chat_template(tokenizer: Any, name: str) -> None:
 
 
 def _answer_stop(tokenizer: Any, ids: list[int], start: int, answer: str) -> int:
-    """Where the answer's tokens end among the scored ones: the shortest prefix whose text holds the whole answer."""
+    """Where the answer's tokens end: the shortest prefix whose text holds the whole answer, read from a few tokens
+    before the scored ones (a template may tokenise the answer's first word into the prompt's last token)."""
     target = answer.strip()
     plain = tokenizer(answer, add_special_tokens=False).input_ids
     if ids[start : start + len(plain)] == plain and target in tokenizer.decode(plain, skip_special_tokens=False):
         return start + len(plain)
+    window = max(0, start - 8)
     for stop in range(start, len(ids) + 1):
-        if target in tokenizer.decode(ids[start:stop], skip_special_tokens=False):
+        if target in tokenizer.decode(ids[window:stop], skip_special_tokens=False):
             return stop
     return len(ids)
 

@@ -43,13 +43,16 @@ def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_smollm_answer_losses_equal_the_probe_engine(smollm) -> None:
+    """The evaluation's scored tokens (answer, <|im_end|>, "\n", the appended EOS) are the probe's with its end rows."""
     model, tokenizer = smollm
     data = first_items(load_demo_splits(), 3)
     result = evaluate([("smollm", model, tokenizer)], data, settings=EvalSettings(batch_size=4), cache=False)
     pair = ModelPair.from_models(model, model, tokenizer)
     for split, prefix in (("forget", "forget"), ("world_facts", "wf")):
         items = getattr(data, split).items
-        probed = score(pair, [ProbeRequest(item.question, item.answer) for item in items], chat=True)
+        requests = [ProbeRequest(item.question, item.answer) for item in items]
+        probed = score(pair, requests, chat="chat", score_end=True)
+        assert all(probe.end_tokens == 3 for probe in probed)
         for item, probe in zip(items, probed, strict=True):
             want = -probe.answer_logprob_base / len(probe.tokens)
             got = result.evaluation("smollm").logs[f"{prefix}_Q_A_Prob"]["value_by_index"][str(item.index)]
@@ -98,6 +101,59 @@ def test_smollm_batching_invariance_and_round_trip(smollm, tmp_path: Path, monke
     frame = read.summary.drop(columns="source").sort_values("metric").reset_index(drop=True)
     pd.testing.assert_frame_equal(frame, many.to_frame().sort_values("metric").reset_index(drop=True))
     assert many.evaluation("smollm").logs["world_facts/acc"]["agg_value"] >= 0.75  # the base model knows them
+
+
+# ------------------------------------------------------------------------------------------ open-unlearning's numbers
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "open-unlearning"
+OU_ITEMS = 6  # the first six items of each demo split (tests/fixtures/open-unlearning/README.md)
+OU_TOL = 1e-4
+OU_SPLITS = ("forget", "retain", "holdout", "real_authors", "world_facts")
+
+
+def _numbers(entry: object, path: str = "") -> Iterator[tuple[str, object]]:
+    """(path, leaf) of an EVAL entry, items keyed by their position (open-unlearning keys them 0..n−1, we by index)."""
+    if isinstance(entry, dict):
+        for key, value in entry.items():
+            if key == "value_by_index":
+                value = dict(enumerate(value.values()))
+            yield from _numbers(value, f"{path}/{key}")
+    elif isinstance(entry, list):
+        for i, value in enumerate(entry):
+            yield from _numbers(value, f"{path}[{i}]")
+    else:
+        yield path, entry
+
+
+@pytest.mark.parametrize(
+    ("folder", "template", "rouge"), [("smollm2_chat", "chat", True), ("smollm2_tags", "phi-1.5", False)]
+)
+def test_numbers_equal_open_unlearning_s_evaluator(smollm, folder: str, template: str, rouge: bool) -> None:
+    """Every metric open-unlearning's evaluator wrote for SmolLM2 on the demo data (its own code, run offline: the
+    fixture's README) equals ours within 1e-4, item by item, with its attention mask; generations are equal texts."""
+    import json
+
+    model, tokenizer = smollm
+    demo = load_demo_splits()
+    data = SplitData(**{name: QADataset(qa.name, qa.split, qa.items[:OU_ITEMS]) for name, qa in demo.splits().items()})
+    settings = EvalSettings(template=template, rouge=rouge, max_new_tokens=8, gradnorm=True, batch_size=32,
+                            generation_batch_size=32).open_unlearning()  # fmt: skip
+    ours = evaluate([("smollm", model, tokenizer)], data, settings=settings, cache=False).evaluation("smollm").logs
+    theirs = json.loads((FIXTURES / folder / "TOFU_EVAL.json").read_text(encoding="utf-8"))
+    assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
+    compared = 0
+    for name, entry in theirs.items():
+        mine = dict(_numbers(ours[name]))
+        for path, value in _numbers(entry):
+            if path.endswith(("/input", "/ground_truth")):
+                continue  # the texts open-unlearning decodes back from tokens; the numbers are compared
+            assert path in mine, (name, path)
+            if isinstance(value, str) or value is None:
+                assert mine[path] == value, (name, path)
+            else:
+                assert mine[path] == pytest.approx(value, abs=OU_TOL, rel=OU_TOL), (name, path)
+                compared += 1
+    assert compared > 300
 
 
 # ------------------------------------------------------------------------------------------ demo (quick recipe)

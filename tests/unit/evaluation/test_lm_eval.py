@@ -14,7 +14,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.evaluation.ingest import ingest
 from core.evaluation.lm_eval import run_lm_eval, summarize, task_config
 
-WORDS = tuple(dict.fromkeys("What is the capital of France? The France is Paris. Berlin. Madrid. Rome.".split()))
+WORDS = tuple(
+    dict.fromkeys(
+        [
+            "What",
+            "is",
+            "the",
+            "capital",
+            "of",
+            "France?",
+            "The",
+            "France",
+            "is",
+            "Paris.",
+            "Berlin.",
+            "Madrid.",
+            "Rome.",
+        ]
+    )
+)
 
 
 def test_local_task_points_at_the_demo_world_facts() -> None:

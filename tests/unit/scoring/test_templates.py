@@ -24,7 +24,7 @@ from core.scoring.templates import (
     resolve_template,
 )
 
-WORDS = tuple("question answer q a1 a2 a3 sys user bot end date2025 : ||".split())
+WORDS = tuple(["question", "answer", "q", "a1", "a2", "a3", "sys", "user", "bot", "end", "date2025", ":", "||"])
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_chat_template_sequence_is_the_whole_conversation_plus_eos(tokenizer) ->
     # written out: the date word, the system turn, the user turn, the assistant turn with its end word, then </s>
     whole = ids(tokenizer, "date2025 system : sys end user : q end assistant : a1 a2 end")
     prompt = ids(tokenizer, "date2025 system : sys end user : q end bot :")
-    assert sequence == whole + [tokenizer.eos_token_id]
+    assert sequence == [*whole, tokenizer.eos_token_id]
     assert start == len(prompt)
     assert stop == len(whole) - 1  # the answer's two words end before "end"
 
@@ -70,15 +70,18 @@ def test_tag_template_tokenises_prompt_and_answer_as_one_text(tokenizer) -> None
     template = Template("t", "tags", user_start_tag="question : ", user_end_tag=" ", asst_start_tag="answer : ")
     sequence, start, stop = template.sequence(tokenizer, "q", "a1")
     with_specials = tokenizer("question : q answer : a1").input_ids  # add_special_tokens=True, as open-unlearning
-    assert sequence == with_specials + [tokenizer.eos_token_id]
+    assert sequence == [*with_specials, tokenizer.eos_token_id]
     assert start == len(tokenizer("question : q answer : ").input_ids)
-    assert stop == len(with_specials)
+    assert stop == len(with_specials)  # open-unlearning adds no end tag after the answer: only the EOS follows
+    row = encode(tokenizer, "q", "a1", template=template, score_end=True)
+    assert row.end_tokens == 1 and row.input_ids[-1] == tokenizer.eos_token_id
 
 
 def test_no_second_eos_when_the_sequence_already_ends_with_one(tokenizer) -> None:
     template = Template("t", "tags", asst_end_tag="")
-    sequence, _, _ = template.sequence(tokenizer, "q", "a1 </s>")
+    sequence, _, stop = template.sequence(tokenizer, "q", "a1 </s>")
     assert sequence[-1] == tokenizer.eos_token_id and sequence[-2] != tokenizer.eos_token_id
+    assert stop == len(sequence) - 1  # the answer's own EOS is its end row
 
 
 def test_encode_scores_the_end_tokens_only_when_asked(tokenizer) -> None:
@@ -86,7 +89,7 @@ def test_encode_scores_the_end_tokens_only_when_asked(tokenizer) -> None:
     answer_only = encode(tokenizer, "q", "a1 a2", template=template)
     with_end = encode(tokenizer, "q", "a1 a2", template=template, score_end=True)
     assert with_end.input_ids[: len(answer_only.input_ids)] == answer_only.input_ids
-    assert with_end.input_ids[len(answer_only.input_ids) :] == ids(tokenizer, "end") + [tokenizer.eos_token_id]
+    assert with_end.input_ids[len(answer_only.input_ids) :] == [*ids(tokenizer, "end"), tokenizer.eos_token_id]
     assert (answer_only.end_tokens, with_end.end_tokens) == (0, 2)
     assert tokenizer.decode(answer_only.input_ids[answer_only.score_from :]) == "a1 a2"
 
@@ -152,7 +155,7 @@ def test_shared_prefix_pass_with_the_pad_mask_equals_the_full_pass() -> None:
     model = make_tiny_llama(seed=3)
     pad = 2  # the pad id is also the end-of-turn id inside the rows, as SmolLM2's <|im_end|>
     prompt = [1, 9, 2, 11, 12]
-    rows = [Encoded(prompt + [20, 2, 21], 5), Encoded(prompt + [22, 23], 5), Encoded([1, 30, 2, 31, 32], 3)]
+    rows = [Encoded([*prompt, 20, 2, 21], 5), Encoded([*prompt, 22, 23], 5), Encoded([1, 30, 2, 31, 32], 3)]
     device = torch.device("cpu")
     with torch.no_grad():
         logits, targets = shared_prefix_logits(model, rows, pad, device, pad_mask=True)
@@ -186,9 +189,12 @@ def test_model_dtype_log_probs_are_the_bf16_log_softmax() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = (torch.randn(9, 64, generator=generator) * 5).bfloat16()
     targets = torch.randint(0, 64, (9,), generator=generator)
-    low = token_statistics(logits, targets, False, model_dtype_logp=True)["logp"]
+    got = token_statistics(logits, targets, False, model_dtype_logp=True, chunk_rows=4)
     expected = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].float()
-    assert torch.equal(low, expected)
+    assert torch.equal(got["logp"], expected)
+    # open-unlearning's evaluate_probability: cross-entropy over [batch, V, tokens] logits, whatever the chunking
+    cross_entropy = torch.nn.functional.cross_entropy(logits.T[None], targets[None], reduction="none")[0]
+    assert torch.equal(got["loss_logp"], -cross_entropy.float())
     high = token_statistics(logits, targets, False)["logp"]
     exact = torch.log_softmax(logits.double(), dim=-1).gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(high.double(), exact, atol=8 * EPS32 * float(exact.abs().max()) + 1e-6, rtol=0)
