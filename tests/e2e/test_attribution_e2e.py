@@ -85,7 +85,7 @@ def test_junk_map_is_flagged_and_methods_are_compared(page: Page, demo_app_url: 
     page.get_by_role("button", name="Compute", exact=True).click()
     expect(page.locator(".js-plotly-plot").first).to_be_visible()
     wait_idle(page)
-    settings = AttributionSettings(n_steps=1, granularity="word", baseline="eos")  # the page's defaults
+    settings = AttributionSettings(n_steps=1, granularity="word", baseline="pad")  # the page's defaults
     expected = completeness_warning(attribute(demo_pair, item.question, item.answer, chat=chat, settings=settings))
     assert expected is not None
     expect(page.get_by_text("This map does not add up").first).to_be_visible()
