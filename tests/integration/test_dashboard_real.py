@@ -44,7 +44,7 @@ def test_views_of_the_embedded_model_against_itself(embedded_model_dir: Path) ->
     question = next(e for e in demo_examples() if e.split == "forget")
     answer = question.answer.split()[0]
     ask(at, "attribution", question.question, answer)
-    at.selectbox(key="attribution_method").set_value("integrated_gradients")
+    at.selectbox(key="attribution_method").set_value("integrated_gradients").run()  # draws IG's own options
     at.number_input(key="attribution_steps").set_value(4)
     button(at, "Compute").click().run()
     assert not at.exception and not errors(at), errors(at)
