@@ -4,8 +4,12 @@
    (one per model) on the same batch. Goal ≤ 1.15.
 2. Peak memory of a process holding an adapter pair (base + LoRA on the shared backbone) / one holding the model
    alone, both after one forward on the batch. Goal ≤ 1.1.
+3. N adapter checkpoints on one backbone (N = 4, 12): the forward passes of all N in one stacked pass
+   (core.analyses.multi.side_logits with core.models.adapters.n_sided_lora) against N separate passes (one per
+   adapter, PEFT's own forward), and the whole probe across N models (core.analyses.multi.score_many) against N
+   pairwise probes (core.analyses.probe.score per pair); printed as ratios separate / stacked.
 
-Usage: python bench/probe.py [--repeats N] [--batch 32] [--tokens 64] [--device auto]
+Usage: python bench/probe.py [--repeats N] [--batch 32] [--tokens 64] [--device auto] [--many-only]
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,11 +133,16 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--model")
     parser.add_argument("--adapter")
+    parser.add_argument("--many-only", action="store_true", help="only the N-checkpoint comparison (3.)")
+    parser.add_argument("--many-batch", type=int, default=8, help="rows per batch in the N-checkpoint comparison")
     args = parser.parse_args()
     if args.child:
         peak_memory_child(args.child, args.model, args.adapter, args.batch, args.tokens, args.device)
         return
     model_dir = ensure_embedded_model()
+    if args.many_only:
+        bench_many(model_dir, args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         adapter = make_adapter(model_dir, Path(tmp) / "adapter")
         speed = bench_speed(model_dir, adapter, args)
@@ -154,6 +164,77 @@ def main() -> None:
         f"ratio pair / single (peak): {memory['peak_ratio']:.3f}  (goal <= 1.1); "
         f"weights only: {memory['parameter_ratio']:.3f}"
     )
+
+    bench_many(model_dir, args)
+
+
+def bench_many(model_dir: Path, args: argparse.Namespace) -> list[dict]:
+    """For N = 4 and 12 r=16 adapters on the embedded model: one stacked pass vs N passes, and the probe across N
+    models vs N pairwise probes (median of args.repeats, after a warm-up); each N printed as soon as measured. The
+    adapters are copies of one random adapter in their own folders (each attached on its own, as N checkpoints
+    are): the arithmetic, and so the time, does not depend on the weights' values."""
+    from core.analyses.multi import ModelEntry, ModelSet, side_logits
+    from core.scoring.encoding import collate
+    from core.scoring.forward import selected_logits
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        first = make_adapter(model_dir, Path(tmp) / "adapter-0")
+        adapters = [first] + [Path(shutil.copytree(first, Path(tmp) / f"adapter-{i}")) for i in range(1, 12)]
+        for n in (4, 12):
+            base = ModelSpec(str(model_dir), device=args.device)
+            entries = [ModelEntry(ModelSpec(str(a), device=args.device), f"m{i}") for i, a in enumerate(adapters[:n])]
+            models = ModelSet.load(base, entries)
+            rows = make_batch(len(models.tokenizer), args.many_batch, args.tokens)
+            batch = collate(rows, models.tokenizer.pad_token_id, models.device)
+            pairs = [models.pair(i) for i in range(n)]
+
+            def separate(models=models, batch=batch, n=n) -> None:
+                for i in range(1, n + 1):
+                    with models.use(i) as model, torch.no_grad():
+                        selected_logits(model, batch)
+
+            def stacked(models=models, batch=batch) -> None:
+                side_logits(models, batch)
+
+            def pairwise(pairs=pairs, rows=rows) -> None:
+                for pair in pairs:
+                    score(pair, rows, batch_size=len(rows))
+
+            def many(models=models, rows=rows) -> None:
+                probe_rows(models, rows)
+
+            times = {name: time_it(fn, models.device, args.repeats)
+                     for name, fn in (("separate", separate), ("stacked", stacked), ("pairwise", pairwise),
+                                      ("many", many))}  # fmt: skip
+            out.append({"n": n, **times})
+            print_many(out[-1:])
+            del models, pairs
+    return out
+
+
+def probe_rows(models, rows: list[Encoded]) -> None:
+    """core.analyses.multi.score_many's work on already encoded rows (as `score` takes them in `pairwise`): every
+    side's logits, then each pair's statistics and token shifts."""
+    from core.analyses.multi import side_logits
+    from core.analyses.probe import _to_shifts, pair_statistics
+    from core.scoring.encoding import collate
+
+    batch = collate(rows, models.tokenizer.pad_token_id, models.device)
+    logits = side_logits(models, batch)
+    for i in range(1, len(logits)):
+        _to_shifts(models.tokenizer, batch, pair_statistics(logits[0], logits[i], batch.targets, 5))
+
+
+def print_many(results: list[dict]) -> None:
+    for r in results:
+        print(
+            f"N={r['n']} adapter checkpoints: N separate passes {r['separate']:.3f} s, one stacked pass "
+            f"{r['stacked']:.3f} s (base included), ratio separate / stacked {r['separate'] / r['stacked']:.2f}; "
+            f"N pairwise probes {r['pairwise']:.3f} s, probe across N {r['many']:.3f} s, "
+            f"ratio {r['pairwise'] / r['many']:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
