@@ -69,10 +69,12 @@ def encode(
         ids = chosen.prompt_ids(tokenizer, prompt)
         return _fit(ids, chosen.answer_ids(tokenizer, prompt, answer), max_length)
     ids, start, stop = chosen.sequence(tokenizer, prompt, answer)
-    if stop <= start:
+    if stop <= start and not score_end:
         raise UserError(f"the answer {answer!r} leaves no token to score after its prompt (template {chosen.name})")
+    # A tag template can tokenise a one-word answer into the prompt's last token (open-unlearning's "tokenization
+    # mismatch"): then only the end rows (the EOS) are scored, as it scores them.
     scored = ids[start:] if score_end else ids[start:stop]
-    return _fit(ids[:start], scored, max_length, end_tokens=len(ids) - stop if score_end else 0)
+    return _fit(ids[:start], scored, max_length, end_tokens=len(ids) - max(stop, start) if score_end else 0)
 
 
 def encode_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int = 2048) -> Encoded:
