@@ -40,10 +40,10 @@ from dashboard.state.sidebar import sidebar
 # Widget keys other than attribution_<option>: n_steps's from before the options were declared (links and tests
 # use it); the IG rule's "method" would clash with the method picker's key.
 OPTION_KEYS = {"n_steps": "attribution_steps", "method": "attribution_ig_rule"}
-# Defaults: AttnLRP adds up to its logit up to what its softmax rule keeps (shown beside the map), with no steps to
-# tune; pad is the settings' own default. The demo's faithfulness figures behind the choice, and what was not
-# measured, are in docs/PERFORMANCE-attribution.md (bench/attribution.py --faithfulness).
-DEFAULT_METHOD, DEFAULT_BASELINE = "attn_lrp", "pad"
+# Defaults: feature ablation, the most faithful map on the demo pair's first forget example by the area between its
+# deletion and insertion curves (eos baseline; docs/PERFORMANCE-attribution.md), with no completeness axiom to miss;
+# the baseline stays the settings' pad: eos was the one measured, pad was not by the deadline (see that doc).
+DEFAULT_METHOD, DEFAULT_BASELINE = "feature_ablation", "pad"
 FAITHFULNESS_RESULT = "attribution_faithfulness"
 
 sidebar()

@@ -76,7 +76,7 @@ def test_the_page_warns_next_to_a_map_that_does_not_add_up(tiny_pair_dirs) -> No
 
 def test_the_page_draws_every_methods_faithfulness(tiny_pair_dirs) -> None:
     at, pair = open_with_pair("attribution", tiny_pair_dirs)
-    assert at.selectbox(key="attribution_method").value == "attn_lrp"  # the page's default
+    assert at.selectbox(key="attribution_method").value == "feature_ablation"  # the page's default
     ask(at, "attribution", PROMPT, ANSWER)
     at.radio(key="attribution_granularity").set_value("token")
     button(at, "Compare every method").click().run()
