@@ -27,6 +27,7 @@ from core.common.errors import UserError
 # numbers reproduce its stored ones to the last bit even for answers with probabilities near 1e-6.
 OPEN_UNLEARNING_EPS = 1e-10
 MIN_K_FRACTION = 0.4
+_ES_HELP = "1 − k/T, k the shortest prefix after which the argmax suffix equals the label"
 # open-unlearning clamps the variance of log p under the next-token distribution at 1e-6 (so σ at 1e-3).
 MIN_K_PLUS_PLUS_MIN_SIGMA = 1e-3
 # open-unlearning's stand-in retain AUC for privleak when no retrained model's logs are given.
@@ -181,10 +182,7 @@ def truth_ratio_true_share(
 
 
 @register(
-    "truth_ratio_prob_mean",
-    kind="memorisation",
-    higher_is_better=None,
-    description="open-unlearning's prob_mean truth-ratio aggregate: mean of p_true / (p_true + p_wrong)",
+    "truth_ratio_prob_mean", kind="memorisation", higher_is_better=None, description="mean p_true/(p_true+p_wrong)"
 )
 def truth_ratio_prob_mean(shares: ArrayLike) -> float:
     return float(np.mean(_array(shares, "truth_ratio_prob_mean")))
@@ -242,23 +240,16 @@ def _suffix_k(pred: np.ndarray, label: np.ndarray) -> int:
 
 
 @register(
-    "extraction_strength",
-    kind="memorisation",
-    higher_is_better=None,
-    description="open-unlearning's 1 − k/T, k the shortest prefix after which the argmax suffix equals the label; "
-    "its search stops at k = T−1, so an answer whose last token is wrong scores 1/T",
+    "extraction_strength", kind="memorisation", higher_is_better=None, description=f"open-unlearning's {_ES_HELP}"
 )
 def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
-    """As open-unlearning's `extraction_strength` (src/evals/metrics/memorization.py @ d3d7cf9)."""
+    """As open-unlearning (memorization.py @ d3d7cf9): its search stops at k = T−1, a wrong last token scores 1/T."""
     pred, label = _ids(pred_ids, label_ids, "extraction_strength")
     return 1 - min(_suffix_k(pred, label), label.size - 1) / label.size
 
 
 @register(
-    "extraction_strength_textbook",
-    kind="memorisation",
-    higher_is_better=None,
-    description="1 − k/T with k = T when no suffix matches (0 when the last token is wrong), as the definition reads",
+    "extraction_strength_textbook", kind="memorisation", higher_is_better=None, description=f"{_ES_HELP} (0 if none)"
 )
 def extraction_strength_textbook(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
     pred, label = _ids(pred_ids, label_ids, "extraction_strength_textbook")
