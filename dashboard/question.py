@@ -9,6 +9,7 @@ from core.common.limits import MAX_TEXT_CHARS
 from core.data.examples import Example, demo_examples
 from dashboard.state import keys
 from dashboard.state.pair import chat_default
+from dashboard.state.template import page_template
 
 
 @st.cache_data(show_spinner=False)
@@ -84,4 +85,4 @@ def question_inputs(prefix: str) -> tuple[str, str, bool]:
         help="The answer whose log-probability is explained.",
     )
     chat = st.toggle("Chat template", key=chat_key)
-    return prompt, answer, chat
+    return prompt, answer, page_template(chat)

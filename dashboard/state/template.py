@@ -1,8 +1,8 @@
 """The sidebar's template picker: which prompt template (core.scoring.templates) every page scores with, shown
 beside the pair; by default the pair's own (the demo's plain format for the demo models, else the chat template).
 
-`template_picker()` draws it (call it inside `with st.sidebar:` after the pair panel); `chosen_template()` is what
-pages pass to core as the `chat=` argument (a template name is accepted wherever the chat flag is)."""
+`template_picker()` draws it (inside `with st.sidebar:` after the pair panel); `page_template(toggle)` is what a page
+passes to core as the `chat=` argument (a template name is accepted wherever the chat flag is)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def chosen_template() -> str:
     return default_template() if choice in (None, MODEL_DEFAULT) else choice
 
 
+def page_template(chat_on: bool) -> str:
+    """The template a page scores with: the sidebar's pick when one is made; with "model default" the page's own
+    *Chat template* toggle chooses between the model's chat template and plain text."""
+    choice = st.session_state.get(TEMPLATE_KEY, MODEL_DEFAULT)
+    if choice in (None, MODEL_DEFAULT):
+        return "chat" if chat_on else "plain"
+    return choice
+
+
 def template_picker() -> str:
     """A select box of the shipped templates, "model default" first, with the chosen template's description."""
     options = [MODEL_DEFAULT, *list_templates()]
@@ -35,7 +44,10 @@ def template_picker() -> str:
         options,
         key=TEMPLATE_KEY,
         format_func=lambda name: f"model default ({default_template()})" if name == MODEL_DEFAULT else name,
-        help="How questions and answers become tokens (as open-unlearning's template configs); every page uses it.",
+        help=(
+            "How questions and answers become tokens (as open-unlearning's template configs). A template picked here is"
+            " used by every page; with the model default, each page's Chat template toggle chooses chat or plain."
+        ),
     )
     name = chosen_template()
     st.caption(plain(load_template(name).description))

@@ -19,6 +19,7 @@ from dashboard.state import keys
 from dashboard.state.focus import request_scroll, results_header
 from dashboard.state.pair import chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
+from dashboard.state.template import page_template
 
 SOURCES = ("Demo set", "File path", "Upload")
 PROBE_PAGE = Path(__file__).with_name("probe.py")
@@ -106,7 +107,8 @@ def score_panel(dataset: QADataset) -> None:
         frame = None
         with report_errors(), shared_model_job("dataset scoring"):
             frame = score_items(
-                pair, dataset, chat=chat, batch_size=int(batch_size), limit=int(limit), truth_ratio=truth,
+                pair, dataset, chat=page_template(chat), batch_size=int(batch_size), limit=int(limit),
+                truth_ratio=truth,
                 progress=lambda done: bar.progress(done, text=f"{done:.0%} of the requests"),
             )  # fmt: skip
         if frame is None:

@@ -24,6 +24,7 @@ from dashboard.question import available_examples, example_picker, use_example
 from dashboard.state import keys
 from dashboard.state.pair import busy_note, chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
+from dashboard.state.template import page_template
 
 EXAMPLE_PILLS = 4  # one-click examples per split (all of them are in the picker)
 TOP_K_RANGE = (1, 20)
@@ -183,7 +184,7 @@ def current_settings(inputs: dict[str, Any]) -> GenerationSettings:
 
 
 def scored_inputs(inputs: dict[str, Any]) -> tuple:
-    return (inputs["prompt"], inputs["answer"], inputs["chat"], inputs["top_k"])
+    return (inputs["prompt"], inputs["answer"], page_template(inputs["chat"]), inputs["top_k"])
 
 
 def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
@@ -194,7 +195,7 @@ def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
         requests = [ProbeRequest(inputs["prompt"], inputs["answer"] or None)]
         if retain is not None:
             requests.append(ProbeRequest(retain.question, retain.answer))
-        results = score(pair, requests, chat=inputs["chat"], top_k=inputs["top_k"])
+        results = score(pair, requests, chat=page_template(inputs["chat"]), top_k=inputs["top_k"])
         st.session_state[keys.PROBE_RESULT] = (pair_key(), results[0].to_dict())  # the Report page reads this pair too
         st.session_state["probe_result_inputs"] = scored_inputs(inputs)
         if retain is not None:
@@ -281,7 +282,9 @@ def score_panel() -> None:
     if generate_clicked:
         with report_errors(), busy_note("Generating from both models…"), shared_model_job("generation"):
             settings = current_settings(inputs)
-            generated = generate(pair, inputs["prompt"], chat=inputs["chat"], settings=settings, top_k=inputs["top_k"])
+            generated = generate(
+                pair, inputs["prompt"], chat=page_template(inputs["chat"]), settings=settings, top_k=inputs["top_k"]
+            )
             st.session_state["probe_generation"] = (pair_key(), generated.to_dict())
     draw_results(inputs)
     generation = st.session_state.get("probe_generation")

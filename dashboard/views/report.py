@@ -26,8 +26,9 @@ from dashboard.exports import chart_downloads, table_download
 from dashboard.plain import plain
 from dashboard.sources import load_results, result_folder_inputs, typed_path
 from dashboard.state import keys
-from dashboard.state.pair import current_pair, pair_key, shared_model_job
+from dashboard.state.pair import chat_default, current_pair, pair_key, shared_model_job
 from dashboard.state.sidebar import sidebar
+from dashboard.state.template import page_template
 
 MAX_PROBES_CHARS = 100_000  # the probes box: a few dozen prompt|answer lines (each side is bounded by the core)
 MAX_TITLE_CHARS = 200
@@ -108,7 +109,8 @@ def build(
         try:
             report = build_report(
                 current_pair(), results=results, x_metric=axes[0], y_metric=axes[1], sources=sources,
-                probes=parse_probes(options.get("report_probes", "")), chat=options.get("report_chat", False),
+                probes=parse_probes(options.get("report_probes", "")),
+                chat=page_template(options.get("report_chat", False)),
                 with_attribution=options.get("report_attribute", False), with_lens=options.get("report_lens", False),
                 robustness=robustness, labels=labels(), notes=options.get("report_notes", ""),
                 title=options.get("report_title", ""),
@@ -194,7 +196,7 @@ st.text_area(
     help="The last | separates the prompt from its reference answer; a line without | scores the prompt itself.",
 )
 cols = st.columns(3)
-cols[0].toggle("Chat template", value=True, key="report_chat")
+cols[0].toggle("Chat template", value=chat_default(), key="report_chat")
 cols[1].toggle("Attribution view", key="report_attribute", help="Integrated gradients per probe with an answer")
 cols[2].toggle("Layer view", key="report_lens", help="The logit lens per probe with an answer")
 st.text_input("Title", value="Unlearning report", key="report_title", max_chars=MAX_TITLE_CHARS)

@@ -17,8 +17,9 @@ from dashboard.options import option_input
 from dashboard.plain import plain
 from dashboard.sources import typed_path
 from dashboard.state.focus import request_scroll, results_header
-from dashboard.state.pair import pair_key, pair_or_progress, shared_model_job
+from dashboard.state.pair import chat_default, pair_key, pair_or_progress, shared_model_job
 from dashboard.state.sidebar import sidebar
+from dashboard.state.template import page_template
 
 SOURCES = ("Demo set", "Folder")
 DEFAULT_ITEMS = 6
@@ -70,13 +71,17 @@ def choose_settings(data: SplitData) -> tuple[list[str], RobustnessSettings] | N
     count = len(data.forget)
     cols = st.columns(4)
     items = cols[0].number_input("Forget items", 1, count, min(count, DEFAULT_ITEMS), key="robustness_items")
-    chat = cols[1].toggle("Chat template", value=True, key="robustness_chat")
+    chat = cols[1].toggle("Chat template", value=chat_default(), key="robustness_chat")
     attack_base = cols[2].toggle("Attack the base too", value=True, key="robustness_attack_base")
     batch_size = cols[3].number_input("Batch size", 1, 64, 8, key="robustness_batch")
     chosen = attack_options(count)
     with report_errors():
         settings = RobustnessSettings(
-            chat=chat, batch_size=int(batch_size), max_items=int(items), attack_base=attack_base, **chosen
+            chat=page_template(chat),
+            batch_size=int(batch_size),
+            max_items=int(items),
+            attack_base=attack_base,
+            **chosen,
         )
         return attacks, settings
     return None

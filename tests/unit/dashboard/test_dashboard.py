@@ -332,6 +332,25 @@ def test_probe_example_fills_prompt_and_scores_like_core(tiny_pair_dirs: tuple[P
     assert at.metric[0].value == f"{direct.delta:+.3f}"
 
 
+def test_the_sidebar_template_reaches_the_probe(tiny_pair_dirs: tuple[Path, Path]) -> None:
+    """A template picked in the sidebar is what the Probe scores with (the page's toggle then has no say); back on
+    "model default", the toggle chooses chat or plain again. Each figure equals core's score under that template."""
+    at = open_page("probe")
+    load_checked_pair(at, *tiny_pair_dirs)
+    prompt, answer = "is w7 france", "paris"
+    at.text_area(key="probe_prompt").input(prompt)
+    at.text_input(key="probe_answer").input(answer)
+    pair = loaded_pair(at)
+    for choice, expected in (("phi-1.5", "phi-1.5"), ("model default", "plain")):
+        next(box for box in at.sidebar.selectbox if box.label == "Template").set_value(choice)
+        at.toggle(key=keys.PROBE_CHAT).set_value(False)
+        button(at, "Score").click().run()
+        assert not at.exception and not errors(at)
+        direct = score(pair, [ProbeRequest(prompt, answer)], chat=expected)[0]
+        assert at.metric[0].value == f"{direct.delta:+.3f}"
+        assert at.session_state[keys.PROBE_RESULT][1]["chat"] == expected
+
+
 def test_probe_takes_a_handover_and_keeps_it_without_a_pair() -> None:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.session_state[keys.AUTOLOAD] = False
