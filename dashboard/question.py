@@ -55,8 +55,9 @@ def example_picker(prefix: str, choices: list[Example]) -> None:
     )
 
 
-def question_inputs(prefix: str) -> tuple[str, str, bool]:
-    """Example picker, prompt, answer and chat toggle under `{prefix}_*` keys; returns (prompt, answer, chat).
+def question_inputs(prefix: str) -> tuple[str, str, str]:
+    """Example picker, prompt, answer and chat toggle under `{prefix}_*` keys; returns (prompt, answer, template):
+    the sidebar's template, or with "model default" chat or plain as the toggle says (state.template.page_template).
 
     The inputs take over the Probe page's prompt and answer whenever they changed there, so a question probed there
     is one click away here (edits made here stay until then); the chat toggle starts from the Probe page's, else the

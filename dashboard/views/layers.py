@@ -43,6 +43,7 @@ from dashboard.question import available_examples, question_inputs
 from dashboard.state import keys
 from dashboard.state.pair import chat_default, pair_key, require_pair, shared_model_job
 from dashboard.state.sidebar import sidebar
+from dashboard.state.template import page_template
 
 
 def stored(key: str) -> dict | None:
@@ -165,7 +166,7 @@ paths = {
 left, right = st.columns(2)
 limit = left.number_input("Items per set", min_value=1, max_value=MAX_DRIFT_ITEMS, value=16, key="drift_limit")
 st.session_state.setdefault("drift_chat", st.session_state.get(keys.PROBE_CHAT, chat_default()))
-drift_chat = right.toggle("Chat template", key="drift_chat")
+drift_chat = page_template(right.toggle("Chat template", key="drift_chat"))
 run_on_click(
     "Compute drift", "drift", "hidden-state drift", "Running both models over the forget and retain items…",
     lambda: hidden_state_drift(pair, drift_sets(paths, int(limit), available_examples()), chat=drift_chat).to_dict(),
