@@ -110,7 +110,10 @@ pair = require_pair()
 
 # ---------------------------------------------------------------------------------------------- logit lens
 st.header("Logit lens")
-st.caption("The residual stream after every layer, read through the final norm and the unembedding.")
+st.caption(
+    "The residual stream after every layer, read through the model's own head (final norm, unembedding, its logit"
+    " scaling)."
+)
 prompt, answer, chat = question_inputs("lens")
 run_on_click(
     "Run the logit lens", "lens", "logit lens", "Reading every layer of both models…",

@@ -1,7 +1,8 @@
 """The layer view: where in the network the answer appears and disappears, and what unlearning changed per layer.
 
-- Logit lens: the residual stream after every layer, read through the final norm and the unembedding, gives each
-  answer token's probability and rank per layer for both models (`logit_lens`, `hidden_knowledge_score`).
+- Logit lens: the residual stream after every layer, read through the model's own head (its final norm,
+  unembedding and any logit scaling or soft-capping), gives each answer token's probability and rank per layer for
+  both models (`logit_lens`, `hidden_knowledge_score`).
 - Hidden-state drift: per layer, cosine similarity and norm change between base and unlearned activations,
   averaged over a forget set and a retain set (RMU's own diagnostic; `hidden_state_drift`).
 - Weight-change map: ‖ΔW‖/‖W‖ per parameter and layer; LoRA adapters are read as B·A·scaling without merging
