@@ -100,7 +100,7 @@ def run_unlearn(args: argparse.Namespace) -> int:
         chat=template_from_args(args, [args.base]),  # a template name: every encoding takes it for the chat flag
     )
     data = load_training_data(method, args.forget, args.retain, args.refusals)
-    trainee, tokenizer = load_trainee(args.base, args.device, method, args)
+    trainee, tokenizer = load_trainee(args.base, args.device, method, args, seed=args.seed)
     result = train(trainee, tokenizer, method, data, config, out=args.out)
     last = result.history[-1] if result.history else {}
     sys.stdout.write(
@@ -133,8 +133,14 @@ def load_training_data(
     )
 
 
-def load_trainee(base: str, device: str, method: UnlearningMethod, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load the model named by `base` (float32) and wrap it for training as the CLI options say."""
+def load_trainee(
+    base: str, device: str, method: UnlearningMethod, args: argparse.Namespace, seed: int
+) -> tuple[Any, Any]:
+    """Load the model named by `base` (float32) and wrap it for training as the CLI options say. The global RNG is
+    seeded with `seed` just before the trainee is built, so a new adapter's initial weights depend on the seed alone
+    (not on what the process drew before): `unlearn` and `unlearn --ray` both come through here."""
+    import torch
+
     from core.cli.common import build_demo_first
     from core.models.loading import load_backbone, load_tokenizer, resolve_device, resolve_dtype
     from core.models.spec import ModelSpec, resolve_spec
@@ -147,4 +153,5 @@ def load_trainee(base: str, device: str, method: UnlearningMethod, args: argpars
     tokenizer = load_tokenizer(spec)
     model = load_backbone(spec, torch_device, resolve_dtype(spec.dtype, torch_device))
     lora = lora_config(args.lora_rank, args.lora_alpha, args.lora_targets) if args.lora else None
+    torch.manual_seed(seed)  # the adapter's initial weights (PEFT draws them from the global RNG)
     return build_trainee(model, spec.source, spec.adapter, tokenizer, lora, method.needs_reference), tokenizer

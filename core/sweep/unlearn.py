@@ -61,8 +61,8 @@ def unlearn_work(run: RunSpec, job: UnlearnJob, report: Any) -> dict[str, Any]:
     data = load_training_data(method, job.forget, job.retain, job.refusals)
     rank, alpha, targets = job.lora or (0, 0.0, "")
     lora = SimpleNamespace(lora=job.lora is not None, lora_rank=rank, lora_alpha=alpha, lora_targets=targets)
-    torch.manual_seed(run.seed)  # the adapter's initial weights too: a worker's RNG has served earlier tasks
-    trainee, tokenizer = load_trainee(job.base, job.device, method, lora)
+    # load_trainee seeds the adapter's initial weights with run.seed: a worker's RNG has served earlier tasks
+    trainee, tokenizer = load_trainee(job.base, job.device, method, lora, seed=run.seed)
     config = dataclasses.replace(job.config, seed=run.seed)
     result = train(trainee, tokenizer, method, data, config, out=Path(run.out),
                    progress=lambda step, total, terms: report(step / total), show_bar=False)  # fmt: skip
