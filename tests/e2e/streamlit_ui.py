@@ -79,8 +79,10 @@ def wait_scored(page: Page, contains: str | None = None) -> None:
 
 
 def rendered_tokens(page: Page) -> list[dict[str, str | float]]:
-    """Each scored token span: its text, data-delta, data-position and background colour."""
-    return page.locator(SCORED).evaluate_all(
+    """Each scored token span of the first token view (the inputs' own; Probe's first visit draws the retain example
+    beside it): its text, data-delta, data-position and background colour."""
+    view = page.locator(".ulens-tokens").filter(has=page.locator(".ulens-token")).first
+    return view.locator(".ulens-token").evaluate_all(
         """(spans) => spans.map((span) => ({
             text: span.textContent,
             delta: parseFloat(span.dataset.delta),
@@ -111,12 +113,24 @@ def is_on(page: Page, label: str) -> bool:
     return page.get_by_test_id("stCheckbox").filter(has_text=label).locator("input").first.is_checked()
 
 
+def open_examples(page: Page) -> bool:
+    """Open Probe's Examples popover (its pills and picker); False on a page without one."""
+    opener = page.get_by_test_id("stPopover").filter(has_text="Examples").locator("button")
+    if opener.count() == 0:
+        return False
+    opener.first.click()
+    return True
+
+
 def choose(page: Page, label: str, option: str) -> None:
     """Pick `option` in the selectbox labelled `label` (wait for what its callback fills before the next click:
     a click during that rerun sends the inputs as they were)."""
     box = page.get_by_test_id("stSelectbox").filter(has_text=label)
+    opened = not box.first.is_visible() and open_examples(page)  # Probe keeps its demo picker in a popover
     box.locator("input").click()
     page.get_by_role("option", name=option, exact=True).click()
+    if opened:
+        page.keyboard.press("Escape")  # close the popover again, as a user does, so it covers nothing
 
 
 def page_shot(page: Page, path: Path, max_height: int = 4000) -> None:

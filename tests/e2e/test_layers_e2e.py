@@ -3,6 +3,8 @@ chart is drawn, its reading shown, and the table's first and last rows are core'
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import Page, expect
 from streamlit_ui import PLOT, choose, go_to, is_on, open_with_default_pair, page_shot, wait_idle
 
@@ -25,8 +27,8 @@ def test_patching_curve_and_reading_for_a_forget_question(
     wait_idle(page)
     expected = patch_curve(demo_pair, item.question, item.answer, chat)
     reading = causal_reading(expected)
-    shown = page.get_by_role("alert").all_inner_texts()
+    shown = page.get_by_test_id("stAlert").all_inner_texts()
     assert any(reading.split(":")[0] in text for text in shown), shown
-    title = page.get_by_text("depth score").first.inner_text()
+    title = page.get_by_text(re.compile(r"Activation patching \(.*\): depth score")).first.inner_text()
     assert f"{expected.depth_score:.2f}" in title
     page_shot(page, shot_dir / "pages" / "layers-patching.png")

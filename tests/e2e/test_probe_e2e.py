@@ -18,6 +18,7 @@ from streamlit_ui import (
     is_on,
     load_pair,
     metric_number,
+    open_examples,
     open_with_default_pair,
     page_shot,
     rendered_tokens,
@@ -151,7 +152,9 @@ def test_score_clicked_right_after_an_example_pill_loses_nothing(page: Page, dem
     example = next(e for e in demo_examples() if e.question == item.question)
     open_with_default_pair(page, demo_app_url)
     chat = is_on(page, "Chat template")
+    assert open_examples(page)
     page.get_by_role("radiogroup", name="Forget-set examples").get_by_role("radio", name=example.pill).click()
+    page.keyboard.press("Escape")  # the popover closes (a keystroke, no wait for the pill's run)
     click_score(page)
     empty = page.get_by_text("the prompt is empty")
     expect(page.locator(SCORED).first.or_(empty)).to_be_visible()
