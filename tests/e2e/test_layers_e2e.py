@@ -29,6 +29,6 @@ def test_patching_curve_and_reading_for_a_forget_question(
     reading = causal_reading(expected)
     shown = page.get_by_test_id("stAlert").all_inner_texts()
     assert any(reading.split(":")[0] in text for text in shown), shown
-    title = page.get_by_text(re.compile(r"Activation patching \(.*\): depth score")).first.inner_text()
+    title = page.get_by_text(re.compile(r"Activation patching \(.*\): depth score")).first.text_content() or ""
     assert f"{expected.depth_score:.2f}" in title
     page_shot(page, shot_dir / "pages" / "layers-patching.png")
