@@ -94,7 +94,7 @@ def rendered_tokens(page: Page) -> list[dict[str, str | float]]:
 
 def metric_value(page: Page, label: str) -> str:
     metric = page.get_by_test_id("stMetric").filter(has_text=label)
-    return metric.get_by_test_id("stMetricValue").inner_text().strip()
+    return metric.get_by_test_id("stMetricValue").first.inner_text().strip()  # the inputs' own (Probe draws two)
 
 
 def metric_number(page: Page, label: str) -> float:

@@ -47,6 +47,8 @@ def test_demo_forget_split_scores_and_opens_in_probe(page: Page, demo_app_url: s
 
     # select the first row (its row-marker checkbox on the grid's canvas), then open it in Probe
     grid = page.get_by_test_id("stDataFrame").last
+    grid.scroll_into_view_if_needed()  # the results header was scrolled to the top; the grid's rows are in view
+    wait_idle(page)
     box = grid.bounding_box()
     assert box is not None
     page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)

@@ -24,7 +24,12 @@ from core.present.figures.tradeoffs import tradeoff_points
 def test_tradeoff_chart_from_the_example_results(page: Page, app_url: str, shot_dir):
     page.goto(app_url)
     go_to(page, "Tradeoffs")
-    page.get_by_role("button", name="Use the example: real open-unlearning outputs").click()
+    folders = page.get_by_test_id("stExpander").filter(has_text="Result folders")
+    expect(folders).to_be_visible()
+    example = page.get_by_role("button", name="Use the example: real open-unlearning outputs")
+    if not example.is_visible():  # the page opened on results by itself, with its folder inputs folded away
+        folders.locator("summary").click()
+    example.click()
     expect(page.get_by_role("textbox", name="Result folders or files, one per line")).to_have_value(
         str(EXAMPLE_RESULTS)
     )
