@@ -217,13 +217,13 @@ def probe_rows(models, rows: list[Encoded]) -> None:
     """core.analyses.multi.score_many's work on already encoded rows (as `score` takes them in `pairwise`): every
     side's logits, then each pair's statistics and token shifts."""
     from core.analyses.multi import side_logits
-    from core.analyses.probe import _to_shifts, pair_statistics
+    from core.analyses.probe import pair_statistics, to_shifts
     from core.scoring.encoding import collate
 
     batch = collate(rows, models.tokenizer.pad_token_id, models.device)
     logits = side_logits(models, batch)
     for i in range(1, len(logits)):
-        _to_shifts(models.tokenizer, batch, pair_statistics(logits[0], logits[i], batch.targets, 5))
+        to_shifts(models.tokenizer, batch, pair_statistics(logits[0], logits[i], batch.targets, 5))
 
 
 def print_many(results: list[dict]) -> None:

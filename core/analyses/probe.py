@@ -27,7 +27,7 @@ from core.common.limits import (
     ensure_fits,
     model_shape,
 )
-from core.models.adapters import two_sided_lora
+from core.models.adapters import mixed_batch_supported, two_sided_lora
 from core.models.pair import SIDES, ModelPair
 from core.scoring.encoding import Batch, Encoded, collate, encode, encode_ids
 from core.scoring.forward import selected_logits
@@ -178,7 +178,7 @@ def score(
             prompt = request.prompt if isinstance(request, ProbeRequest) else ""
             answer = request.answer if isinstance(request, ProbeRequest) else None
             context_ids = row.input_ids[: row.score_from]
-            context_texts = _token_texts(pair.tokenizer, context_ids)
+            context_texts = token_texts(pair.tokenizer, context_ids)
             context = [context_texts[i] for i in context_ids]
             results.append(ProbeResult(prompt, answer, name, context, tokens, row.truncated, row.end_tokens))
         if progress:
@@ -208,7 +208,7 @@ def _score_batch(pair: ModelPair, batch: Batch, top_k: int) -> list[list[TokenSh
             with pair.use(side) as model, torch.no_grad():
                 logits[side] = selected_logits(model, batch)
     stats = pair_statistics(logits["base"], logits["unlearned"], batch.targets, top_k)
-    return _to_shifts(pair.tokenizer, batch, stats)
+    return to_shifts(pair.tokenizer, batch, stats)
 
 
 def _joint_logits(pair: ModelPair, batch: Batch) -> dict[str, torch.Tensor] | None:
@@ -225,7 +225,9 @@ def _joint_logits(pair: ModelPair, batch: Batch) -> dict[str, torch.Tensor] | No
             "use_cache": False, "logits_to_keep": keep,
         }  # fmt: skip
         with two_sided_lora(model, names) as stacked:
-            if not stacked:  # LoRA variants and non-linear LoRA layers: PEFT's own mixed batch
+            if not stacked:  # LoRA variants and non-linear LoRA layers: PEFT's own mixed batch, where PEFT takes it
+                if not mixed_batch_supported(model, names):
+                    return None  # DoRA, merged adapters: one pass per side
                 inputs["adapter_names"] = [names[0]] * rows + [names[1]] * rows
             logits = model(**inputs).logits
         logits = logits if logits.dim() == 2 else logits[keep]
@@ -233,14 +235,14 @@ def _joint_logits(pair: ModelPair, batch: Batch) -> dict[str, torch.Tensor] | No
     return {"base": logits[:half], "unlearned": logits[half:]}
 
 
-def _to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]]) -> list[list[TokenShift]]:
+def to_shifts(tokenizer: Any, batch: Batch, stats: dict[str, dict[str, torch.Tensor]]) -> list[list[TokenShift]]:
     cols = {
         f"{key}_{side}": values.cpu().tolist()
         for side, side_stats in stats.items()
         for key, values in side_stats.items()
     }
     targets = batch.targets.cpu().tolist()
-    texts = _token_texts(tokenizer, targets + [i for side in SIDES for ids in cols[f"top_ids_{side}"] for i in ids])
+    texts = token_texts(tokenizer, targets + [i for side in SIDES for ids in cols[f"top_ids_{side}"] for i in ids])
     out: list[list[TokenShift]] = []
     i = 0
     for row in batch.rows:
@@ -273,7 +275,7 @@ def _topk(texts: dict[int, str], ids: list[int], logps: list[float]) -> list[tup
     return [(texts[i], math.exp(lp)) for i, lp in zip(ids, logps, strict=True)]
 
 
-def _token_texts(tokenizer: Any, ids: Sequence[int]) -> dict[int, str]:
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> dict[int, str]:
     """Each distinct token as the text it adds (byte-level markers decoded, 'Ġ' shows as a space): one call."""
     unique = sorted(set(ids))
     decoded = tokenizer.batch_decode([[i] for i in unique], clean_up_tokenization_spaces=False)

@@ -68,6 +68,21 @@ def merged_adapter(peft_model: Any) -> Iterator[bool]:
             base.weight = weight
 
 
+def mixed_batch_supported(peft_model: Any, names: Sequence[str]) -> bool:
+    """Whether PEFT's mixed batch (`model(..., adapter_names=[...])`) accepts adapters `names` ("__base__": none):
+    PEFT refuses it for a DoRA adapter and for merged adapters ("Cannot pass `adapter_names` when DoRA is
+    enabled"), and in training mode. Where it does not, run one pass per adapter instead."""
+    from peft.tuners.lora import LoraLayer
+
+    if peft_model.training:
+        return False
+    wanted = {name for name in names if name != "__base__"}
+    for layer in peft_model.modules():
+        if isinstance(layer, LoraLayer) and (layer.merged or any(layer.use_dora.get(name, False) for name in wanted)):
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def two_sided_lora(peft_model: Any, names: Sequence[str]) -> Iterator[bool]:
     """Run a batch whose first half takes adapter `names[0]` and second half `names[1]` ("__base__": no adapter)

@@ -99,13 +99,13 @@ class JobLock:
         self.release()
 
 
-def _job(job: str | None, on_wait: WaitCallback | None) -> tuple[str | None, WaitCallback | None]:
+def job_args(job: str | None, on_wait: WaitCallback | None) -> tuple[str | None, WaitCallback | None]:
     """Explicit arguments, else what the enclosing `model_job` set."""
     current_job, current_on_wait = _JOB.get()
     return job or current_job, on_wait or current_on_wait
 
 
-class _Side:
+class Side:
     """One side of a pair: a model, the lock that guards it, and how to switch its adapter on."""
 
     def __init__(self, model: torch.nn.Module, lock: JobLock, adapter: str | None, peft: bool) -> None:
@@ -133,7 +133,7 @@ class ModelPair:
 
     def __init__(
         self,
-        sides: dict[str, _Side],
+        sides: dict[str, Side],
         tokenizer: Any,
         device: torch.device,
         dtype: torch.dtype,
@@ -159,7 +159,7 @@ class ModelPair:
             model.requires_grad_(False)
         param = next(base.parameters())
         return cls(
-            {"base": _Side(base, base_lock, None, False), "unlearned": _Side(unlearned, unlearned_lock, None, False)},
+            {"base": Side(base, base_lock, None, False), "unlearned": Side(unlearned, unlearned_lock, None, False)},
             tokenizer,
             param.device,
             param.dtype,
@@ -187,7 +187,7 @@ class ModelPair:
         plan = budget.plan_load(specs, device, dtype, offload.parse_size(max_memory), check, say)
         tokenizer = _shared_tokenizer(specs, say)
         models = budget.load_backbones(plan, specs, device, dtype, say)
-        sides: dict[str, _Side] = {}
+        sides: dict[str, Side] = {}
         for key, model in models.items():
             users = [name for name in SIDES if specs[name].backbone_key() == key]
             sides.update(_backbone_sides(model, JobLock(), {name: specs[name].adapter for name in users}, say))
@@ -212,7 +212,7 @@ class ModelPair:
         which sets both for a whole block)."""
         if side not in self._sides:
             raise UserError(f"unknown side {side!r}; choose one of {SIDES}")
-        with self._sides[side].active(*_job(job, on_wait)) as model:
+        with self._sides[side].active(*job_args(job, on_wait)) as model:
             yield model
 
     def holder(self, side: str) -> str | None:
@@ -231,7 +231,7 @@ class ModelPair:
         if not (base.peft and unlearned.peft and base.model is unlearned.model):
             yield None
             return
-        with base.lock.hold(*_job(job, on_wait)):
+        with base.lock.hold(*job_args(job, on_wait)):
             yield base.model, [side.adapter or "__base__" for side in (base, unlearned)]
 
     @property
@@ -306,10 +306,10 @@ def _shared_tokenizer(specs: dict[str, ModelSpec], say: Callable[[str], None]) -
 
 def _backbone_sides(
     model: torch.nn.Module, lock: JobLock, adapters: dict[str, str | None], say: Callable[[str], None]
-) -> dict[str, _Side]:
+) -> dict[str, Side]:
     """The sides that use one loaded backbone (`adapters`: each side's adapter folder or None), sharing its lock."""
     if not any(adapters.values()):
-        return {name: _Side(model, lock, None, False) for name in adapters}
+        return {name: Side(model, lock, None, False) for name in adapters}
     say(f"attaching adapter(s) {', '.join(a for a in adapters.values() if a)}")
     peft_model = attach_adapters(model, adapters)
-    return {name: _Side(peft_model, lock, name if adapter else None, True) for name, adapter in adapters.items()}
+    return {name: Side(peft_model, lock, name if adapter else None, True) for name, adapter in adapters.items()}

@@ -19,7 +19,7 @@ from core.common.errors import UserError
 from core.common.limits import check_range
 from core.models import loading
 from core.models.adapters import attach_adapters
-from core.models.pair import JobLock, ModelPair, _job, _Side
+from core.models.pair import JobLock, ModelPair, Side, job_args
 from core.models.spec import SKIP_MEMORY_CHECK_ENV, ModelSpec, env_flag, resolve_spec
 from core.unlearn.checkpoints import MANIFEST, RUN_FILE, checkpoint_dirs
 
@@ -85,7 +85,7 @@ class ModelSet:
         self,
         base: ModelSpec,
         entries: list[ModelEntry],
-        sides: list[_Side],
+        sides: list[Side],
         tokenizer: Any,
         device: torch.device,
         dtype: torch.dtype,
@@ -128,7 +128,7 @@ class ModelSet:
         backbones: dict[tuple[Any, ...], list[int]] = {}
         for i, spec in enumerate(specs):
             backbones.setdefault(spec.backbone_key(), []).append(i)
-        sides: list[_Side | None] = [None] * len(specs)
+        sides: list[Side | None] = [None] * len(specs)
         for users in backbones.values():
             say(f"loading {specs[users[0]].source}")
             model = loading.load_backbone(specs[users[0]], device, dtype)
@@ -154,13 +154,13 @@ class ModelSet:
     @contextlib.contextmanager
     def use(self, index: int) -> Iterator[torch.nn.Module]:
         """Side `index` (0: the base) with its adapter active, under its lock (see ModelPair.use)."""
-        with self.sides[index].active(*_job(None, None)) as model:
+        with self.sides[index].active(*job_args(None, None)) as model:
             yield model
 
     @contextlib.contextmanager
     def hold(self, index: int) -> Iterator[None]:
         """The lock of side `index`'s backbone, for a pass over several of its adapters at once."""
-        with self.sides[index].lock.hold(*_job(None, None)):
+        with self.sides[index].lock.hold(*job_args(None, None)):
             yield
 
     def parameter_bytes(self) -> int:
@@ -192,19 +192,19 @@ def _shared_tokenizer(specs: list[ModelSpec], say: Callable[[str], None]) -> Any
     return tokenizer
 
 
-def _backbone_sides(model: torch.nn.Module, adapters: list[str | None], say: Callable[[str], None]) -> dict[int, _Side]:
+def _backbone_sides(model: torch.nn.Module, adapters: list[str | None], say: Callable[[str], None]) -> dict[int, Side]:
     """The sides on one loaded backbone (`adapters`: each side's adapter folder or None), sharing its lock; each
     distinct adapter folder is attached once, under the name model_<k>."""
     lock = JobLock()
     if not any(adapters):
-        return {i: _Side(model, lock, None, False) for i in range(len(adapters))}
+        return {i: Side(model, lock, None, False) for i in range(len(adapters))}
     names: dict[str, str] = {}
     for path in adapters:
         if path and path not in names:
             names[path] = f"model_{len(names)}"
     say(f"attaching {len(names)} adapter(s)")
     peft_model = attach_adapters(model, {name: path for path, name in names.items()})
-    return {i: _Side(peft_model, lock, names[path] if path else None, True) for i, path in enumerate(adapters)}
+    return {i: Side(peft_model, lock, names[path] if path else None, True) for i, path in enumerate(adapters)}
 
 
 def demo_entries(template: ModelSpec, exclude: Sequence[str] = ()) -> list[tuple[str, ModelEntry]]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from core.analyses.multi.models import ModelSet
-from core.analyses.probe import DEFAULT_TOP_K, ProbeRequest, ProbeResult, _to_shifts, _token_texts, pair_statistics
+from core.analyses.probe import DEFAULT_TOP_K, ProbeRequest, ProbeResult, pair_statistics, to_shifts, token_texts
 from core.common.errors import UserError
 from core.common.limits import (
     FORWARD_ACTIVATION_FACTOR,
@@ -92,10 +92,10 @@ def score_many(
         logits = side_logits(models, batch)
         for i in range(len(models.entries)):
             stats = pair_statistics(logits[0], logits[i + 1], batch.targets, top_k)
-            shifts = _to_shifts(models.tokenizer, batch, stats)
+            shifts = to_shifts(models.tokenizer, batch, stats)
             for offset, (row, tokens) in enumerate(zip(rows, shifts, strict=True)):
                 request = requests[start + offset]
-                texts = _token_texts(models.tokenizer, row.input_ids[: row.score_from])
+                texts = token_texts(models.tokenizer, row.input_ids[: row.score_from])
                 context = [texts[t] for t in row.input_ids[: row.score_from]]
                 result = ProbeResult(
                     request.prompt, request.answer, name, context, tokens, row.truncated, row.end_tokens

@@ -112,18 +112,40 @@ def assert_same_probe(got: ProbeResult, want: ProbeResult, pair: ModelPair) -> N
 
 
 def pairwise(base: Path, entry: ModelEntry, backbone: Path) -> ModelPair:
-    """The two-model pair of `base` and `entry` as the Probe page loads it. A DoRA adapter is loaded on a backbone
-    of its own: the probe's joint pass hands DoRA to PEFT's mixed batch, which PEFT refuses for DoRA ("Cannot pass
-    `adapter_names` when DoRA is enabled"), so the pairwise reference runs each side alone."""
-    if entry.label != "dora":
-        return ModelPair.load(spec(base), entry.spec)
+    """The two-model pair of `base` and `entry` as the Probe page loads it (a DoRA adapter on the base's backbone
+    included: test_pairwise_probe_of_a_dora_adapter_on_the_bases_backbone)."""
+    return ModelPair.load(spec(base), entry.spec)
+
+
+def dora_apart(folders: dict[str, Path], base: str = "base") -> ModelPair:
+    """`base` against the DoRA adapter loaded on a backbone of its own (a PeftModel built by PEFT directly), so no
+    pass of the pair can mix the two sides: the reference for the shared-backbone pair."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    loaded = ModelPair.load(spec(base), spec(base))
-    dora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone), entry.spec.source)
+    loaded = ModelPair.load(spec(folders[base]), spec(folders[base]))
+    dora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folders["base"]), str(folders["dora"]))
     with loaded.use("base") as model:
         return ModelPair.from_models(model, dora.eval(), loaded.tokenizer)
+
+
+@pytest.mark.parametrize("base_name", ["base", "a"])
+def test_pairwise_probe_of_a_dora_adapter_on_the_bases_backbone(folders, base_name):
+    """PEFT refuses its mixed batch for DoRA ("Cannot pass `adapter_names` when DoRA is enabled"); the pair's joint
+    pass then runs each side alone (core.models.adapters.mixed_batch_supported), with the same numbers as a DoRA
+    model that shares nothing with the base."""
+    from core.models.adapters import mixed_batch_supported
+
+    shared = ModelPair.load(spec(folders[base_name]), spec(folders["dora"]))
+    assert shared.shares_backbone
+    with shared.joint() as joint:
+        model, names = joint
+        assert not mixed_batch_supported(model, names)
+        assert mixed_batch_supported(model, [names[0]])  # the base side alone (no adapter, or plain LoRA "a")
+    apart = dora_apart(folders, base_name)
+    assert not apart.shares_backbone
+    for got, want in zip(score(shared, REQUESTS, top_k=3), score(apart, REQUESTS, top_k=3), strict=True):
+        assert_same_probe(got, want, apart)
 
 
 def entries(folders: dict[str, Path]) -> list[ModelEntry]:
