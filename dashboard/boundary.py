@@ -4,14 +4,19 @@ page, never a traceback, and the session (sidebar, other pages) goes on.
 A UserError shows its own message, an allocation failure the out-of-memory hint; anything else a short message with
 an id whose traceback goes to the server log under the same id. Streamlit's control flow (st.stop, st.rerun,
 st.switch_page) passes through untouched.
+
+A page that hangs can be asked where it waits: `kill -USR1 <server pid>` writes every thread's stack to the server's
+log (stderr), without stopping it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import logging
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +29,9 @@ from dashboard.plain import plain
 
 log = logging.getLogger(__name__)
 OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
+
+if hasattr(signal, "SIGUSR1"):  # not on Windows
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks of a hung server, on request
 
 
 @contextlib.contextmanager

@@ -8,6 +8,10 @@ session. The quick demo is built in the cache home before that app starts (once;
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,16 +57,39 @@ def context(context: BrowserContext) -> BrowserContext:
     return context
 
 
+RUNNING: dict[Path, subprocess.Popen] = {}  # the apps up now, by log file: a failing test reports what they were doing
+LOG_TAIL_LINES = 120
+
+
 def serve(log_name: str, env: dict[str, str], **launch: Any) -> Iterator[str]:
     """Start the app (`launch`: start_app's cwd / console_script), yield its URL, stop it."""
     port = free_port()
-    process = start_app(port, OUTPUT / log_name, env, **launch)
+    log_path = OUTPUT / log_name
+    process = start_app(port, log_path, env, **launch)
     url = f"http://127.0.0.1:{port}"
+    RUNNING[log_path] = process
     try:
         wait_healthy(url, process)
         yield url
     finally:
+        RUNNING.pop(log_path, None)
         stop_app(process)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed browser test carries the tail of every running app's log, after asking each server for its threads'
+    stacks (dashboard/boundary.py: SIGUSR1), so a page that hung on a CI machine says where it waited."""
+    report = yield
+    if report.failed and call.when == "call":
+        for process in list(RUNNING.values()):
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGUSR1)
+        time.sleep(1.0)  # the dump is written by the server's own signal handler
+        for log_path in RUNNING:
+            lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"app log {log_path.name} (last {len(lines)} lines)", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_probe_same_model_and_html_injection(page: Page, app_url: str, embedded_
     load_pair(page, app_url, str(embedded_model_dir), str(embedded_model_dir))
     fill_probe(page, INJECTION, ANSWER_INJECTION)
     click_score(page)
-    wait_scored(page)
+    wait_scored(page, contains="Paris")  # the first visit's example is drawn already: wait for this answer's view
     drawn = rendered_tokens(page)
     assert drawn and all(t["delta"] == 0.0 for t in drawn)  # the same model on both sides shifts nothing
     assert "".join(t["text"] for t in drawn) == ANSWER_INJECTION  # the answer's markup shows as its characters
