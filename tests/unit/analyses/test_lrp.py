@@ -18,6 +18,7 @@ from core.analyses.attribution.methods.lrp import relevance
 from core.analyses.attribution.problem import build_problem, side_inputs
 from core.common.errors import UserError
 from core.models.pair import ModelPair
+from tests.lrp_reference import softmax_bias_relevance
 from tests.tiny_models import EPS32, TinyTokenizer, logit_tolerance, make_tiny_llama
 
 PROMPT, ANSWER = "The capital of Ruritania", " is Strelsau."
@@ -191,3 +192,24 @@ def test_an_unread_layout_is_refused_clearly():
         pass
     with pytest.raises(UserError, match="unknown LRP rule"), lrp_rules(make_tiny_llama(0), "zplus"):
         pass
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_attn_lrp_keeps_exactly_the_softmax_rules_bias(family):
+    """AttnLRP conserves everywhere but in the softmax: Σ input relevance = logit − the relevance the paper's
+    softmax rule leaves in its Taylor bias, computed independently from the attention weights and their gradients.
+    So nothing else (norms, gated MLP, rotary, GQA, residuals, head) leaks; and the map through `relevance` is the
+    same map."""
+    model = BUILDERS[family]()
+    (per_position, logits), problem, inputs = _relevance(model, "attnlrp", per_token=False)
+    n = len(problem.answer_ids)
+
+    def target(logits_all):
+        return logits_all[-n:].gather(-1, problem.answer_ids.view(n, 1)).sum()
+
+    total, explained, kept = softmax_bias_relevance(model, inputs.full, target)
+    tol = _conservation_tolerance(model, per_position, problem, inputs)
+    assert explained == pytest.approx(float(logits[0]), abs=float(tol[0]))
+    assert total == pytest.approx(float(per_position.sum()), abs=float(tol[0]))
+    assert total == pytest.approx(explained - kept, abs=float(tol[0]))
+    assert abs(kept) > float(tol[0])  # the rule does keep more than the test can resolve (not vacuous)
