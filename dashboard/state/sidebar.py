@@ -11,19 +11,17 @@ import streamlit as st
 from core.models.pair import ModelPair
 from core.models.spec import ALLOW_PICKLE_ENV, DEFAULT_BASE, DEFAULT_UNLEARNED, TRUST_REMOTE_CODE_ENV, operator_opt_ins
 from core.present.numbers import byte_size, parameters
-from dashboard.boundary import fragment
 from dashboard.plain import plain
 from dashboard.state import demo, keys
 from dashboard.state.inputs import keep_inputs
 from dashboard.state.memory import max_memory_field, memory_lines
 from dashboard.state.pair import (
-    PAIR_REFRESH_S,
     choose_pair,
     current_pair,
+    live_progress,
     memory_text,
     memory_usage,
     pair_key,
-    progress_panel,
     session_load,
 )
 from dashboard.state.template import template_picker
@@ -127,18 +125,6 @@ def loaded_panel(pair: ModelPair) -> None:
         st.caption(line)
 
 
-@fragment(run_every=PAIR_REFRESH_S)
-def sidebar_progress() -> None:
-    """The load's progress in the sidebar, redrawn every second; the page is drawn again once when it ends."""
-    load = session_load()
-    if load is None or load.done:
-        if st.session_state.get(keys.LOAD_SEEN) != pair_key():
-            st.session_state[keys.LOAD_SEEN] = pair_key()
-            st.rerun()
-        return
-    progress_panel(load, meanwhile=None)
-
-
 def sidebar() -> None:
     """Pick the pair (demo by default, or folders / hub ids / adapters) and start loading it in the background;
     show its progress, or what is loaded and how much memory it takes; and the demo experiment's build progress.
@@ -162,6 +148,6 @@ def sidebar() -> None:
         if pair is not None:
             loaded_panel(pair)
         elif session_load() is not None:
-            sidebar_progress()
+            live_progress(meanwhile=None)  # the same panel as a page's, without the "meanwhile" line
         template_picker()  # the prompt template every page scores with (dashboard/state/template.py)
         demo.demo_panel()
