@@ -11,39 +11,18 @@ Usage: python bench/lens.py [--repeats 3] [--items 32] [--batch 8] [--threads N]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from common import make_adapter  # noqa: E402
+from common import ANSWER, PROMPT, adapter_pair, cpu_time, parse_bench_args  # noqa: E402
 
 from core.analyses.lens import hidden_state_drift, logit_lens, weight_change  # noqa: E402
-from core.models.embedded import ensure_embedded_model  # noqa: E402
 from core.models.pair import ModelPair  # noqa: E402
-from core.models.spec import ModelSpec  # noqa: E402
 from core.scoring.encoding import collate, encode  # noqa: E402
-
-PROMPT = (
-    "Question: Which city is the capital of France, the country famous for wine, cheese and the Eiffel tower? Answer:"
-)
-ANSWER = "The capital of France is Paris."
-
-
-def cpu_time(fn, repeats: int) -> float:
-    """Median CPU seconds of fn over repeats, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def bare_forwards(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor) -> None:
@@ -67,18 +46,10 @@ def merged_norms(model_dir: Path, adapter: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model_dir = ensure_embedded_model()
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = make_adapter(model_dir, Path(tmp) / "adapter")
-        spec = ModelSpec(str(model_dir), dtype="float32", device="cpu")
-        pair = ModelPair.load(spec, ModelSpec(str(model_dir), adapter=str(adapter), dtype="float32", device="cpu"))
+    args = parse_bench_args(parser)
+    with adapter_pair() as (pair, model_dir, adapter):
         print(f"SmolLM2-135M + LoRA r=16 (all linear), {torch.get_num_threads()} thread(s), CPU seconds")
 
         row = encode(pair.tokenizer, PROMPT, ANSWER, max_length=pair.context_length)

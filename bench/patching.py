@@ -12,36 +12,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from common import make_adapter  # noqa: E402
-from lens import ANSWER, PROMPT, cpu_time  # noqa: E402
+from common import ANSWER, PROMPT, adapter_pair, cpu_time, parse_bench_args  # noqa: E402
 
 from core.analyses.patching import naive_patched_logprobs, patch_curve, patched_logprobs, record  # noqa: E402
 from core.analyses.patching.runs import patch_positions  # noqa: E402
-from core.models.embedded import ensure_embedded_model  # noqa: E402
-from core.models.pair import ModelPair  # noqa: E402
-from core.models.spec import ModelSpec  # noqa: E402
 from core.scoring.encoding import encode  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model_dir = ensure_embedded_model()
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = make_adapter(model_dir, Path(tmp) / "adapter")
-        spec = ModelSpec(str(model_dir), dtype="float32", device="cpu")
-        pair = ModelPair.load(spec, ModelSpec(str(model_dir), adapter=str(adapter), dtype="float32", device="cpu"))
+    args = parse_bench_args(parser)
+    with adapter_pair() as (pair, _, _):
         row = encode(pair.tokenizer, PROMPT, ANSWER, max_length=pair.context_length)
         ids, p = torch.tensor(row.input_ids), row.score_from
         where = patch_positions("all", len(ids), p)

@@ -97,6 +97,21 @@ def draw_convergence(result: AttributionResult) -> None:
         )
 
 
+def softmax_rule_note(result: AttributionResult) -> str:
+    """Why an AttnLRP map sums to less than its logit: the paper's softmax rule keeps relevance by design."""
+    kept = ", ".join(
+        f"{check.side} {numbers.percent(-check.error / check.explained, 0)}"
+        for check in completeness(result)
+        if check.explained
+    )
+    return (
+        "AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1) does not conserve relevance by design: its Taylor "
+        f"expansion at the attention scores keeps part of it in a bias term (here {kept} of the logit; about half "
+        "on the demo SmolLM2 pair). The other rules conserve (a bias keeps its own share), so that is the gap. "
+        "For a map that adds up, choose the LRP rule cp (attention weights held constant)."
+    )
+
+
 def draw(result: AttributionResult) -> None:
     base, unlearned = sum(result.logprob["base"]), sum(result.logprob["unlearned"])
     st.caption(
@@ -107,6 +122,8 @@ def draw(result: AttributionResult) -> None:
     warning = completeness_warning(result)
     if warning:
         st.warning(plain(warning))
+    if result.method == "attn_lrp" and result.settings.lrp_rule == "attnlrp":
+        st.info(plain(softmax_rule_note(result)))
     heatmap = attribution_heatmap(result)
     chart(heatmap, "attribution heatmap", key="attribution_heatmap")
     if result.convergence_delta:
