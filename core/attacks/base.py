@@ -6,10 +6,12 @@ a copy fine-tuned on a few forget items, a reading of its intermediate layers �
     recovery % = (p_attacked − p_unlearned) / (p_base − p_unlearned) × 100
 
 on the same items, with p the forget-answer probability (TOFU's "probability": the mean over items of the
-geometric mean of the answer-token probabilities, teacher-forced, one forward pass per batch). Where base and
-unlearned differ by less than ε there is nothing to recover and recovery is None with the reason. Prompt and
-quantisation attacks are also applied to the base, to tell an attack that helps any model from one that undoes
-unlearning. The pair is never modified: weight attacks work on merged copies (core.attacks.copies).
+geometric mean of the scored tokens' probabilities, teacher-forced, one forward pass per batch). The scored tokens
+are the evaluation's (`encode_row` → `core.scoring.encoding.scored_row`): under a chat or tag template the answer,
+the template's end-of-turn tokens and the EOS, as open-unlearning scores them; in the plain demo format the answer.
+Where base and unlearned differ by less than ε there is nothing to recover and recovery is None with the reason.
+Prompt and quantisation attacks are also applied to the base, to tell an attack that helps any model from one that
+undoes unlearning. The pair is never modified: weight attacks work on merged copies (core.attacks.copies).
 
 An attack is one class deriving from `Attack`, decorated with `@register`, in any module of this package: ATTACKS
 imports every module of core/attacks/ on its first read (`attack_modules`), so a new file is found without being
@@ -36,7 +38,7 @@ from core.common.limits import MAX_BATCH_SIZE, MAX_RELEARN_POINTS, MAX_RELEARN_S
 from core.data.qa import QAItem
 from core.evaluation import metrics
 from core.models.pair import ModelPair
-from core.scoring.encoding import Encoded, collate, encode
+from core.scoring.encoding import Encoded, collate, scored_row
 from core.scoring.forward import selected_logits
 from core.scoring.statistics import token_statistics
 
@@ -154,6 +156,13 @@ def answer_probabilities(
     return out
 
 
+def encode_row(pair: ModelPair, prompt: str, answer: str, settings: RobustnessSettings) -> Encoded:
+    """What an attack scores: the row the evaluation scores under the same template (`scored_row`: under a chat or
+    tag template the answer, the end-of-turn tokens and the EOS), so clean and attacked probabilities are the
+    evaluation's forget probabilities."""
+    return scored_row(pair.tokenizer, prompt, answer, settings.chat, pair.context_length)
+
+
 @dataclass
 class AttackContext:
     """What an attack sees: the pair, the forget items (and retain, for controls), the clean per-item
@@ -167,7 +176,8 @@ class AttackContext:
     progress: Callable[[float, str], None] = lambda fraction, message: None
 
     def encode(self, prompt: str, answer: str) -> Encoded:
-        return encode(self.pair.tokenizer, prompt, answer, self.settings.chat, self.pair.context_length)
+        """The row scored for a (possibly rewritten) prompt and its answer: the evaluation's (`scored_row`)."""
+        return encode_row(self.pair, prompt, answer, self.settings)
 
     def score(self, side: str, rows: Sequence[Encoded]) -> np.ndarray:
         with self.pair.use(side) as model:

@@ -20,13 +20,13 @@ from core.attacks.base import (
     RobustnessSettings,
     answer_probabilities,
     available_attacks,
+    encode_row,
     recovery_percent,
 )
 from core.common.errors import UserError
 from core.common.limits import loads
 from core.data.qa import QAItem, SplitData, load_split_folder
 from core.models.pair import SIDES, ModelPair
-from core.scoring.encoding import encode
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def run_attacks(
     say = progress or (lambda fraction, message: None)
     share = 1.0 / (len(names) + 1)
     say(0.0, f"scoring {len(items)} forget answers under both models")
-    rows = [encode(pair.tokenizer, i.question, i.answer, settings.chat, pair.context_length) for i in items]
+    rows = [encode_row(pair, item.question, item.answer, settings) for item in items]
     clean = {}
     for side in SIDES:
         with pair.use(side) as model:

@@ -12,7 +12,7 @@ import torch
 from core.data.qa import QAItem, SplitData
 from core.evaluation import metrics
 from core.evaluation.settings import MIA_SPLITS, EvalSettings
-from core.scoring.encoding import Encoded, encode
+from core.scoring.encoding import Encoded, scored_row
 from core.scoring.forward import shared_prefix_logits
 from core.scoring.statistics import token_statistics
 from core.scoring.templates import Template
@@ -94,10 +94,7 @@ def plan_units(
     for split, qa in dataset.splits().items():
         for item in qa:
             roles = _roles(split, item)
-            rows = [
-                encode(tokenizer, item.question, text, max_length=max_length, template=template, score_end=score_end)
-                for _, text in roles
-            ]
+            rows = [scored_row(tokenizer, item.question, text, template, max_length, score_end) for _, text in roles]
             units.append(Unit(len(units), split, item, [role for role, _ in roles], rows))
     return units
 

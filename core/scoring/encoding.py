@@ -77,6 +77,23 @@ def encode(
     return _fit(ids[:start], scored, max_length, end_tokens=len(ids) - max(stop, start) if score_end else 0)
 
 
+def scored_row(
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    template: Template | str | bool | None,
+    max_length: int,
+    score_end: bool = True,
+) -> Encoded:
+    """The row that is scored for a question and its answer wherever a probability of the answer is reported: the
+    evaluation (`core.evaluation.scores.plan_units`) and the robustness attacks (`core.attacks.base`) both build
+    their rows here, so under a chat or tag template an attack's probabilities are the evaluation's. By default
+    (`score_end=True`) it is what open-unlearning scores: the answer, the template's end-of-turn tokens and the
+    appended EOS; `score_end=False` scores the answer's tokens alone (`evaluate --answer-only`)."""
+    chosen = template if template is not None else False
+    return encode(tokenizer, prompt, answer, chosen, max_length, score_end=score_end)
+
+
 def encode_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int = 2048) -> Encoded:
     """Like `encode` for already tokenised parts (a generated continuation is scored exactly as generated)."""
     return _fit(list(prompt_ids), list(answer_ids), max_length)

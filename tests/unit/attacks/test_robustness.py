@@ -45,10 +45,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def answer_probability(model: torch.nn.Module, tokenizer, prompt: str, answer: str) -> float:
-    """exp(mean log p of the answer tokens): chat-formatted prompt, one unbatched forward over all logits."""
+    """exp(mean log p of the scored tokens): chat-formatted prompt, one unbatched forward over all logits. The scored
+    tokens are the evaluation's (open-unlearning's): the answer and, the tiny template having no assistant turn to
+    close, the EOS appended after it."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+    answer_ids = [*tokenizer(answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     ids = torch.tensor([prompt_ids + answer_ids])
     with torch.no_grad():
         logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
