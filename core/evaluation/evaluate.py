@@ -129,7 +129,7 @@ def _ensure_batch_fits(model: torch.nn.Module, batch: list[Unit], device: torch.
     ensure_fits(needed, device, f"evaluating {len(batch)} items ({rows} rows of up to {width} tokens) in one batch")
 
 
-def _batch_count(dataset: SplitData, settings: EvalSettings) -> int:
+def batch_count(dataset: SplitData, settings: EvalSettings) -> int:
     items = sum(len(split) for split in dataset.splits().values())
     wanted = settings.rouge_splits
     generated = sum(len(qa) for name, qa in dataset.splits().items() if wanted is None or name in wanted)
@@ -149,7 +149,7 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
 
 
-def _oracle_target(oracle: ModelInput | Path | None, candidates: list[Candidate]) -> tuple[str | None, Path | None]:
+def oracle_target(oracle: ModelInput | Path | None, candidates: list[Candidate]) -> tuple[str | None, Path | None]:
     """(name of an evaluated model, results folder); a spec not yet among the models is added to them."""
     if oracle is None:
         return None, None
@@ -165,7 +165,7 @@ def _oracle_target(oracle: ModelInput | Path | None, candidates: list[Candidate]
     return extra.name, None
 
 
-def _reference(
+def oracle_reference(
     name: str | None, folder: Path | None, evaluations: Mapping[str, tuple[Candidate, dict]]
 ) -> OracleReference | None:
     if folder is not None:
@@ -208,13 +208,13 @@ def evaluate(
     if not dataset.splits():
         raise UserError("the dataset has no QA split to evaluate on")
     candidates = resolve_candidates(models)
-    oracle_name, oracle_folder = _oracle_target(oracle, candidates)
+    oracle_name, oracle_folder = oracle_target(oracle, candidates)
     data = dataset_hash(dataset)
     keys = {c.label: cache_key(c, data, settings) for c in candidates}
     found = {c.label: logs for c in candidates if cache and (logs := read_cache(keys[c.label])) is not None}
-    ticker = _Ticker(sum(_batch_count(dataset, settings) for c in candidates if c.label not in found), progress)
+    ticker = _Ticker(sum(batch_count(dataset, settings) for c in candidates if c.label not in found), progress)
     loader = ModelLoader()
-    references = _References(settings, dataset)
+    references = ReferenceLosses(settings, dataset)
     raw: dict[str, tuple[Candidate, dict[str, Any]]] = {}
     for candidate in sorted(candidates, key=lambda c: c.group):
         if candidate.label in found:
@@ -222,21 +222,36 @@ def evaluate(
             raw[candidate.label] = (candidate, found[candidate.label])
             continue
         ticker.label = candidate.label
-        with loader.open(candidate) as (model, tokenizer):
-            template = settings.template_for(tokenizer, _spec_text(candidate))
-            logs = evaluate_model(model, tokenizer, dataset, settings, ticker, template)
-            if settings.reference is not None:
-                logs |= reference_logs(logs, references.losses(template))
+        logs = evaluate_candidate(candidate, loader, dataset, settings, ticker, references)
         raw[candidate.label] = (candidate, logs)
         if cache:
             write_cache(keys[candidate.label], candidate, logs)
     loader.close()
-    reference = _reference(oracle_name, oracle_folder, raw)
-    evaluations = [_finish(raw[c.label], reference, c.label in found, out_dir) for c in candidates]
+    reference = oracle_reference(oracle_name, oracle_folder, raw)
+    evaluations = [finish_evaluation(raw[c.label], reference, c.label in found, out_dir) for c in candidates]
     return EvalResult(evaluations, settings, reference.name if reference else None)
 
 
-class _References:
+def evaluate_candidate(
+    candidate: Candidate,
+    loader: ModelLoader,
+    dataset: SplitData,
+    settings: EvalSettings,
+    tick: Callable[[], None] = lambda: None,
+    references: ReferenceLosses | None = None,
+) -> dict[str, Any]:
+    """One model's EVAL entries before the derived ones (`finish_evaluation` adds them): loaded through `loader`,
+    scored under its template (the settings' or its default) and, with `settings.reference`, mia_reference against
+    the reference model's losses. `evaluate` and the sweep's tasks (core.sweep.evaluate) both evaluate a model here."""
+    with loader.open(candidate) as (model, tokenizer):
+        template = settings.template_for(tokenizer, _spec_text(candidate))
+        logs = evaluate_model(model, tokenizer, dataset, settings, tick, template)
+        if settings.reference is not None:
+            logs |= reference_logs(logs, (references or ReferenceLosses(settings, dataset)).losses(template))
+    return logs
+
+
+class ReferenceLosses:
     """The reference model's per-item losses for mia_reference, scored once per template on first use."""
 
     def __init__(self, settings: EvalSettings, dataset: SplitData) -> None:
@@ -257,7 +272,7 @@ def _spec_text(candidate: Candidate) -> str | None:
     return None if spec is None else spec.adapter or spec.source
 
 
-def _finish(
+def finish_evaluation(
     raw: tuple[Candidate, dict[str, Any]], reference: OracleReference | None, cached: bool, out_dir: Path | str | None
 ) -> Evaluation:
     candidate, logs = raw

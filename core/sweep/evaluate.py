@@ -4,7 +4,7 @@ The driver resolves the models (names, steps, cache identities: the same code as
 task per model with its memory estimate, and writes each model's TOFU_EVAL.json / TOFU_SUMMARY.json as soon as its
 numbers are in and the oracle's are too (forget quality needs the oracle's truth ratios, so the oracle's task is
 submitted first). The files are those `core.evaluation.evaluate.evaluate` writes for the same models: the per-model
-numbers come from the same `evaluate_model`, the derived ones from the same `_finish`."""
+numbers come from the same `evaluate_model`, the derived ones from the same `finish_evaluation`."""
 
 from __future__ import annotations
 
@@ -22,17 +22,14 @@ from core.evaluation.cache import CODE_VERSION
 from core.evaluation.candidates import Candidate, as_eval_model, dataset_hash, to_candidate
 from core.evaluation.derived import OracleReference
 from core.evaluation.evaluate import (
-    _batch_count,
-    _finish,
-    _oracle_target,
-    _reference,
-    _References,
-    _spec_text,
-    evaluate_model,
+    batch_count,
+    evaluate_candidate,
+    finish_evaluation,
     oracle_is_spec,
+    oracle_reference,
+    oracle_target,
 )
 from core.evaluation.loading import ModelLoader
-from core.evaluation.mia import reference_logs
 from core.evaluation.result import EvalResult
 from core.evaluation.settings import EvalModel, EvalSettings, ModelInput
 from core.models.spec import ModelSpec
@@ -70,7 +67,7 @@ def plan_candidate(entry: EvalModel, gpus: float) -> Candidate:
 def evaluate_work(candidate: Candidate, shared: tuple[SplitData, EvalSettings], report: Any) -> dict[str, Any]:
     """One model's EVAL entries (runs in a Ray worker): load it, score every split, report the batches done."""
     dataset, settings = shared
-    total = max(1, _batch_count(dataset, settings))
+    total = max(1, batch_count(dataset, settings))
     done = [0]
 
     def tick() -> None:
@@ -79,12 +76,7 @@ def evaluate_work(candidate: Candidate, shared: tuple[SplitData, EvalSettings], 
 
     loader = ModelLoader()
     try:
-        with loader.open(candidate) as (model, tokenizer):  # as `evaluate` does for each model
-            template = settings.template_for(tokenizer, _spec_text(candidate))
-            logs = evaluate_model(model, tokenizer, dataset, settings, tick, template)
-            if settings.reference is not None:
-                logs |= reference_logs(logs, _References(settings, dataset).losses(template))
-            return logs
+        return evaluate_candidate(candidate, loader, dataset, settings, tick)  # as `evaluate` does for each model
     finally:
         loader.close()
 
@@ -114,7 +106,7 @@ def _oracle(
         if not any(c.label == extra.label for c in candidates):
             candidates.append(extra)
         return extra.name, None
-    return _oracle_target(oracle, candidates)
+    return oracle_target(oracle, candidates)
 
 
 class _Writer:
@@ -130,7 +122,7 @@ class _Writer:
         self.waiting_for = {c.label for c in candidates if self.oracle_name and c.name == self.oracle_name}
 
     def reference(self) -> OracleReference | None:
-        return _reference(self.oracle_name, self.oracle_folder, self.raw)
+        return oracle_reference(self.oracle_name, self.oracle_folder, self.raw)
 
     def __call__(self, outcome: Outcome) -> None:
         if outcome.state == "failed":
@@ -146,7 +138,7 @@ class _Writer:
     def write_ready(self, reference: OracleReference | None) -> None:
         for label, raw in self.raw.items():
             if label not in self.written:
-                self.written[label] = _finish(raw, reference, label in self.skipped, self.out_dir)
+                self.written[label] = finish_evaluation(raw, reference, label in self.skipped, self.out_dir)
 
 
 def evaluate_sweep(
