@@ -3,10 +3,12 @@ to each question (`forget_knowmem_ROUGE`, `retain_knowmem_ROUGE`), and VerbMem, 
 continuation of each text opening against its true continuation (`forget_verbmem_ROUGE`).
 
 As open-unlearning's MUSE configs (configs/eval/muse_metrics/*_ROUGE.yaml @ d3d7cf9): KnowMem generates up to 32
-tokens and cuts at its stop words ("\\n\\n", "\\nQuestion", "Question:"); VerbMem generates up to 128 tokens from
-the opening tokenised as plain text (no template, special tokens as the tokenizer adds them). One difference,
-listed in docs/FIDELITY.md: open-unlearning's KnowMem puts MUSE's in-context examples before each question; here
-the question is asked alone (a folder's knowmem file has no in-context split).
+tokens and cuts at its stop words ("\\n\\n", "\\nQuestion", "Question:"), with MUSE's in-context examples
+(`<split>_knowmem_icl.jsonl`, MUSE's `forget_qa_icl` / `retain_qa_icl`) put before each question as earlier turns
+of the conversation (`Template.prompt_ids(..., examples)`, as its `QADataset` with `few_shot_dataset_hf_args` and
+`preprocess_chat_instance` build them); without that file the question is asked alone. VerbMem generates up to 128
+tokens from the opening tokenised as plain text (no template, special tokens as the tokenizer adds them). Both
+generations are stripped before scoring, as its `eval_text_similarity` strips them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch
 
 from core.data.muse import MuseData
 from core.evaluation import metrics
-from core.evaluation.rouge import _stop_ids, generate_greedy
-from core.evaluation.scores import context_length, pad_token_id
+from core.evaluation.rouge import generate_texts
+from core.evaluation.scores import context_length
 from core.evaluation.settings import EvalSettings
-from core.scoring.encoding import encode
 from core.scoring.templates import Template
 
 KNOWMEM_TOKENS = 32
@@ -33,15 +34,6 @@ def _cut(text: str, stopwords: tuple[str, ...]) -> str:
     for word in stopwords:
         text = text.split(word)[0]
     return text.strip()
-
-
-def _generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], settings: EvalSettings, tokens: int):
-    pad_id, stops = pad_token_id(tokenizer), _stop_ids(model, tokenizer)
-    out = []
-    for start in range(0, len(prompts), settings.generation_batch_size):
-        batch = prompts[start : start + settings.generation_batch_size]
-        out += generate_greedy(model, batch, pad_id, stops, tokens, settings.pad_mask)
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
 
 
 def _entry(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,20 +50,25 @@ def muse_logs(
     limit = context_length(model, tokenizer, settings)
     logs = {}
     for split, qa in muse.knowmem.items():
-        prompts = [encode(tokenizer, item.question, None, max_length=limit - KNOWMEM_TOKENS, template=template)
-                   for item in qa]  # fmt: skip
-        texts = _generate(model, tokenizer, [p.input_ids for p in prompts], settings, KNOWMEM_TOKENS)
+        icl = muse.knowmem_icl.get(split)
+        examples = [(item.question, item.answer) for item in icl.items] if icl is not None else []
+        prompts = [template.prompt_ids(tokenizer, item.question, examples)[-(limit - KNOWMEM_TOKENS) :] for item in qa]
+        texts = [
+            _cut(text, KNOWMEM_STOPWORDS)
+            for text in generate_texts(model, tokenizer, prompts, settings, KNOWMEM_TOKENS)
+        ]
         records = [
-            metrics.rouge_scores(_cut(text, KNOWMEM_STOPWORDS), item.answer)
-            | {"input": item.question, "ground_truth": item.answer, "generation": _cut(text, KNOWMEM_STOPWORDS)}
-            for item, text in zip(qa, texts, strict=True)
+            metrics.rouge_scores(text, item.answer)
+            | {"input": tokenizer.decode(prompt, skip_special_tokens=True), "ground_truth": item.answer}
+            | {"generation": text}
+            for item, prompt, text in zip(qa, prompts, texts, strict=True)
         ]
         logs[f"{split}_knowmem_ROUGE"] = _entry(records)
     if muse.verbmem:
         prompts = [list(tokenizer(prompt).input_ids)[-(limit - VERBMEM_TOKENS) :] for prompt, _ in muse.verbmem]
-        texts = _generate(model, tokenizer, prompts, settings, VERBMEM_TOKENS)
+        texts = [text.strip() for text in generate_texts(model, tokenizer, prompts, settings, VERBMEM_TOKENS)]
         records = [
-            metrics.rouge_scores(text.strip(), truth) | {"input": prompt, "ground_truth": truth, "generation": text}
+            metrics.rouge_scores(text, truth) | {"input": prompt, "ground_truth": truth, "generation": text}
             for (prompt, truth), text in zip(muse.verbmem, texts, strict=True)
         ]
         logs["forget_verbmem_ROUGE"] = _entry(records)

@@ -16,7 +16,8 @@ from core.scoring.encoding import encode
 from core.scoring.templates import Template
 
 
-def _stop_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+def stop_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """The token ids that end a generation: the model's configured EOS ids and the tokenizer's."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
@@ -57,6 +58,31 @@ def generate_greedy(
     return [next((row[:i] for i, token in enumerate(row) if token in stop_ids), row) for row in new]
 
 
+def generate_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    settings: EvalSettings,
+    max_new_tokens: int,
+    tick: Callable[[], None] = lambda: None,
+) -> list[str]:
+    """Greedy continuations of token prompts, decoded without special tokens, in prompt order: batches of
+    `settings.generation_batch_size`, longest prompts first (least padding), `tick` after each batch. ROUGE,
+    KnowMem and VerbMem all generate here."""
+    pad_id, stops = pad_token_id(tokenizer), stop_ids(model, tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts = [""] * len(prompts)
+    for start in range(0, len(order), settings.generation_batch_size):
+        chunk = order[start : start + settings.generation_batch_size]
+        batch = [prompts[i] for i in chunk]
+        for i, new in zip(
+            chunk, generate_greedy(model, batch, pad_id, stops, max_new_tokens, settings.pad_mask), strict=True
+        ):
+            texts[i] = tokenizer.decode(new, skip_special_tokens=True)
+        tick()
+    return texts
+
+
 def _generation_records(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -67,35 +93,31 @@ def _generation_records(
 ) -> dict[int, dict[str, Any]]:
     """Per unit position: the greedy generation's ROUGE scores against the answer, with input, ground truth and
     generation, and its scores against the paraphrased and the perturbed answers (PARA / PERT ROUGE)."""
-    pad_id, stops = pad_token_id(tokenizer), _stop_ids(model, tokenizer)
     limit = context_length(model, tokenizer, settings) - settings.max_new_tokens
-    prompts = {
-        unit.position: encode(tokenizer, unit.item.question, None, max_length=limit, template=template)
-        for unit in units
+    prompts = [
+        encode(tokenizer, unit.item.question, None, max_length=limit, template=template).input_ids for unit in units
+    ]
+    texts = generate_texts(model, tokenizer, prompts, settings, settings.max_new_tokens, tick)
+    return {
+        unit.position: _records(unit, text.strip(), tokenizer.decode(prompt, skip_special_tokens=True))
+        for unit, prompt, text in zip(units, prompts, texts, strict=True)
     }
-    ordered = sorted(units, key=lambda unit: -len(prompts[unit.position].input_ids))
-    records: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(ordered), settings.generation_batch_size):
-        batch = ordered[start : start + settings.generation_batch_size]
-        ids = [prompts[unit.position].input_ids for unit in batch]
-        generated = generate_greedy(model, ids, pad_id, stops, settings.max_new_tokens, settings.pad_mask)
-        for unit, prompt, new in zip(batch, ids, generated, strict=True):
-            text = tokenizer.decode(new, skip_special_tokens=True).strip()
-            records[unit.position] = _records(unit, text, tokenizer.decode(prompt, skip_special_tokens=True))
-        tick()
-    return records
 
 
 def _records(unit: Unit, text: str, prompt: str) -> dict[str, Any]:
     item = unit.item
     found = {"answer": metrics.rouge_scores(text, item.answer) | {"input": prompt, "ground_truth": item.answer}}
     if item.paraphrased_answer is not None:
-        found["PARA"] = metrics.rouge_scores(text, item.paraphrased_answer) | {"ground_truth": item.paraphrased_answer}
-    if item.perturbed_answer:
+        paraphrased = item.paraphrased_answer
+        found["PARA"] = metrics.rouge_scores(text, paraphrased) | {"input": prompt, "ground_truth": paraphrased}
+    records = {kind: record | {"generation": text} for kind, record in found.items()}
+    if item.perturbed_answer:  # one record per wrong answer, in lists, as open-unlearning's PERT_ROUGE writes it
         scores = [metrics.rouge_scores(text, wrong) for wrong in item.perturbed_answer]
-        found["PERT"] = {key: [score[key] for score in scores] for key in scores[0]}
-        found["PERT"]["ground_truth"] = list(item.perturbed_answer)
-    return {kind: record | {"generation": text} for kind, record in found.items()}
+        records["PERT"] = {key: [score[key] for score in scores] for key in scores[0]}
+        count = len(item.perturbed_answer)
+        records["PERT"] |= {"input": [prompt] * count, "ground_truth": list(item.perturbed_answer)}
+        records["PERT"]["generation"] = [text] * count
+    return records
 
 
 def _rouge_entry(chosen: list[Unit], values: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ TEMPLATE_DIR = ASSETS / "templates"
 KINDS = ("chat", "tags", "plain")
 CHAT, PLAIN = "chat", "plain"
 _TAGS = ("user_start_tag", "user_end_tag", "asst_start_tag", "asst_end_tag")
+Examples = tuple[tuple[str, str], ...] | list[tuple[str, str]]  # in-context (question, answer) pairs
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,20 @@ class Template:
 
     # ------------------------------------------------------------------------------------------ token ids
 
-    def _chat(self, prompt: str, answer: str | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    def _chat(
+        self, prompt: str, answer: str | None, examples: Examples = ()
+    ) -> tuple[list[dict[str, str]], dict[str, Any]]:
         chat = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for question, reply in examples:
+            chat += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
         chat.append({"role": "user", "content": prompt})
         if answer is not None:
             chat.append({"role": "assistant", "content": answer})
         return chat, ({"date_string": self.date_string} if self.date_string is not None else {})
 
-    def _render(self, tokenizer: Any, prompt: str, answer: str | None) -> str:
+    def _render(self, tokenizer: Any, prompt: str, answer: str | None, examples: Examples = ()) -> str:
         _require_chat_template(tokenizer, self.name)
-        chat, extra = self._chat(prompt, answer)
+        chat, extra = self._chat(prompt, answer, examples)
         return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=answer is None, **extra)
 
     def _chat_ids(self, tokenizer: Any, prompt: str, answer: str, prompt_ids: list[int]) -> list[int]:
@@ -84,22 +89,33 @@ class Template:
             return prompt_ids + list(tokenizer(answer, add_special_tokens=False).input_ids)
         return _tokens(tokenizer, full)
 
-    def _tag_prompt(self, prompt: str) -> str:
+    def _tag_prompt(self, prompt: str, examples: Examples = ()) -> str:
+        shots = "".join(
+            self.user_start_tag + question + self.user_end_tag + self.asst_start_tag + reply + self.asst_end_tag
+            for question, reply in examples
+        )
         return (
             (self.system_prompt_with_special_tokens or "")
+            + shots
             + self.user_start_tag
             + prompt
             + self.user_end_tag
             + self.asst_start_tag
         )
 
-    def prompt_ids(self, tokenizer: Any, prompt: str) -> list[int]:
-        """The prompt as the model sees it before answering (the chat template's generation prompt included)."""
+    def prompt_ids(self, tokenizer: Any, prompt: str, examples: Examples = ()) -> list[int]:
+        """The prompt as the model sees it before answering (the chat template's generation prompt included).
+
+        `examples` are in-context (question, answer) pairs put before it, as open-unlearning's
+        `preprocess_chat_instance` puts them for MUSE's KnowMem: earlier user/assistant turns of the chat, or
+        earlier tag-wrapped exchanges (each closed by `asst_end_tag`); in the plain format, "question answer"
+        followed by a blank line each (ours: the demo format has no turns)."""
         if self.kind == CHAT:
-            return _tokens(tokenizer, self._render(tokenizer, prompt, None))
+            return _tokens(tokenizer, self._render(tokenizer, prompt, None, examples))
         if self.kind == "tags":
-            return list(tokenizer(self._tag_prompt(prompt), add_special_tokens=True)["input_ids"])
-        return list(tokenizer(prompt).input_ids)
+            return list(tokenizer(self._tag_prompt(prompt, examples), add_special_tokens=True).input_ids)
+        shots = "".join(f"{question} {reply}\n\n" for question, reply in examples)
+        return list(tokenizer(shots + prompt).input_ids)
 
     def answer_ids(self, tokenizer: Any, prompt: str, answer: str) -> list[int]:
         """The answer's own tokens as they continue the prompt (a space in front in the plain format)."""
@@ -114,7 +130,7 @@ class Template:
         if self.kind == CHAT:
             ids = self._chat_ids(tokenizer, prompt, answer, prompt_ids)
         elif self.kind == "tags":
-            ids = list(tokenizer(self._tag_prompt(prompt) + answer, add_special_tokens=True)["input_ids"])
+            ids = list(tokenizer(self._tag_prompt(prompt) + answer, add_special_tokens=True).input_ids)
         else:
             ids = prompt_ids + self.answer_ids(tokenizer, prompt, answer)
         eos = tokenizer.eos_token_id
