@@ -16,10 +16,15 @@ and its speed printed against ours and captum's at --n-steps.
 
 `--faithfulness` instead runs every method on the demo pair's first forget example (word granularity, whole answer)
 with each baseline and prints the deletion and insertion areas and the area between them per method and side
-(core.analyses.attribution.faithfulness): the figures behind the Attribution page's default method and baseline.
+(core.analyses.attribution.faithfulness): the figures behind the Attribution page's default method.
+`--baseline-table` runs the default method (feature ablation), integrated gradients and AttnLRP under both rules on
+the demo's first forget and retain examples with every baseline, and prints each map's area between its curves, that
+area less the random orders' (the curves replace features by the same baseline, so the random floor moves with it)
+and the completeness gap |Σ map − explained| / |explained|: the figures behind the page's default baseline.
 
 Usage: python bench/attribution.py [--n-steps 32] [--threads N] [--inseq-python /tmp/inseq-venv/bin/python]
        python bench/attribution.py --faithfulness [--baselines pad eos zero]
+       python bench/attribution.py --baseline-table [--examples 1]
 """
 
 from __future__ import annotations
@@ -196,6 +201,76 @@ def faithfulness_table(baselines: list[str]) -> None:
         print(f"  ({seconds:.0f} s CPU for every method and the curves)")
 
 
+def _demo_pair_and_examples(per_split: int):
+    from core.cli.common import build_demo_first
+    from core.data.examples import demo_examples
+    from core.models.pair import ModelPair
+    from core.models.spec import ModelSpec
+
+    specs = [ModelSpec.parse("demo:target"), ModelSpec.parse("demo:unlearned")]
+    build_demo_first(specs)
+    examples = demo_examples()
+    chosen = [e for split in ("forget", "retain") for e in [x for x in examples if x.split == split][:per_split]]
+    return ModelPair.load(*specs), chosen
+
+
+def _orders(pair, example, settings) -> tuple[dict, dict]:
+    """Per method label, its attribution result (whole answer, word granularity) under `settings`."""
+    from dataclasses import replace
+
+    from core.analyses.attribution import attribute
+
+    runs = {
+        "feature_ablation": ("feature_ablation", settings),
+        "integrated_gradients": ("integrated_gradients", settings),
+        "attn_lrp (attnlrp)": ("attn_lrp", replace(settings, lrp_rule="attnlrp")),
+        "attn_lrp (cp)": ("attn_lrp", replace(settings, lrp_rule="cp")),
+    }
+    return {label: attribute(pair, example.question, example.answer, m, False, s) for label, (m, s) in runs.items()}
+
+
+def baseline_table(per_split: int) -> None:
+    """The default method's faithfulness per baseline on the demo's forget and retain examples (and the others' for
+    reference): areas between the deletion and insertion curves, the random floor, IG's and AttnLRP's completeness gap.
+    """
+    import torch
+
+    from core.analyses.attribution import AttributionSettings
+    from core.analyses.attribution.faithfulness import RANDOM_ORDERS, _mean_curve, curves_for_orders, ranking
+    from core.analyses.attribution.problem import build_problem, side_inputs
+    from core.analyses.attribution.settings import BASELINE_NAMES, BASELINES
+
+    pair, examples = _demo_pair_and_examples(per_split)
+    print("demo:target vs demo:unlearned; word granularity, whole answer; areas in nats (insertion − deletion)")
+    print(f"{'example':8s} {'baseline':8s} {'side':9s} {'method':22s} {'between':>8s} {'− random':>8s} {'gap':>7s}")
+    for index, example in enumerate(examples):
+        name = f"{example.split}{index % per_split + 1}"
+        for baseline in BASELINE_NAMES:
+            settings = AttributionSettings(granularity="word", baseline=baseline)
+            results = _orders(pair, example, settings)
+            problem = build_problem(pair, example.question, example.answer, False, settings)
+            n = len(problem.feature_groups)
+            generator = torch.Generator().manual_seed(0)
+            random = [torch.randperm(n, generator=generator).tolist() for _ in range(RANDOM_ORDERS)]
+            for side in ("base", "unlearned"):
+                orders = [ranking(torch.tensor(getattr(r, side)).sum(0).tolist()) for r in results.values()]
+                with pair.use(side) as model:
+                    inputs = side_inputs(model, problem, BASELINES[baseline](pair.tokenizer))
+                    curves = curves_for_orders(model, problem, inputs, orders + random, 2048)
+                floor = _mean_curve(curves[len(orders) :]).between
+                for (label, result), curve in zip(results.items(), curves, strict=False):
+                    gap = ""
+                    if result.convergence_delta:
+                        error, change = sum(result.convergence_delta[side]), sum(result.explained_change(side))
+                        gap = f"{abs(error) / max(abs(change), 1e-12):7.1%}"
+                    print(
+                        f"{name:8s} {baseline:8s} {side:9s} {label:22s} {curve.between:8.2f} "
+                        f"{curve.between - floor:8.2f} {gap:>7s}",
+                        flush=True,
+                    )
+                print(f"{name:8s} {baseline:8s} {side:9s} {'(random order)':22s} {floor:8.2f}", flush=True)
+
+
 def compare_captum(pair, ids: list[int], p: int, args: argparse.Namespace, ours_b, ours_u, ours_s: float) -> float:
     """captum's per-token IG against ours: the speed ratio and the largest matrix difference; captum's seconds."""
     cap_b, cap_u, cap_s = run_captum(pair, ids, p, args)
@@ -211,6 +286,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faithfulness", action="store_true", help="the demo's faithfulness table instead")
     parser.add_argument("--baselines", nargs="+", default=["pad", "eos", "zero"])
+    parser.add_argument("--baseline-table", action="store_true", help="the default method's faithfulness per baseline")
+    parser.add_argument("--examples", type=int, default=1, help="--baseline-table: demo examples per set")
     parser.add_argument("--n-steps", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inseq-python", default="/tmp/inseq-venv/bin/python")
@@ -228,6 +305,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.faithfulness:
         faithfulness_table(args.baselines)
+        return
+    if args.baseline_table:
+        baseline_table(args.examples)
         return
 
     from core.models.embedded import ensure_embedded_model
