@@ -10,11 +10,14 @@ from pathlib import Path
 
 from tiny_models import TinyTokenizer, make_tiny_llama
 
-from core.analyses.probe import ProbeRequest
+from core.analyses.lens import logit_lens
+from core.analyses.multi import CheckpointLens, MultiProbeResult
+from core.analyses.probe import ProbeRequest, score
 from core.attacks.base import AttackOutcome, recovery_percent
 from core.attacks.runner import RobustnessResult
 from core.evaluation.ingest import ingest
 from core.models.pair import ModelPair
+from core.present.report.checkpoints import CheckpointsView
 from core.present.report.model import Report, build_report
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ingest"
@@ -57,14 +60,36 @@ def robustness_result() -> RobustnessResult:
     return RobustnessResult(pair, 8, BASE_P, UNLEARNED_P, 0.01, {}, outcomes)
 
 
+def checkpoints_of_pair(pair: ModelPair, request: ProbeRequest) -> CheckpointsView:
+    """A Checkpoints view whose models are the pair's unlearned side three times: a run (markup in its method's
+    name) at steps 1 and 2, and a single model; the lens from the pair's own logit lens (mean over answer tokens)."""
+    probe = score(pair, [request])[0]
+    lens = logit_lens(pair, request.prompt, request.answer)
+    models, runs, steps = (
+        [f"npo{INJECTION}@1", f"npo{INJECTION}@2", "oracle"],
+        [f"npo{INJECTION}"] * 2 + [None],
+        [1, 2, None],
+    )
+
+    def means(values: list[list[float]]) -> list[float]:
+        return [sum(row) / len(row) for row in values]
+
+    checkpoint_lens = CheckpointLens(
+        request.prompt, request.answer, False, lens.answer_tokens, lens.layers, models, runs, steps,
+        [means(lens.unlearned.logprob)] * 3, [means(lens.unlearned.rank)] * 3, means(lens.base.logprob),
+        means(lens.base.rank),
+    )  # fmt: skip
+    return CheckpointsView(MultiProbeResult(models, [probe] * 3), runs, steps, "demo:target", checkpoint_lens)
+
+
 def build_full_report(pair: ModelPair, results) -> Report:
-    """Every section: notes, trade-offs, metrics, robustness, probes (one without an answer), attribution and
-    layers; labels with markup for a side and a run."""
+    """Every section: notes, trade-offs, metrics, robustness, probes (one without an answer), attribution, layers
+    and checkpoints; labels with markup for a side and a run."""
     probes = [ProbeRequest(f"Who wrote {INJECTION}?", "Jane Doe"), ProbeRequest("The sky is", None)]
     return build_report(
         pair, results=results, sources=[str(GRADDIFF), f"{LEGACY}{INJECTION}"], probes=probes,
         with_attribution=True, with_lens=True, notes=f"# Summary\nFirst line {INJECTION}\n\n- one\n- two",
-        title=f"Report {INJECTION}", robustness=robustness_result(),
+        title=f"Report {INJECTION}", robustness=robustness_result(), checkpoints=[checkpoints_of_pair(pair, probes[0])],
         labels={"base": f"demo:target{INJECTION}", "unlearned": str(FIXTURES / "npo-run"), GRADDIFF.name: "GradDiff"},
     )  # fmt: skip
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.attacks.runner import RobustnessResult
+from core.common.errors import UserError
 from core.evaluation.ingest import IngestResult
 from core.evaluation.results import (
     default_axes,
@@ -16,6 +17,7 @@ from core.evaluation.results import (
     our_result_folders,
     result_paths,
 )
+from core.present.report.checkpoints import CheckpointsView, view_from_page
 from core.present.report.export import export_available
 from core.present.report.labels import parse_labels
 from core.present.report.model import Report, build_report
@@ -35,6 +37,8 @@ MAX_TITLE_CHARS = 200
 MAX_NOTES_CHARS = 20_000  # a few pages of notes
 MAX_LABELS_CHARS = 5_000  # a few dozen KEY=TEXT lines
 NO_ROBUSTNESS, SESSION_ROBUSTNESS, FILE_ROBUSTNESS = "None", "This session's (Robustness page)", "A file or folder"
+# the Checkpoints page's results in the session (dashboard/views/checkpoints.py: RESULT, LENS), keyed by its models
+CHECKPOINTS_RESULT, CHECKPOINTS_LENS = "checkpoints_result", "checkpoints_lens"
 
 
 def probe_default() -> str:
@@ -79,6 +83,33 @@ def pick_robustness() -> RobustnessResult | None:
     return None
 
 
+def pick_checkpoints() -> list[CheckpointsView]:
+    """The Checkpoints page's view of this session (with its logit lens where it ran one for the same models and
+    question), when there is one and its toggle is on."""
+    entry = st.session_state.get(CHECKPOINTS_RESULT)
+    if not entry:
+        st.caption("No Checkpoints view yet: probe every model on the Checkpoints page to add one here.")
+        return []
+    key, stored = entry
+    question = stored["probe"]["results"][0]
+    label = f"{question['prompt']}|{question.get('answer') or ''}"
+    include = st.toggle(
+        plain(f"Checkpoints view of {label} under {len(stored['probe']['models'])} models (Checkpoints page)"),
+        value=True, key="report_checkpoints",
+        help="The answer's log-prob against training step, the token × model map and, where it ran, the logit lens "
+        "across checkpoints, as the Checkpoints page shows them",
+    )  # fmt: skip
+    if not include:
+        return []
+    lens = st.session_state.get(CHECKPOINTS_LENS)
+    if lens and lens[0] == key:
+        try:
+            return [view_from_page(stored, lens[1])]
+        except UserError:
+            st.caption("The logit lens on the Checkpoints page ran on another question: the view goes without it.")
+    return [view_from_page(stored)]
+
+
 def labels() -> dict[str, str]:
     """The sides by their specs as typed in the sidebar, then the names typed here (they win)."""
     key = pair_key()
@@ -101,6 +132,7 @@ def build(
     sources: list[str],
     axes: tuple[str | None, str | None],
     robustness: RobustnessResult | None,
+    checkpoints: list[CheckpointsView],
 ) -> None:
     """Compute the report with a progress bar inside a status box; keep it (and its HTML) in the session."""
     options = st.session_state
@@ -112,7 +144,7 @@ def build(
                 probes=parse_probes(options.get("report_probes", "")),
                 chat=page_template(options.get("report_chat", False)),
                 with_attribution=options.get("report_attribute", False), with_lens=options.get("report_lens", False),
-                robustness=robustness, labels=labels(), notes=options.get("report_notes", ""),
+                robustness=robustness, checkpoints=checkpoints, labels=labels(), notes=options.get("report_notes", ""),
                 title=options.get("report_title", ""),
                 progress=lambda message, fraction: bar.progress(min(1.0, fraction), text=plain(message)),
             )  # fmt: skip
@@ -172,7 +204,7 @@ st.title("Report")
 st.caption(
     "One HTML file (and the same as PDF) that opens with a summary generated from its numbers, then your notes, "
     "the model pair, the tradeoff chart, a metric table, robustness, probes with coloured tokens, attribution and "
-    "layer views. Every chart also downloads as PNG / SVG / PDF."
+    "layer views, and the Checkpoints page's view. Every chart also downloads as PNG / SVG / PDF."
 )
 if current_pair() is None:
     st.info("No model pair is loaded: the report can hold results only. Load a pair in the sidebar for probes.")
@@ -187,6 +219,10 @@ robustness, robustness_read = None, False
 with st.expander("Robustness", expanded=False), report_errors():
     robustness = pick_robustness()
     robustness_read = True
+checkpoints, checkpoints_read = [], False
+with st.expander("Checkpoints", expanded=bool(st.session_state.get(CHECKPOINTS_RESULT))), report_errors():
+    checkpoints = pick_checkpoints()
+    checkpoints_read = True
 
 st.session_state.setdefault("report_probes", probe_default())
 st.text_area(
@@ -220,9 +256,11 @@ if st.button("Build report", type="primary"):
         st.error("The result folders above could not be read; fix or clear them first.")
     elif not robustness_read:
         st.error("The robustness result above could not be read; fix it or choose None.")
+    elif not checkpoints_read:
+        st.error("The Checkpoints view above could not be read; turn it off or probe again on the Checkpoints page.")
     else:
         with report_errors(), shared_model_job("report"):
-            build(results, sources, axes, robustness)
+            build(results, sources, axes, robustness, checkpoints)
 
 built = st.session_state.get(keys.REPORT_BUILT)
 if built is not None:

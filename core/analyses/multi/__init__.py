@@ -3,7 +3,15 @@ one batched pass per backbone, with the memory the set takes, and the logit lens
 
 from core.analyses.multi.lens import CheckpointLens, lens_across
 from core.analyses.multi.memory import MemoryPlan, memory_plan
-from core.analyses.multi.models import MAX_MODELS, ModelEntry, ModelSet, demo_entries, run_entries, unique_labels
+from core.analyses.multi.models import (
+    MAX_MODELS,
+    ModelEntry,
+    ModelSet,
+    demo_entries,
+    run_entries,
+    spec_entry,
+    unique_labels,
+)
 from core.analyses.multi.probe import MultiProbeResult, probe_many, score_many, side_logits
 
 __all__ = [
@@ -20,5 +28,6 @@ __all__ = [
     "run_entries",
     "score_many",
     "side_logits",
+    "spec_entry",
     "unique_labels",
 ]

@@ -20,7 +20,7 @@ from core.common.limits import check_range
 from core.models import loading
 from core.models.adapters import attach_adapters
 from core.models.pair import JobLock, ModelPair, Side, job_args
-from core.models.spec import SKIP_MEMORY_CHECK_ENV, ModelSpec, env_flag, resolve_spec
+from core.models.spec import DEMO_PREFIX, SKIP_MEMORY_CHECK_ENV, ModelSpec, env_flag, resolve_spec
 from core.unlearn.checkpoints import MANIFEST, RUN_FILE, checkpoint_dirs
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,17 @@ def run_entries(run: str | Path, template: ModelSpec) -> list[ModelEntry]:
         ModelEntry(replace(template, source=str(path), adapter=None), f"{name}@{step}", name, step)
         for step, path in checkpoints.items()
     ]
+
+
+def spec_entry(text: str, template: ModelSpec) -> ModelEntry:
+    """A typed spec as an entry labelled as typed; a demo checkpoint (`demo:npo@4`) carries its run and step
+    (labelled npo@4), so it joins that run's trajectory. `template` gives the load options."""
+    spec = ModelSpec.parse(text, **_load_options(template))
+    name = text.strip()
+    stage, _, step = name[len(DEMO_PREFIX) :].partition("@") if name.startswith(DEMO_PREFIX) else ("", "", "")
+    if stage and step.isdigit():
+        return ModelEntry(spec, f"{stage}@{int(step)}", stage, int(step))
+    return ModelEntry(spec, name)
 
 
 def run_method(folder: Path, checkpoint: Path) -> str:

@@ -27,6 +27,7 @@ from core.present.figures.probe import token_shift_figure
 from core.present.figures.robustness import recovery_figure, relearning_figure, robustness_frame
 from core.present.figures.tradeoffs import tradeoff_figure
 from core.present.names import metric_label, metric_name
+from core.present.report.checkpoints import CheckpointsView
 from core.present.report.labels import SIDES, Labels
 from core.present.report.parts import Chart, Table, metric_table, table_metrics
 from core.present.report.render import render_document
@@ -49,6 +50,7 @@ class Report:
     attributions: list[AttributionResult] = field(default_factory=list)
     lenses: list[LensResult] = field(default_factory=list)
     robustness: RobustnessResult | None = None
+    checkpoints: list[CheckpointsView] = field(default_factory=list)  # one prompt across many models, each
     notes: str = ""
     warnings: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
@@ -104,11 +106,23 @@ class Report:
             for i, lens in enumerate(self.lenses)
         ]
 
+    def checkpoints_charts_of(self, i: int) -> list[Chart]:
+        """The i-th checkpoints view: trajectory, token × model map, lens map per run."""
+        return self.checkpoints[i].charts(f"checkpoints-{i + 1}")
+
+    def checkpoints_charts(self) -> list[Chart]:
+        return [chart for i in range(len(self.checkpoints)) for chart in self.checkpoints_charts_of(i)]
+
+    def checkpoints_tables_of(self, i: int) -> list[Table]:
+        """The i-th checkpoints view's tables: every model's answer log-prob, and the per-token Δ."""
+        view = self.checkpoints[i]
+        return [view.table(f"checkpoints-{i + 1}"), view.token_table(f"checkpoints-{i + 1}-tokens")]
+
     def charts(self) -> list[Chart]:
         """Every chart, in report order (the exports offer these)."""
         return [
             *self.tradeoff_charts(), *self.robustness_charts(), *self.probe_charts(), *self.attribution_charts(),
-            *self.lens_charts(),
+            *self.lens_charts(), *self.checkpoints_charts(),
         ]  # fmt: skip
 
     def metrics_table(self) -> Table | None:
@@ -129,6 +143,7 @@ class Report:
             table.frame if table is not None else None, self.labels, axes=self.axes,
             summary=self.results.summary if self.results is not None else None, robustness=self.robustness,
             probes=self.probes, items=self.results.items if self.results is not None else None,
+            checkpoints=self.checkpoints,
         )  # fmt: skip
 
     def probe_table(self) -> Table | None:
@@ -165,7 +180,8 @@ class Report:
             Table(f"probe-{i + 1}-tokens", f"Probe {i + 1}: tokens", probe.to_frame())
             for i, probe in enumerate(self.probes)
         ]
-        return [table for table in found if table is not None] + token_tables
+        views = [table for i in range(len(self.checkpoints)) for table in self.checkpoints_tables_of(i)]
+        return [table for table in found if table is not None] + token_tables + views
 
     # ------------------------------------------------------------------ output
 
@@ -205,6 +221,7 @@ def build_report(
     attribution_method: str = "integrated_gradients",
     with_lens: bool = False,
     robustness: RobustnessResult | None = None,
+    checkpoints: Sequence[CheckpointsView] = (),
     labels: Mapping[str, str] | None = None,
     notes: str = "",
     title: str = "Unlearning report",
@@ -215,15 +232,18 @@ def build_report(
     `labels` name the pair's sides (`base`, `unlearned`: the specs as the user typed them) and runs of the
     results (by run name); a side without one is called by its spec cut to its last path component. Attribution
     and the lens need a reference answer; probes without one are listed in the report's warnings.
-    `progress(message, fraction)` is called before each step.
+    `checkpoints` are Checkpoints views computed beforehand (core.present.report.checkpoints.checkpoints_view:
+    they need a set of models, not the pair). `progress(message, fraction)` is called before each step.
     """
-    if results is None and not probes and robustness is None:
-        raise UserError("nothing to report: give result folders, probes, a robustness result, or several")
+    if results is None and not probes and robustness is None and not checkpoints:
+        raise UserError(
+            "nothing to report: give result folders, probes, a robustness result, a checkpoints view, or several"
+        )
     if probes and pair is None:
         raise UserError("probes need a model pair: load one first")
     report = _start_report(pair, results, labels, x_metric, y_metric)
     report.title, report.notes, report.sources = title.strip() or Report.title, notes, list(sources)
-    report.robustness = robustness
+    report.robustness, report.checkpoints = robustness, list(checkpoints)
     say = progress or (lambda message, fraction: log.info("%s", message))
     with_answers = [probe for probe in probes if probe.answer]
     steps = 1 + (len(with_answers) if with_attribution else 0) + (len(with_answers) if with_lens else 0)

@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 from core.present.figures.layers import hidden_knowledge_reading
 from core.present.highlight import default_scale, legend_html, token_html
 from core.present.names import public_path, scrub_paths
+from core.present.report.checkpoints import heading
 from core.present.report.layout import metric_tables_html, summary_html
 from core.present.report.parts import Chart, Table, frame_to_csv
 
@@ -95,6 +96,7 @@ SECTIONS = {
     "probes": "Probes",
     "attribution": "Attribution",
     "layers": "Layer view",
+    "checkpoints": "Checkpoints",
     "appendix": "Inputs",
 }
 
@@ -281,6 +283,31 @@ class _Renderer:
         table = self.report.lens_table()
         return self.section("layers", caption + "".join(parts) + (self.table(table) if table else ""))
 
+    def checkpoints_section(self) -> str:
+        caption = (
+            '<p class="caption">One question under many models at once: the answer\'s log-prob (sum over its tokens) '
+            "at every checkpoint of each unlearning run, with the base and the single models (target, oracle) as "
+            "reference lines; the per-token Δ log-prob against the base (blue: more likely, red: less); and, where "
+            "the logit lens ran, the answer's mean rank by layer and checkpoint (when it stopped ranking high, and "
+            "from which depth on).</p>"
+        )
+        parts = []
+        for i, view in enumerate(self.report.checkpoints):
+            charts = {chart.name: chart for chart in self.report.checkpoints_charts_of(i)}
+            table, tokens = self.report.checkpoints_tables_of(i)
+            prefix = f"checkpoints-{i + 1}"
+            body = [
+                _qa_heading(f"Checkpoints {i + 1}", view.prompt, view.answer),
+                f'<p class="caption">{heading(view)}</p>',
+                self.chart(charts[f"{prefix}-trajectory"]),
+                self.table(table),
+                self.chart(charts[f"{prefix}-token-shift"]) + self.csv_link(tokens),
+            ]  # in document order: the charts are numbered as they are drawn
+            for k, (_, reading) in enumerate(view.lens_readings()):
+                body.append(f"<p>{html.escape(reading)}</p>{self.chart(charts[f'{prefix}-lens-{k + 1}'])}")
+            parts.append(f'<div class="probe" id="{prefix}">{"".join(body)}</div>')
+        return self.section("checkpoints", caption + "".join(parts))
+
     def appendix_section(self) -> str:
         report = self.report
         sources = "".join(f"<li>{html.escape(public_path(source))}</li>" for source in report.sources)
@@ -305,6 +332,7 @@ class _Renderer:
             self.probes_section() if report.probes else "",
             self.attribution_section() if report.attributions else "",
             self.layers_section() if report.lenses else "",
+            self.checkpoints_section() if report.checkpoints else "",
             self.appendix_section(),
         ]
         present = [key for key, text in zip(SECTIONS, sections, strict=True) if text]

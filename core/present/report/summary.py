@@ -23,6 +23,7 @@ from core.present.report.labels import Labels
 if TYPE_CHECKING:
     from core.analyses.probe import ProbeResult
     from core.attacks.runner import RobustnessResult
+    from core.present.report.checkpoints import CheckpointsView
 
 FQ = "forget_quality"
 MU = "model_utility"
@@ -228,6 +229,26 @@ def _probe_line(probes: list[ProbeResult]) -> str | None:
     )
 
 
+def _checkpoints_line(view: CheckpointsView, number: int) -> str:
+    """The answer's log-probability under the base, at each run's last checkpoint (with Δ) and under each single
+    model, as the checkpoints table shows them."""
+    values = view.probe.answer_logprobs()
+    last: dict[str, tuple[int, int]] = {}
+    for i, (run, step) in enumerate(zip(view.runs, view.steps, strict=True)):
+        if run is not None and step is not None and (run not in last or step >= last[run][0]):
+            last[run] = (step, i)
+    parts = [
+        f"{run} at its last checkpoint (step {step}) {values[i]:.3f} (Δ {view.probe.results[i].delta:+.3f})"
+        for run, (step, i) in last.items()
+    ]
+    parts += [f"{view.probe.models[i]} {values[i]:.3f}" for i, run in enumerate(view.runs) if run is None]
+    base = view.probe.results[0].answer_logprob_base
+    return (
+        f"Checkpoints {number}: the answer's log-probability is {base:.3f} under the base {view.base}; "
+        f"{'; '.join(parts)}."
+    )
+
+
 def summarise(
     table: pd.DataFrame | None,
     labels: Labels,
@@ -237,6 +258,7 @@ def summarise(
     robustness: RobustnessResult | None = None,
     probes: list[ProbeResult] | None = None,
     items: pd.DataFrame | None = None,
+    checkpoints: list[CheckpointsView] | None = None,
 ) -> Summary:
     """The summary of a report from its metrics table (`metric_table`'s frame), results and robustness."""
     out = Summary()
@@ -263,5 +285,6 @@ def summarise(
     out.findings += findings
     probe_line = _probe_line(probes or [])
     out.findings += [probe_line] if probe_line else []
+    out.findings += [_checkpoints_line(view, i + 1) for i, view in enumerate(checkpoints or [])]
     out.caveats += caveats
     return out
