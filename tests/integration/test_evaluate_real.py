@@ -108,6 +108,7 @@ def test_smollm_batching_invariance_and_round_trip(smollm, tmp_path: Path, monke
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "open-unlearning"
 OU_ITEMS = 6  # the first six items of each demo split (tests/fixtures/open-unlearning/README.md)
 OU_TOL = 1e-4
+OU_NEW_TOKENS = 32  # the fixtures' generation length (their README: open-unlearning's default 200, cut for 2 cores)
 OU_SPLITS = ("forget", "retain", "holdout", "real_authors", "world_facts")
 
 
@@ -125,10 +126,8 @@ def _numbers(entry: object, path: str = "") -> Iterator[tuple[str, object]]:
         yield path, entry
 
 
-@pytest.mark.parametrize(
-    ("folder", "template", "rouge"), [("smollm2_chat", "chat", True), ("smollm2_tags", "phi-1.5", False)]
-)
-def test_numbers_equal_open_unlearning_s_evaluator(smollm, folder: str, template: str, rouge: bool) -> None:
+@pytest.mark.parametrize(("folder", "template"), [("smollm2_chat", "chat"), ("smollm2_tags", "phi-1.5")])
+def test_numbers_equal_open_unlearning_s_evaluator(smollm, folder: str, template: str) -> None:
     """Every metric open-unlearning's evaluator wrote for SmolLM2 on the demo data (its own code, run offline: the
     fixture's README) equals ours within 1e-4, item by item, with its attention mask; generations are equal texts."""
     import json
@@ -136,8 +135,8 @@ def test_numbers_equal_open_unlearning_s_evaluator(smollm, folder: str, template
     model, tokenizer = smollm
     demo = load_demo_splits()
     data = SplitData(**{name: QADataset(qa.name, qa.split, qa.items[:OU_ITEMS]) for name, qa in demo.splits().items()})
-    settings = EvalSettings(template=template, rouge=rouge, max_new_tokens=8, gradnorm=True, batch_size=32,
-                            generation_batch_size=32).open_unlearning()  # fmt: skip
+    settings = EvalSettings(template=template, rouge=True, max_new_tokens=OU_NEW_TOKENS, gradnorm=True,
+                            batch_size=32, generation_batch_size=32).open_unlearning()  # fmt: skip
     ours = evaluate([("smollm", model, tokenizer)], data, settings=settings, cache=False).evaluation("smollm").logs
     theirs = json.loads((FIXTURES / folder / "TOFU_EVAL.json").read_text(encoding="utf-8"))
     assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
@@ -154,6 +153,36 @@ def test_numbers_equal_open_unlearning_s_evaluator(smollm, folder: str, template
                 assert mine[path] == pytest.approx(value, abs=OU_TOL, rel=OU_TOL), (name, path)
                 compared += 1
     assert compared > 300
+    assert {"forget_Q_A_PERT_ROUGE", "model_utility"} <= set(theirs)
+
+
+def test_muse_knowmem_and_verbmem_equal_open_unlearning_s_evaluator(smollm) -> None:
+    """open-unlearning's MUSE evaluator (KnowMem with its in-context examples, VerbMem) on the fixture's MUSE-shaped
+    demo data: every generation the same text, every ROUGE number within 1e-4 (they are ratios of word counts of
+    equal texts, so equal), for the tag template MUSE's base models use and for the chat template."""
+    import json
+
+    from core.data.qa import load_split_folder
+    from core.evaluation.muse import muse_logs
+    from core.scoring.templates import load_template
+
+    model, tokenizer = smollm
+    muse = load_split_folder(FIXTURES / "muse_data").muse
+    assert set(muse.knowmem_icl) == {"forget", "retain"}
+    settings = EvalSettings(rouge=True, generation_batch_size=16).open_unlearning()
+    for folder, template in (("muse_smollm2_tags", "phi-1.5"), ("muse_smollm2_chat", "chat")):
+        ours = muse_logs(model, tokenizer, muse, load_template(template), settings)
+        theirs = json.loads((FIXTURES / folder / "MUSE_EVAL.json").read_text(encoding="utf-8"))
+        assert set(theirs) == set(ours) == {"forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "forget_verbmem_ROUGE"}
+        for name, entry in theirs.items():
+            mine = dict(_numbers(ours[name]))
+            for path, value in _numbers(entry):
+                if path.endswith(("/input", "/ground_truth")):
+                    continue
+                if isinstance(value, str):
+                    assert mine[path] == value, (folder, name, path)
+                else:
+                    assert mine[path] == pytest.approx(value, abs=OU_TOL, rel=OU_TOL), (folder, name, path)
 
 
 # ------------------------------------------------------------------------------------------ demo (quick recipe)
