@@ -11,7 +11,7 @@ from core.common.cache import atomic_write_text, cache_home, content_hash
 from core.evaluation.candidates import Candidate
 from core.evaluation.settings import EvalSettings
 
-CODE_VERSION = "1"  # bump when a number's meaning changes: cached evaluations are then recomputed
+CODE_VERSION = "2"  # bump when a number's meaning changes: cached evaluations are then recomputed
 
 
 def _cache_path(key: str) -> Path:
