@@ -90,3 +90,41 @@ def test_cli_probe_over_a_run_folder(experiment, models) -> None:
         t = tau(models.pair(0), ProbeRequest(item.question, item.answer), experiment.recipe.chat)
         n = len(expected.tokens)
         assert result["answer_logprob_unlearned"] == pytest.approx(expected.answer_logprob_unlearned, abs=2 * n * t)
+
+
+def test_report_checkpoints_view_of_the_npo_run(experiment, models, tmp_path) -> None:
+    """`python -m core report --checkpoints` on the quick demo's NPO run: its table holds probe_many's answer
+    log-probs (within 2nτ: another process, the same arithmetic), its lens map one column per checkpoint after the
+    base and one row per layer, and the summary the last checkpoint's figure."""
+    import html
+    import io
+    import re
+    from urllib.parse import unquote
+
+    import pandas as pd
+
+    item = experiment.data.forget.items[0]
+    request = ProbeRequest(item.question, item.answer)
+    out = tmp_path / "report.html"
+    env = {**os.environ, "ULENS_DEMO_QUICK": "1"}
+    command = [sys.executable, "-m", "core", "report", "--base", "demo:target", "--run", str(experiment.run_dir("npo")),
+               "--checkpoints", f"{item.question}|{item.answer}", "--lens", "--dtype", "float32", "--device", "cpu",
+               *(["--chat"] if experiment.recipe.chat else []), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr
+    document = out.read_text(encoding="utf-8")
+    link = re.search(r'<a download="checkpoints-1\.csv" href="data:text/csv;charset=utf-8,([^"]*)"', document)
+    table = pd.read_csv(io.StringIO(unquote(html.unescape(link.group(1)))))
+    want = probe_many(models, request, chat=experiment.recipe.chat)
+    assert table["model"].tolist() == models.labels
+    bound = 2 * len(want.results[0].tokens) * tau(models.pair(0), request, experiment.recipe.chat)
+    assert table["answer_logprob"].tolist() == pytest.approx(want.answer_logprobs(), abs=bound)
+    scripts = re.findall(r'<script type="application/json" id="figure-\d+">(.*?)</script>', document, re.S)
+    figures = [json.loads(text) for text in scripts]
+    lens = figures[-1]["data"][0]
+    assert lens["x"] == ["base", *(f"step {step}" for step in experiment.checkpoints("npo"))]
+    with models.use(0) as model:
+        assert lens["y"] == list(range(model.config.num_hidden_layers + 1))  # 0: the embeddings
+    last = max(experiment.checkpoints("npo"))
+    said = re.search(rf"npo at its last checkpoint \(step {last}\) (-?[0-9.]+) \(Δ", html.unescape(document))
+    assert float(said.group(1)) == pytest.approx(want.answer_logprobs()[-1], abs=bound + 5e-4)  # quoted to 3 decimals
