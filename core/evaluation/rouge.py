@@ -105,18 +105,23 @@ def _generation_records(
 
 
 def _records(unit: Unit, text: str, prompt: str) -> dict[str, Any]:
+    """The generation's ROUGE records against the answer, the paraphrased answer and (one per wrong answer, in
+    lists) the perturbed answers, each with input, ground truth and generation, as open-unlearning writes them."""
     item = unit.item
-    found = {"answer": metrics.rouge_scores(text, item.answer) | {"input": prompt, "ground_truth": item.answer}}
-    if item.paraphrased_answer is not None:
-        paraphrased = item.paraphrased_answer
-        found["PARA"] = metrics.rouge_scores(text, paraphrased) | {"input": prompt, "ground_truth": paraphrased}
-    records = {kind: record | {"generation": text} for kind, record in found.items()}
-    if item.perturbed_answer:  # one record per wrong answer, in lists, as open-unlearning's PERT_ROUGE writes it
+    truths = {"answer": item.answer, "PARA": item.paraphrased_answer}
+    records = {
+        kind: metrics.rouge_scores(text, truth) | {"input": prompt, "ground_truth": truth, "generation": text}
+        for kind, truth in truths.items()
+        if truth is not None
+    }
+    if item.perturbed_answer:
         scores = [metrics.rouge_scores(text, wrong) for wrong in item.perturbed_answer]
-        records["PERT"] = {key: [score[key] for score in scores] for key in scores[0]}
-        count = len(item.perturbed_answer)
-        records["PERT"] |= {"input": [prompt] * count, "ground_truth": list(item.perturbed_answer)}
-        records["PERT"]["generation"] = [text] * count
+        count = len(scores)
+        records["PERT"] = {key: [score[key] for score in scores] for key in scores[0]} | {
+            "input": [prompt] * count,
+            "ground_truth": list(item.perturbed_answer),
+            "generation": [text] * count,
+        }
     return records
 
 
