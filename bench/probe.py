@@ -9,7 +9,8 @@
    adapter, PEFT's own forward), and the whole probe across N models (core.analyses.multi.score_many) against N
    pairwise probes (core.analyses.probe.score per pair); printed as ratios separate / stacked.
 
-Usage: python bench/probe.py [--repeats N] [--batch 32] [--tokens 64] [--device auto] [--many-only]
+Usage: python bench/probe.py [--repeats N] [--batch 32] [--tokens 64] [--device auto]
+                             [--many-only] [--many-batch 8] [--many-n 4 12] [--passes-only]
 """
 
 from __future__ import annotations
@@ -59,6 +60,28 @@ def time_it(fn, device: torch.device, repeats: int) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def time_interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall and CPU seconds (process time, every thread) of each function, the functions taking turns in
+    every round (one warm-up round first), so a change in the machine's load during the run hits them alike. On a
+    shared machine the CPU time is the steadier measure of the work: the wall time also holds the waits for a core."""
+    for fn in fns.values():
+        fn()  # warm-up
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        **{name: statistics.median(values) for name, values in wall.items()},
+        **{f"{name}_cpu": statistics.median(values) for name, values in cpu.items()},
+    }
 
 
 def bench_speed(model_dir: Path, adapter: Path, args: argparse.Namespace) -> dict:
@@ -135,6 +158,11 @@ def main() -> None:
     parser.add_argument("--adapter")
     parser.add_argument("--many-only", action="store_true", help="only the N-checkpoint comparison (3.)")
     parser.add_argument("--many-batch", type=int, default=8, help="rows per batch in the N-checkpoint comparison")
+    parser.add_argument("--many-n", type=int, nargs="+", default=[4, 12], help="the N of the N-checkpoint comparison")
+    parser.add_argument(
+        "--passes-only", action="store_true",
+        help="N-checkpoint comparison: only the forward passes (not N pairwise probes vs the probe across N)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.child:
         peak_memory_child(args.child, args.model, args.adapter, args.batch, args.tokens, args.device)
@@ -180,8 +208,9 @@ def bench_many(model_dir: Path, args: argparse.Namespace) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         first = make_adapter(model_dir, Path(tmp) / "adapter-0")
-        adapters = [first] + [Path(shutil.copytree(first, Path(tmp) / f"adapter-{i}")) for i in range(1, 12)]
-        for n in (4, 12):
+        most = max(args.many_n)
+        adapters = [first] + [Path(shutil.copytree(first, Path(tmp) / f"adapter-{i}")) for i in range(1, most)]
+        for n in args.many_n:
             base = ModelSpec(str(model_dir), device=args.device)
             entries = [ModelEntry(ModelSpec(str(a), device=args.device), f"m{i}") for i, a in enumerate(adapters[:n])]
             models = ModelSet.load(base, entries)
@@ -204,9 +233,9 @@ def bench_many(model_dir: Path, args: argparse.Namespace) -> list[dict]:
             def many(models=models, rows=rows) -> None:
                 probe_rows(models, rows)
 
-            times = {name: time_it(fn, models.device, args.repeats)
-                     for name, fn in (("separate", separate), ("stacked", stacked), ("pairwise", pairwise),
-                                      ("many", many))}  # fmt: skip
+            chosen = [("separate", separate), ("stacked", stacked)]
+            chosen += [] if args.passes_only else [("pairwise", pairwise), ("many", many)]
+            times = time_interleaved(dict(chosen), models.device, args.repeats)
             out.append({"n": n, **times})
             print_many(out[-1:])
             del models, pairs
@@ -228,11 +257,17 @@ def probe_rows(models, rows: list[Encoded]) -> None:
 
 def print_many(results: list[dict]) -> None:
     for r in results:
+        probes = (
+            f"; N pairwise probes {r['pairwise']:.3f} s, probe across N {r['many']:.3f} s, "
+            f"ratio {r['pairwise'] / r['many']:.2f}"
+            if "many" in r
+            else ""
+        )
         print(
             f"N={r['n']} adapter checkpoints: N separate passes {r['separate']:.3f} s, one stacked pass "
             f"{r['stacked']:.3f} s (base included), ratio separate / stacked {r['separate'] / r['stacked']:.2f}; "
-            f"N pairwise probes {r['pairwise']:.3f} s, probe across N {r['many']:.3f} s, "
-            f"ratio {r['pairwise'] / r['many']:.2f}",
+            f"CPU time {r['separate_cpu']:.3f} s vs {r['stacked_cpu']:.3f} s, ratio "
+            f"{r['separate_cpu'] / r['stacked_cpu']:.2f}{probes}",
             flush=True,
         )
 
