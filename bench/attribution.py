@@ -24,7 +24,7 @@ and the completeness gap |Σ map − explained| / |explained|: the figures behin
 
 Usage: python bench/attribution.py [--n-steps 32] [--threads N] [--inseq-python /tmp/inseq-venv/bin/python]
        python bench/attribution.py --faithfulness [--baselines pad eos zero]
-       python bench/attribution.py --baseline-table [--examples 1]
+       python bench/attribution.py --baseline-table [--examples 1] [--start 0] [--methods feature_ablation]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def faithfulness_table(baselines: list[str]) -> None:
         print(f"  ({seconds:.0f} s CPU for every method and the curves)")
 
 
-def _demo_pair_and_examples(per_split: int):
+def _demo_pair_and_examples(per_split: int, start: int = 0):
     from core.cli.common import build_demo_first
     from core.data.examples import demo_examples
     from core.models.pair import ModelPair
@@ -210,11 +210,15 @@ def _demo_pair_and_examples(per_split: int):
     specs = [ModelSpec.parse("demo:target"), ModelSpec.parse("demo:unlearned")]
     build_demo_first(specs)
     examples = demo_examples()
-    chosen = [e for split in ("forget", "retain") for e in [x for x in examples if x.split == split][:per_split]]
+    chosen = [
+        e
+        for split in ("forget", "retain")
+        for e in [x for x in examples if x.split == split][start : start + per_split]
+    ]
     return ModelPair.load(*specs), chosen
 
 
-def _orders(pair, example, settings) -> tuple[dict, dict]:
+def _orders(pair, example, settings, labels: list[str] | None) -> dict:
     """Per method label, its attribution result (whole answer, word granularity) under `settings`."""
     from dataclasses import replace
 
@@ -226,10 +230,13 @@ def _orders(pair, example, settings) -> tuple[dict, dict]:
         "attn_lrp (attnlrp)": ("attn_lrp", replace(settings, lrp_rule="attnlrp")),
         "attn_lrp (cp)": ("attn_lrp", replace(settings, lrp_rule="cp")),
     }
-    return {label: attribute(pair, example.question, example.answer, m, False, s) for label, (m, s) in runs.items()}
+    chosen = {label: run for label, run in runs.items() if labels is None or label in labels}
+    return {label: attribute(pair, example.question, example.answer, m, False, s) for label, (m, s) in chosen.items()}
 
 
-def baseline_table(per_split: int) -> None:
+def baseline_table(
+    per_split: int, start: int = 0, labels: list[str] | None = None, names: list[str] | None = None
+) -> None:
     """The default method's faithfulness per baseline on the demo's forget and retain examples (and the others' for
     reference): areas between the deletion and insertion curves, the random floor, IG's and AttnLRP's completeness gap.
     """
@@ -240,14 +247,14 @@ def baseline_table(per_split: int) -> None:
     from core.analyses.attribution.problem import build_problem, side_inputs
     from core.analyses.attribution.settings import BASELINE_NAMES, BASELINES
 
-    pair, examples = _demo_pair_and_examples(per_split)
+    pair, examples = _demo_pair_and_examples(per_split, start)
     print("demo:target vs demo:unlearned; word granularity, whole answer; areas in nats (insertion − deletion)")
     print(f"{'example':8s} {'baseline':8s} {'side':9s} {'method':22s} {'between':>8s} {'− random':>8s} {'gap':>7s}")
     for index, example in enumerate(examples):
-        name = f"{example.split}{index % per_split + 1}"
-        for baseline in BASELINE_NAMES:
+        name = f"{example.split}{start + index % per_split + 1}"
+        for baseline in names or BASELINE_NAMES:
             settings = AttributionSettings(granularity="word", baseline=baseline)
-            results = _orders(pair, example, settings)
+            results = _orders(pair, example, settings, labels)
             problem = build_problem(pair, example.question, example.answer, False, settings)
             n = len(problem.feature_groups)
             generator = torch.Generator().manual_seed(0)
@@ -288,6 +295,9 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="+", default=["pad", "eos", "zero"])
     parser.add_argument("--baseline-table", action="store_true", help="the default method's faithfulness per baseline")
     parser.add_argument("--examples", type=int, default=1, help="--baseline-table: demo examples per set")
+    parser.add_argument("--table-baselines", nargs="+", help="--baseline-table: these baselines (default: all)")
+    parser.add_argument("--start", type=int, default=0, help="--baseline-table: index of the first example per set")
+    parser.add_argument("--methods", nargs="+", help="--baseline-table: only these labels (e.g. feature_ablation)")
     parser.add_argument("--n-steps", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inseq-python", default="/tmp/inseq-venv/bin/python")
@@ -307,7 +317,7 @@ def main() -> None:
         faithfulness_table(args.baselines)
         return
     if args.baseline_table:
-        baseline_table(args.examples)
+        baseline_table(args.examples, args.start, args.methods, args.table_baselines)
         return
 
     from core.models.embedded import ensure_embedded_model

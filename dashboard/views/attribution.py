@@ -17,6 +17,7 @@ from core.analyses.attribution import (
     attribute,
 )
 from core.analyses.attribution.faithfulness import Faithfulness, compare_methods
+from core.analyses.attribution.settings import default_baseline
 from core.present import numbers
 from core.present.figures.attribution import (
     MATRIX_SIDES,
@@ -41,9 +42,9 @@ from dashboard.state.sidebar import sidebar
 # use it); the IG rule's "method" would clash with the method picker's key.
 OPTION_KEYS = {"n_steps": "attribution_steps", "method": "attribution_ig_rule"}
 # Defaults: feature ablation, the most faithful map on the demo pair's first forget example by the area between its
-# deletion and insertion curves (eos baseline; docs/PERFORMANCE-attribution.md), with no completeness axiom to miss;
-# the baseline stays the settings' pad: eos was the one measured, pad was not by the deadline (see that doc).
-DEFAULT_METHOD, DEFAULT_BASELINE = "feature_ablation", "pad"
+# deletion and insertion curves (docs/PERFORMANCE-attribution.md), with no completeness axiom to miss; its baseline
+# core.analyses.attribution.settings.default_baseline (measured: docs/CAUSAL.md, "The default baseline").
+DEFAULT_METHOD = "feature_ablation"
 FAITHFULNESS_RESULT = "attribution_faithfulness"
 
 sidebar()
@@ -72,7 +73,8 @@ per_token = cols[2].checkbox(
 specs = ATTRIBUTION_METHODS.options(method)
 if "baseline" not in {spec.name for spec in specs}:
     specs = (SETTINGS_OPTIONS["baseline"], *specs)
-specs = tuple(replace(spec, default=DEFAULT_BASELINE) if spec.name == "baseline" else spec for spec in specs)
+baseline = default_baseline(pair.tokenizer)
+specs = tuple(replace(spec, default=baseline) if spec.name == "baseline" else spec for spec in specs)
 chosen = option_inputs(specs, "attribution", OPTION_KEYS)
 
 if st.button("Compute", type="primary", key="attribution_compute"):
