@@ -69,6 +69,7 @@ def test_junk_map_is_flagged_and_methods_are_compared(page: Page, demo_app_url: 
     """Integrated gradients with one step cannot add up on a real model: the page says so next to the map, with the
     remedy; 'Compare every method' draws the curves and names the most faithful map, as core computes it."""
     from core.analyses.attribution import AttributionSettings, attribute
+    from core.analyses.attribution.settings import default_baseline
     from core.present.figures.attribution import completeness_warning
 
     item = quick_demo.data.forget.items[0]
@@ -85,7 +86,8 @@ def test_junk_map_is_flagged_and_methods_are_compared(page: Page, demo_app_url: 
     page.get_by_role("button", name="Compute", exact=True).click()
     expect(page.locator(".js-plotly-plot").first).to_be_visible()
     wait_idle(page)
-    settings = AttributionSettings(n_steps=1, granularity="word", baseline="pad")  # the page's defaults
+    baseline = default_baseline(demo_pair.tokenizer)  # the page's defaults
+    settings = AttributionSettings(n_steps=1, granularity="word", baseline=baseline)
     expected = completeness_warning(attribute(demo_pair, item.question, item.answer, chat=chat, settings=settings))
     assert expected is not None
     expect(page.get_by_text("This map does not add up").first).to_be_visible()

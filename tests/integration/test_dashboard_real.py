@@ -48,9 +48,9 @@ def test_views_of_the_embedded_model_against_itself(embedded_model_dir: Path) ->
     at.number_input(key="attribution_steps").set_value(4)
     button(at, "Compute").click().run()
     assert not at.exception and not errors(at), errors(at)
-    direct = attribute(
-        pair, question.question, answer, chat=True, settings=AttributionSettings(granularity="word", n_steps=4)
-    )
+    baseline = at.selectbox(key="attribution_baseline").value  # the page's default (settings.default_baseline)
+    settings = AttributionSettings(granularity="word", n_steps=4, baseline=baseline)
+    direct = attribute(pair, question.question, answer, chat=True, settings=settings)
     rows = {trace["name"]: trace["z"][0] for trace in charts(at)["attribution_heatmap"]["data"]}
     assert rows["delta"] == [0.0] * len(direct.prompt_tokens)
     limit = 1e-3 * max(abs(v) for v in direct.base[0])  # fp32 sums in another thread (docs/PERFORMANCE-attribution.md)
