@@ -289,7 +289,7 @@ def compare_captum(pair, ids: list[int], p: int, args: argparse.Namespace, ours_
     return cap_s
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faithfulness", action="store_true", help="the demo's faithfulness table instead")
     parser.add_argument("--baselines", nargs="+", default=["pad", "eos", "zero"])
@@ -303,7 +303,11 @@ def main() -> None:
     parser.add_argument("--inseq-python", default="/tmp/inseq-venv/bin/python")
     parser.add_argument("--skip-captum", action="store_true")
     parser.add_argument("--inseq-worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.inseq_worker:
         inseq_worker(json.loads(args.inseq_worker))
         return
