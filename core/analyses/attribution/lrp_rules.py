@@ -12,8 +12,9 @@ value is f(x) and whose gradient is lin's:
   uniform rule, half of the relevance to each factor: the gradient of the product is halved, and so the queries
   and keys (in QKᵀ, after A·V) get a quarter, the values a half;
 - softmax: the plain gradient, which gradient × input turns into AttnLRP's softmax rule x_i (R_i − s_i Σ_j R_j)
-  (rule "attnlrp"); or no gradient through the attention weights at all (rule "cp": CP-LRP, Ali et al. 2022, which
-  conserves relevance exactly);
+  (rule "attnlrp"; a Taylor expansion at the input whose bias keeps part of the relevance by design: about half of
+  the logit on SmolLM2, the whole of AttnLRP's gap, docs/CAUSAL.md); or no gradient through the attention weights at
+  all (rule "cp": CP-LRP, Ali et al. 2022, which conserves relevance exactly);
 - RMSNorm and LayerNorm: the identity rule on the normalisation factor (the factor 1/σ held constant: the norm
   becomes linear in its input).
 

@@ -45,7 +45,8 @@ class AttributionSettings:
     )  # fmt: skip
     window: int = option(3, "Prompt tokens or words hidden together (clipped to the prompt).", min=1, label="Window")
     lrp_rule: str = option(
-        "attnlrp", "AttnLRP's softmax rule, or CP-LRP's (attention weights held constant: conserves exactly).",
+        "attnlrp", "AttnLRP's softmax rule (keeps part of the relevance by design), or CP-LRP's (attention weights "
+        "held constant: conserves exactly).",
         choices=LRP_RULE_NAMES, label="LRP rule",
     )  # fmt: skip
     include_answer_prefix: bool = False  # also attribute to the answer's own earlier tokens (inseq's view)
