@@ -24,10 +24,10 @@ from core.data.qa import load_demo_splits
 from core.models.embedded import ensure_embedded_model
 from core.models.loading import load_backbone, load_tokenizer
 from core.models.spec import ModelSpec
-from core.unlearn import METHODS, TrainConfig, TrainingData, get_method
+from core.unlearn import UNLEARNING_METHODS, TrainConfig, TrainingData, get_method
 from core.unlearn.demo import RECIPES, DemoExperiment
 from core.unlearn.trainee import LoraTrainee, attach_adapter, lora_config
-from core.unlearn.trainer import RunContext, _one_step
+from core.unlearn.trainer import RunContext, one_step
 
 log = logging.getLogger("bench.unlearn")
 
@@ -44,7 +44,7 @@ def time_methods(repeats: int, batch_size: int) -> list[tuple[str, float, float]
     # The reference adapter plays the demo's target: every method starts from a copy of it.
     host = attach_adapter(host, "reference", lora_config(16, 32.0, "all-linear"), trainable=False)
     timings: dict[str, float] = {}
-    for name in ["finetune", *(n for n, c in METHODS.items() if c.unlearns)]:
+    for name in ["finetune", *(n for n, c in UNLEARNING_METHODS.items() if c.unlearns)]:
         method = get_method(name)()
         host = attach_adapter(host, name, lora_config(16, 32.0, "all-linear"), trainable=True)
         trainee = LoraTrainee(host, name, "reference", str(folder))
@@ -58,7 +58,7 @@ def time_methods(repeats: int, batch_size: int) -> list[tuple[str, float, float]
         seconds = []
         for step in range(config.steps):
             began = time.perf_counter()
-            _one_step(run, method, step, optimizer, trainable)
+            one_step(run, method, step, optimizer, trainable)
             seconds.append(time.perf_counter() - began)
         timings[name] = statistics.median(seconds[1:])  # the first step warms caches up
         log.info("%s: %.2f s/step", name, timings[name])

@@ -211,7 +211,7 @@ def train(
     step = start
     try:
         for step in range(start, config.steps):
-            terms = _one_step(run, method, step, optimizer, trainable)
+            terms = one_step(run, method, step, optimizer, trainable)
             result.history.append({"step": step + 1, **terms})
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
@@ -232,7 +232,7 @@ def train(
     return result
 
 
-def _one_step(
+def one_step(
     run: RunContext,
     method: UnlearningMethod,
     step: int,
