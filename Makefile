@@ -14,9 +14,10 @@ OPT_INS := ULENS_TRUST_REMOTE_CODE="$(or $(TRUST_REMOTE_CODE),$(ULENS_TRUST_REMO
 .PHONY: run test test-unit test-integration test-e2e lint format setup setup-dev chromium model bench clean
 
 # The demo experiment builds in a detached process (nothing happens when it is built); the sidebar shows its progress.
+# dashboard/serve.py is `python -m streamlit` with the pages' heavy imports done before the server listens.
 run: setup model
 	$(BIN)/python -m core demo --background
-	$(OPT_INS) $(BIN)/python -m streamlit run dashboard/app.py $(STREAMLIT_FLAGS)
+	$(OPT_INS) $(BIN)/python -m dashboard.serve run dashboard/app.py $(STREAMLIT_FLAGS)
 
 test: setup-dev chromium model
 	$(BIN)/ruff check .

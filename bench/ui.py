@@ -51,6 +51,7 @@ from appserver import (  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from streamlit_ui import (  # noqa: E402
     OWN_CONTENT,
+    PAGE_PATHS,
     SCORED,
     click_score,
     open_with_default_pair,
@@ -62,7 +63,7 @@ from streamlit_ui import (  # noqa: E402
 
 GOAL_S = 1.0
 PAINT_GOAL_S = 1.5  # a page's first meaningful paint during the first build
-PAGES = ("probe", "attribution", "layers", "dataset", "tradeoffs", "robustness", "report")
+PAGES = PAGE_PATHS
 OWN_ELEMENTS = 3  # the question line, the title, then the page's own content
 STALL_S = 600.0
 POLL_MS = 10  # how often the browser checks for the token view: adds ≤ 10 ms; "raf" polling instead makes headless

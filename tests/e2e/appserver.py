@@ -50,14 +50,16 @@ def start_app(
     bare: bool = False,
 ) -> subprocess.Popen:
     """`streamlit run dashboard/app.py` headless on 127.0.0.1:`port`, in its own process group (see stop_app);
-    from `cwd`, through `python -m streamlit` or, with `console_script`, the venv's `streamlit` command. `bare`:
+    from `cwd`, through `python -m dashboard.serve` (as `make run` starts it: Streamlit's command line after the
+    pages' heavy imports) or, with `console_script`, the venv's plain `streamlit` command. `bare`:
     no command-line flags at all and no exposure variables, only the project's .streamlit/config.toml (the port
     from Streamlit's own environment variable, which is not a flag)."""
-    launcher = (
-        [str(Path(sys.executable).parent / "streamlit")] if console_script else [sys.executable, "-m", "streamlit"]
-    )
+    serve = [sys.executable, "-m", "dashboard.serve"]
+    launcher = [str(Path(sys.executable).parent / "streamlit")] if console_script else serve
     flags = [] if bare else [*SAFE_FLAGS, "--server.port", str(port), "--server.fileWatcherType", "none"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if not console_script:  # `-m dashboard.serve` from any cwd
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
     if bare:
         environment["STREAMLIT_SERVER_PORT"] = str(port)
         for name in EXPOSURE:

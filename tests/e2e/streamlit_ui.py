@@ -151,6 +151,8 @@ def page_shot(page: Page, path: Path, max_height: int = 4000) -> None:
         page.set_viewport_size(size)
 
 
+# Every page's URL path, in the app's order (dashboard/app.py PAGES); each page's title is the path capitalised
+PAGE_PATHS = ("probe", "attribution", "layers", "dataset", "tradeoffs", "screen", "checkpoints", "robustness", "report")
 MAIN = "[data-testid='stMain']"
 MAIN_ELEMENTS = f"{MAIN} [data-testid='stElementContainer']"
 PROGRESS = "[data-testid='stProgress']"

@@ -27,6 +27,7 @@ from streamlit_ui import (
     EMOJI_ONLY,
     MAIN,
     OWN_CONTENT,
+    PAGE_PATHS,
     PLOT,
     PROGRESS,
     SCORED,
@@ -38,7 +39,7 @@ from streamlit_ui import (
 VIEWPORT = {"width": 1400, "height": 900}
 STALL_S = 600.0  # the build's progress bars not moving for this long means it stopped (a stage's step takes seconds)
 OWN_ELEMENTS = 3  # the app's question line and the page title, then at least one element of the page's own
-PAGES = ("probe", "attribution", "layers", "dataset", "tradeoffs", "robustness", "report")
+PAGES = PAGE_PATHS
 
 pytestmark = pytest.mark.usefixtures("first_start_url")
 
