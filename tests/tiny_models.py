@@ -89,6 +89,34 @@ def save_tiny_model_dir(path: Path, seed: int = 0, words: tuple[str, ...] = ()) 
     return path
 
 
+def save_tiny_adapter(model_dir: Path, out: Path, seed: int, use_dora: bool = False) -> Path:
+    """A random LoRA (or DoRA) adapter on the tiny model in `model_dir`; rank and target modules vary with `seed`, so
+    adapters of one run differ in shape as real ones may."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    modules = ["q_proj", "v_proj", "down_proj"] if seed % 2 else ["k_proj", "o_proj", "up_proj"]
+    config = LoraConfig(
+        r=2 + seed % 3, lora_alpha=5, target_modules=modules, init_lora_weights=False, use_dora=use_dora
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def save_tiny_run(model_dir: Path, out: Path, steps: list[int], method: str = "npo") -> Path:
+    """A run folder as core.unlearn.checkpoints writes it: checkpoint-<step>/ (adapter, manifest), run.json."""
+    from core.common.cache import atomic_directory, atomic_write_json
+
+    for step in steps:
+        with atomic_directory(out / f"checkpoint-{step}", {"step": step}) as scratch:
+            save_tiny_adapter(model_dir, scratch, seed=10 + step)
+            atomic_write_json(scratch / "manifest.json", {"method": method, "step": step, "files": {}})
+    atomic_write_json(out / "run.json", {"method": method, "checkpoints": sorted(steps)})
+    return out
+
+
 # ------------------------------------------------------------------------------------------ float32 tolerances
 
 EPS32 = float(torch.finfo(torch.float32).eps)

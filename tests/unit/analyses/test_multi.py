@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import logit_tolerance, rank_bounds, save_tiny_model_dir
+from tiny_models import save_tiny_adapter as save_adapter
+from tiny_models import save_tiny_run as save_run
 
 from core.analyses import multi
 from core.analyses.multi import ModelEntry, ModelSet, lens_across, probe_many, run_entries, score_many
 from core.analyses.probe import ProbeRequest, ProbeResult, score
-from core.common.cache import atomic_directory, atomic_write_json
 from core.common.errors import UserError
 from core.models.pair import ModelPair
 from core.models.spec import ModelSpec
@@ -32,30 +33,6 @@ from core.models.spec import ModelSpec
 pytestmark = pytest.mark.usefixtures("one_thread")
 OPTIONS = {"dtype": "float32", "device": "cpu"}
 REQUESTS = [ProbeRequest("the capital of france is", "paris"), ProbeRequest("w1 w2 w3", "w4 w5 the")]
-
-
-def save_adapter(model_dir: Path, out: Path, seed: int, use_dora: bool = False) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    modules = ["q_proj", "v_proj", "down_proj"] if seed % 2 else ["k_proj", "o_proj", "up_proj"]
-    config = LoraConfig(
-        r=2 + seed % 3, lora_alpha=5, target_modules=modules, init_lora_weights=False, use_dora=use_dora
-    )
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
-def save_run(model_dir: Path, out: Path, steps: list[int], method: str = "npo") -> Path:
-    """A run folder as core.unlearn.checkpoints writes it: checkpoint-<step>/ (adapter, manifest), run.json."""
-    for step in steps:
-        with atomic_directory(out / f"checkpoint-{step}", {"step": step}) as scratch:
-            save_adapter(model_dir, scratch, seed=10 + step)
-            atomic_write_json(scratch / "manifest.json", {"method": method, "step": step, "files": {}})
-    atomic_write_json(out / "run.json", {"method": method, "checkpoints": sorted(steps)})
-    return out
 
 
 @pytest.fixture(scope="module")

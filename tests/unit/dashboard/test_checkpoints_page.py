@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 from apptest_pages import ask, button, charts, errors, load_checked_pair, loaded_pair, open_page
+from tiny_models import save_tiny_adapter as save_adapter
 from tiny_models import save_tiny_model_dir
+from tiny_models import save_tiny_run as save_run
 
 from core.analyses.multi import ModelEntry, ModelSet, lens_across, probe_many, run_entries
 from core.analyses.probe import ProbeRequest
 from core.models.spec import ModelSpec
 from dashboard.plain import shown
 from dashboard.state import keys
-from tests.unit.analyses.test_multi import save_adapter, save_run
 
 PROMPT, ANSWER = "the capital of france is", "paris w1"
 HOSTILE = "<b>npo</b>"  # the run's method, as its run.json names it: shown as text, never as markup

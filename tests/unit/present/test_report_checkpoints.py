@@ -22,13 +22,13 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from tiny_models import save_tiny_adapter as save_adapter
 from tiny_models import save_tiny_model_dir
+from tiny_models import save_tiny_run as save_run
 
 from core.analyses.multi import ModelSet, lens_across, probe_many, run_entries, spec_entry
 from core.analyses.probe import ProbeRequest
 from core.cli import main
-from core.common.cache import atomic_directory, atomic_write_json
 from core.common.errors import UserError
 from core.models.spec import ModelSpec
 from core.present.report.checkpoints import CheckpointsView, checkpoints_view, view_from_page
@@ -40,27 +40,6 @@ OPTIONS = {"dtype": "float32", "device": "cpu"}
 REQUEST = ProbeRequest("the capital of france is", "paris w1")
 MARKUP = "<img src=x onerror=alert(1)>"
 FIGURE_SCRIPT = re.compile(r'<script type="application/json" id="figure-(\d+)">(.*?)</script>', re.S)
-
-
-def save_adapter(model_dir: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
-def save_run(model_dir: Path, out: Path, steps: list[int], method: str) -> Path:
-    """A run folder as core.unlearn.checkpoints writes it: checkpoint-<step>/ (adapter, manifest), run.json."""
-    for step in steps:
-        with atomic_directory(out / f"checkpoint-{step}", {"step": step}) as scratch:
-            save_adapter(model_dir, scratch, seed=10 + step)
-            atomic_write_json(scratch / "manifest.json", {"method": method, "step": step, "files": {}})
-    atomic_write_json(out / "run.json", {"method": method, "checkpoints": sorted(steps)})
-    return out
 
 
 @pytest.fixture(scope="module")
