@@ -258,14 +258,25 @@ def _split_rank(name: str) -> int:
     return _SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER)
 
 
-def default_axes(options: Sequence[str]) -> tuple[str, str]:
-    """(x, y): a forget-set metric against a utility/retain one, by preference, from `options`."""
+def default_axes(options: Sequence[str], summary: pd.DataFrame | None = None) -> tuple[str, str]:
+    """(x, y): a forget-set metric against a utility/retain one, by preference, from `options`. Given the `summary`,
+    a preferred metric with the same value for every run is passed over (a flat axis shows nothing; model_utility,
+    a harmonic mean, is 0 wherever one of its nine components is, e.g. a real-authors ROUGE of 0)."""
     if not options:
         raise UserError("the results hold no metric with a known better direction to plot")
-    x = next((name for name in X_PREFERRED if name in options), options[0])
+    flat = set() if summary is None else _constant_metrics(summary)
+    x = next((name for name in X_PREFERRED if name in options and name not in flat), None)
+    x = x or next((name for name in X_PREFERRED if name in options), options[0])
     rest = [name for name in options if name != x] or [x]
-    y = next((name for name in Y_PREFERRED if name in rest), rest[0])
-    return x, y
+    y = next((name for name in Y_PREFERRED if name in rest and name not in flat), None)
+    return x, y or next((name for name in Y_PREFERRED if name in rest), rest[0])
+
+
+def _constant_metrics(summary: pd.DataFrame) -> set[str]:
+    """Metrics whose values (NaN left out) are all equal across the summary's rows."""
+    values = summary.loc[summary["value"].notna(), ["metric", "value"]]
+    distinct = values.groupby("metric")["value"].nunique()
+    return set(distinct[distinct <= 1].index)
 
 
 def has_points(summary: pd.DataFrame, x_metric: str, y_metric: str) -> bool:

@@ -120,7 +120,7 @@ def labels() -> dict[str, str]:
 
 def pick_axes(results: IngestResult) -> tuple[str, str]:
     options = metric_options(results.summary)
-    x_default, y_default = default_axes(options)
+    x_default, y_default = default_axes(options, results.summary)
     left, right = st.columns(2)
     x = left.selectbox("Tradeoff x axis", options, index=options.index(x_default), key="report_x")
     y = right.selectbox("Tradeoff y axis", options, index=options.index(y_default), key="report_y")

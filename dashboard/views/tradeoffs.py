@@ -195,7 +195,7 @@ def draw_tradeoffs(result: IngestResult) -> None:
 def draw_tradeoff_chart(result: IngestResult) -> Point | None:
     """Axis pickers and the clickable tradeoff chart; returns the clicked checkpoint, if any."""
     options = metric_options(result.summary)
-    choose_axes(options)
+    choose_axes(options, result.summary)
     left, middle, right = st.columns([2, 2, 1])
     x = left.selectbox("x axis", options, key="tradeoff_x")
     y = middle.selectbox("y axis", options, key="tradeoff_y")
@@ -209,9 +209,9 @@ def draw_tradeoff_chart(result: IngestResult) -> Point | None:
     return point_from_selection(figure, event["selection"]["points"])
 
 
-def choose_axes(options: list[str]) -> None:
+def choose_axes(options: list[str], summary: pd.DataFrame) -> None:
     """Set the axis pickers before they are drawn: a link's axes once, else keep the choice while it is offered."""
-    defaults = dict(zip(("x", "y"), default_axes(options), strict=True))
+    defaults = dict(zip(("x", "y"), default_axes(options, summary), strict=True))
     from_url = st.session_state.pop(URL_AXES, {})
     for axis, default in defaults.items():
         key, wanted = f"tradeoff_{axis}", from_url.get(axis)

@@ -82,7 +82,7 @@ def test_results_report_serves_its_html_and_exports(tmp_path: Path) -> None:
     widget(at.text_area, "Result folders, one per line").input(str(GRADDIFF))
     widget(at.text_input, "Oracle folder (optional)").input(str(ORACLE)).run()
     summary = ingest([GRADDIFF], oracle=ORACLE).summary
-    axes = default_axes(metric_options(summary))
+    axes = default_axes(metric_options(summary), summary)
     assert (at.selectbox(key="report_x").value, at.selectbox(key="report_y").value) == axes
     widget(at.text_area, "Notes").input(f"Read this {INJECTION}")
     build(at)

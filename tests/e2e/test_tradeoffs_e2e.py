@@ -43,7 +43,7 @@ def test_tradeoff_chart_from_the_example_results(page: Page, app_url: str, shot_
     runs = expected.runs()
     caption = f"{runs['model'].nunique()} runs, {len(runs)} evaluations from {len(expected.files)} files."
     expect(page.get_by_text(caption)).to_be_visible()
-    x, y = default_axes(metric_options(expected.summary))
+    x, y = default_axes(metric_options(expected.summary), expected.summary)
     expect(chart.locator(".gtitle")).to_have_text(f"{y} vs {x}")
     assert chart.locator(".scatterlayer .trace .points path").count() > 0
     page_shot(page, shot_dir / "pages" / "tradeoffs.png")
@@ -72,7 +72,7 @@ def test_a_tradeoffs_link_reloads_the_folders_and_axes(page: Page, app_url: str)
     chart straight away, with no clicks."""
     summary = ingest([EXAMPLE_RESULTS]).summary
     options = metric_options(summary)
-    x, y = default_axes(options)
+    x, y = default_axes(options, summary)
     other = next(m for m in options if m not in (x, y) and has_points(summary, x, m))
     page.goto(f"{app_url}/tradeoffs?{urlencode({'folder': str(EXAMPLE_RESULTS), 'x': x, 'y': other})}")
     chart = page.locator(".js-plotly-plot").first

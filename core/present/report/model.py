@@ -297,7 +297,7 @@ def _start_report(
 def _axes(results: IngestResult, x_metric: str | None, y_metric: str | None) -> tuple[str, str]:
     """The tradeoff chart's axes: those given, the rest by core.evaluation.results' preference; both must have
     points."""
-    x_default, y_default = default_axes(metric_options(results.summary))
+    x_default, y_default = default_axes(metric_options(results.summary), results.summary)
     x, y = x_metric or x_default, y_metric or y_default
     if not has_points(results.summary, x, y):
         raise UserError(f"no run has values for both {x} and {y}; pick other metrics")

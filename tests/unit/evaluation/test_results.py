@@ -85,6 +85,22 @@ def test_default_axes_fall_back_and_refuse_nothing() -> None:
         results.default_axes([])
 
 
+def test_default_axes_pass_over_a_metric_equal_for_every_run(real: IngestResult) -> None:
+    """A flat preferred axis (model_utility 0 for every run) gives way to the next preferred metric that varies; one
+    that varies is kept; with nothing else, the flat one is still chosen."""
+    options = results.metric_options(real.summary)
+    assert results.default_axes(options, real.summary) == ("forget_Q_A_Prob", "model_utility")  # both vary here
+    flat = real.summary.copy()
+    flat.loc[flat["metric"].eq("model_utility") & flat["value"].notna(), "value"] = 0.0
+    flat.loc[flat["metric"].eq("forget_Q_A_Prob") & flat["value"].notna(), "value"] = 0.5
+    x, y = results.default_axes(options, flat)
+    assert x == next(m for m in results.X_PREFERRED if m in options and m != "forget_Q_A_Prob")
+    assert y == next(m for m in results.Y_PREFERRED if m in options and m != "model_utility")
+    assert flat.loc[flat["metric"].eq(y), "value"].nunique() > 1
+    only = flat[flat["metric"].eq("model_utility")]
+    assert results.default_axes(["model_utility"], only) == ("model_utility", "model_utility")
+
+
 def test_has_points_needs_one_run_with_both_values(real: IngestResult) -> None:
     assert results.has_points(real.summary, "forget_Q_A_Prob", "model_utility")
     assert not results.has_points(real.summary, "forget_knowmem_ROUGE", "model_utility")  # MUSE vs TOFU runs
