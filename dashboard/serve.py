@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import logging
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ THIRD_PARTY = ("plotly.graph_objects", "pandas")  # the figures and tables every
 
 def page_imports(folder: Path = DASHBOARD) -> tuple[str, ...]:
     """What a page imports before it can draw: every `core.…` module the dashboard's files import (read from their
-    source, not run: the dashboard's own modules need Streamlit's runtime), which brings torch, transformers, peft,
-    captum and the rest, plus plotly and pandas. Streamlit's pages then find them in sys.modules."""
+    source, not run: the dashboard's own modules need Streamlit's runtime), which brings torch and transformers
+    (what the core modules import lazily, such as peft, captum, ray or lm-eval, stays lazy), plus plotly and pandas.
+    Streamlit's pages then find them in sys.modules."""
     found: set[str] = set()
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -33,9 +33,6 @@ def page_imports(folder: Path = DASHBOARD) -> tuple[str, ...]:
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
     return (*sorted(name for name in found if name == "core" or name.startswith("core.")), *THIRD_PARTY)
-
-
-log = logging.getLogger(__name__)
 
 
 def warm_imports(modules: tuple[str, ...] | None = None) -> float:
