@@ -120,8 +120,8 @@ def test_four_sessions_scoring_at_once_get_their_solo_results(
         chats = [is_on(page, "Chat template") for page in pages]
         for page in pages:  # all four runs start before any is waited for
             click_score(page)
-        for page in pages:
-            wait_scored(page)
+        for page, item in zip(pages, items, strict=True):
+            wait_scored(page, contains=item.answer)  # its own answer, not the first visit's example drawn before
         for page, item, chat in zip(pages, items, chats, strict=True):
             assert_matches(page, solo(demo_pair, item.question, item.answer, chat))
     finally:
