@@ -68,6 +68,13 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     return save_tiny_model_dir(tmp_path / "tiny")
 
 
+@pytest.fixture(scope="module")
+def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny base and unlearned model on disk, one pair per test module (the page tests load it)."""
+    root = tmp_path_factory.mktemp("pair")
+    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
+
+
 @pytest.fixture
 def fresh_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Empty Streamlit caches (st caches are shared by every AppTest in the process) and folder walks, and a cache

@@ -4,15 +4,12 @@ computes them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from apptest_pages import ask, button, charts, errors, open_with_pair
 
 from core.analyses.attribution import AttributionResult, AttributionSettings, attribute
 from core.analyses.attribution.faithfulness import compare_methods
 from core.present.figures.attribution import CONVERGENCE_SHARE, completeness, completeness_warning
-from tests.tiny_models import save_tiny_model_dir
 
 PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 
@@ -47,12 +44,6 @@ def test_completeness_against_hand_made_results():
 @pytest.fixture(autouse=True)
 def isolated(fresh_app: None) -> None:
     """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
 
 
 def test_the_page_warns_next_to_a_map_that_does_not_add_up(tiny_pair_dirs) -> None:

@@ -4,7 +4,6 @@ disk: the chart and table hold core's numbers, the reading is shown, the lens ta
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from apptest_pages import ask, button, charts, errors, open_with_pair
@@ -13,7 +12,6 @@ from core.analyses.patching import depth_over_sets, patch_curve
 from core.data.examples import demo_examples
 from core.present import numbers
 from core.present.figures.layers import causal_reading, depth_reading
-from tests.tiny_models import save_tiny_model_dir
 
 PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 
@@ -21,12 +19,6 @@ PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 @pytest.fixture(autouse=True)
 def isolated(fresh_app: None) -> None:
     """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
 
 
 def test_patching_and_depth_draw_cores_numbers_and_read_them(tiny_pair_dirs) -> None:

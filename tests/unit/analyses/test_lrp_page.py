@@ -3,14 +3,11 @@ rule and each side's share of the logit it keeps, as core's result gives it; non
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from apptest_pages import ask, button, errors, open_with_pair
 
 from core.analyses.attribution import AttributionSettings, attribute
 from core.present import numbers
-from tests.tiny_models import save_tiny_model_dir
 
 PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 
@@ -18,12 +15,6 @@ PROMPT, ANSWER = "the capital of france is", "paris w1 w2"
 @pytest.fixture(autouse=True)
 def isolated(fresh_app: None) -> None:
     """Fresh caches, walks, cache home and uploads (conftest.fresh_app)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return save_tiny_model_dir(root / "base", seed=0), save_tiny_model_dir(root / "unlearned", seed=1)
 
 
 def test_the_page_explains_attn_lrps_softmax_gap(tiny_pair_dirs) -> None:
