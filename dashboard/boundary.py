@@ -6,17 +6,15 @@ an id whose traceback goes to the server log under the same id. Streamlit's cont
 st.switch_page) passes through untouched.
 
 A page that hangs can be asked where it waits: `kill -USR1 <server pid>` writes every thread's stack to the server's
-log (stderr), without stopping it.
+log (stderr), without stopping it (dashboard/diagnostics.py; `kill -USR2` also says each session's state).
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import functools
 import logging
 import secrets
-import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,13 +23,13 @@ from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlExcepti
 
 from core.common.errors import UserError
 from core.common.limits import is_out_of_memory
+from dashboard.diagnostics import install_stack_dump
 from dashboard.plain import plain
 
 log = logging.getLogger(__name__)
 OUT_OF_MEMORY = "Out of memory. Try a shorter input, a smaller batch, bfloat16, or a smaller model."
 
-if hasattr(signal, "SIGUSR1"):  # not on Windows
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks of a hung server, on request
+install_stack_dump()  # the stacks of a hung server, on request (also under a plain `streamlit run`)
 
 
 @contextlib.contextmanager

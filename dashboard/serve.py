@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from dashboard import diagnostics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DASHBOARD = Path(__file__).resolve().parent
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     seconds = warm_imports()
+    diagnostics.install()  # kill -USR1 / -USR2: where a hung server waits (the main thread's signal handler)
     print(f"Unlearning Lens: imports ready in {seconds:.1f} s; starting the server", file=sys.stderr, flush=True)
     from streamlit.web import cli
 

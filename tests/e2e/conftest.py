@@ -31,6 +31,8 @@ from appserver import (
 )
 from playwright.sync_api import BrowserContext, expect
 
+from dashboard import diagnostics
+
 OUTPUT = ROOT / "test-output" / "e2e"
 ACTION_TIMEOUT_MS = 120_000  # this CPU is slow and shared: a model load or a scoring run can take a while
 DEMO_TEMPLATE_OPTIONS = {"dtype": "auto", "device": "auto"}  # what the sidebar's defaults load
@@ -58,7 +60,7 @@ def context(context: BrowserContext) -> BrowserContext:
 
 
 RUNNING: dict[Path, subprocess.Popen] = {}  # the apps up now, by log file: a failing test reports what they were doing
-LOG_TAIL_LINES = 120
+LOG_TAIL_LINES = 60
 
 
 def serve(log_name: str, env: dict[str, str], **launch: Any) -> Iterator[str]:
@@ -76,19 +78,56 @@ def serve(log_name: str, env: dict[str, str], **launch: Any) -> Iterator[str]:
         stop_app(process)
 
 
+def browser_states(item: pytest.Item) -> list[str]:
+    """Each open page of the test's browser: its URL and the script state its frontend shows."""
+    pages = [item.funcargs[name] for name in ("page",) if name in item.funcargs]
+    browser = item.funcargs.get("browser")
+    for context in browser.contexts if browser is not None else []:
+        pages.extend(page for page in context.pages if page not in pages)
+    lines = []
+    for page in pages:
+        try:
+            state = page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state", timeout=2000)
+            status = page.get_by_test_id("stStatusWidget").all_inner_texts()
+            lines.append(f"browser page {page.url}: script state {state!r}, status widget {status!r}")
+        except Exception as exc:  # a closed page, a crashed browser: say so and go on
+            lines.append(f"browser page: state unreadable ({type(exc).__name__})")
+    return lines
+
+
+def log_lines(log_path: Path) -> list[str]:
+    return log_path.read_text(errors="replace").splitlines()
+
+
+def state_report(lines: list[str]) -> list[str]:
+    """The last session-state report (dashboard/diagnostics.py) in an app's log lines."""
+    if diagnostics.END not in lines:
+        return ["no state report (a server not started by dashboard.serve, or its main thread did not answer)"]
+    end = len(lines) - 1 - lines[::-1].index(diagnostics.END)
+    begin = max(i for i in range(end) if lines[i] == diagnostics.BEGIN)
+    return lines[begin + 1 : end]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """A failed browser test carries the tail of every running app's log, after asking each server for its threads'
-    stacks (dashboard/boundary.py: SIGUSR1), so a page that hung on a CI machine says where it waited."""
+    """A failed browser test says, before its traceback, what the browser showed and what each running app was doing
+    (dashboard/diagnostics.py: SIGUSR2 for the sessions' states and the app's own threads, SIGUSR1 for every stack);
+    the tail of each app's log follows the traceback. So a page that hung on a CI machine says where it waited."""
     report = yield
     if report.failed and call.when == "call":
-        for process in list(RUNNING.values()):
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGUSR1)
-        time.sleep(1.0)  # the dump is written by the server's own signal handler
-        for log_path in RUNNING:
-            lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            report.sections.append((f"app log {log_path.name} (last {len(lines)} lines)", "\n".join(lines)))
+        lines = browser_states(item)
+        before = {log_path: len(log_lines(log_path)) for log_path in RUNNING}  # the log as the test left it
+        for sig in (signal.SIGUSR2, signal.SIGUSR1):
+            for process in list(RUNNING.values()):
+                if process.poll() is None:
+                    os.kill(process.pid, sig)
+            time.sleep(1.0)  # written by the server's own signal handlers
+        for log_path, count in before.items():
+            written = log_lines(log_path)
+            lines += [f"app {log_path.name}:", *state_report(written[count:])]
+            tail = written[:count][-LOG_TAIL_LINES:]
+            report.sections.append((f"app log {log_path.name} (last {len(tail)} lines)", "\n".join(tail)))
+        report.longrepr = "\n".join([*lines, "", str(report.longrepr)])
     return report
 
 
