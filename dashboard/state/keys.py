@@ -17,6 +17,7 @@ INTERIM_READY = "interim_ready"  # True: the default pair was built since; the s
 PROBE_PROMPT = "probe_prompt"
 PROBE_ANSWER = "probe_answer"
 PROBE_CHAT = "probe_chat"
+PROBE_SCORINGS = "probe_scorings"  # how many times this session scored: the drawn view carries it (data-scoring)
 PROBE_RESULT = "probe_result"  # (pair key, ProbeResult dict) of the last scored input; the Report page reads it
 PROBE_STORY_STARTED = "probe_story_started"  # True: the first visit's examples were filled in (or the visit began
 # with a question of its own); the tests of other behaviour set it to start without them

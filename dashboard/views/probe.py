@@ -198,13 +198,17 @@ def run_score(pair: ModelPair, inputs: dict[str, Any]) -> None:
         results = score(pair, requests, chat=page_template(inputs["chat"]), top_k=inputs["top_k"])
         st.session_state[keys.PROBE_RESULT] = (pair_key(), results[0].to_dict())  # the Report page reads this pair too
         st.session_state["probe_result_inputs"] = scored_inputs(inputs)
+        st.session_state[keys.PROBE_SCORINGS] = st.session_state.get(keys.PROBE_SCORINGS, 0) + 1
         if retain is not None:
             st.session_state[STORY] = (pair_key(), retain, results[1].to_dict(), scored_inputs(inputs))
 
 
 def draw_tokens(result: ProbeResult, view: str) -> None:
+    """The legend and the coloured tokens, in a block that says which of the session's scorings drew it (a browser
+    test waits for a new number after clicking Score; the text alone cannot tell a rescoring of the same inputs)."""
     scale = default_scale(result, view)
-    st.html(legend_html(view, scale) + token_html(result, view, scale))
+    scoring = int(st.session_state.get(keys.PROBE_SCORINGS, 0))
+    st.html(f'<div data-scoring="{scoring}">{legend_html(view, scale)}{token_html(result, view, scale)}</div>')
     if result.truncated:
         st.warning("The prompt was longer than the context and was truncated from the left.")
 

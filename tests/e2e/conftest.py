@@ -90,8 +90,75 @@ def browser_states(item: pytest.Item) -> list[str]:
             state = page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state", timeout=2000)
             status = page.get_by_test_id("stStatusWidget").all_inner_texts()
             lines.append(f"browser page {page.url}: script state {state!r}, status widget {status!r}")
-        except Exception as exc:  # a closed page, a crashed browser: say so and go on
-            lines.append(f"browser page: state unreadable ({type(exc).__name__})")
+        except Exception as exc:  # a closed page, a crashed browser: say so, say where its script is, go on
+            lines.append(f"browser page {page.url}: state unreadable ({type(exc).__name__})")
+            lines.extend(script_stack(page))
+    return lines
+
+
+DEBUGGERS: dict[Any, tuple[Any, list[dict]]] = {}  # page -> (its DevTools session, the pauses it reported)
+
+
+def attach_debugger(page: Any) -> None:
+    """Enable the DevTools debugger on `page` now, so that if it later hangs, script_stack can pause it (enabling it
+    needs the page's main thread, so it cannot be done once the page is stuck)."""
+    paused: list[dict] = []
+    cdp = page.context.new_cdp_session(page)
+    cdp.on("Debugger.paused", lambda event: paused.append(event))  # Playwright wants a Python function here
+    cdp.send("Debugger.enable")
+    DEBUGGERS[page] = (cdp, paused)
+
+
+def script_stack(page: Any, wait_s: float = 5.0) -> list[str]:
+    """Where an unresponsive page's JavaScript is, for a page with an attached debugger: pause it, read its stack."""
+    if page not in DEBUGGERS:
+        return []
+    cdp, paused = DEBUGGERS[page]
+    try:
+        cdp.send("Debugger.pause")
+        deadline = time.monotonic() + wait_s
+        while not paused and time.monotonic() < deadline:
+            time.sleep(0.1)
+            page.context.cookies()  # a round trip to the browser process, which delivers the pause event
+    except Exception as exc:
+        return [f"  page script: not paused ({type(exc).__name__}: {str(exc)[:120]})"]
+    if not paused:
+        return [f"  page script: not paused within {wait_s:.0f} s (no JavaScript running: layout, or a dead renderer)"]
+    return [
+        f"  page script at {frame.get('functionName') or '(anonymous)'} "
+        f"{frame.get('url', '').rsplit('/', 1)[-1]}:{frame['location']['lineNumber'] + 1}:"
+        f"{frame['location'].get('columnNumber', 0) + 1}"
+        for frame in paused[-1].get("callFrames", [])[:12]
+    ]
+
+
+def cpu_ticks() -> dict[int, int]:
+    """Each process's user + system CPU ticks so far (Linux /proc; empty elsewhere)."""
+    ticks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks
+
+
+def busiest_processes(count: int = 6, seconds: float = 1.0) -> list[str]:
+    """The processes that used the most CPU over the next `seconds` (a page whose renderer spins shows up here as
+    a busy chromium; a hung server as an idle one)."""
+    before = cpu_ticks()
+    time.sleep(seconds)
+    after = cpu_ticks()
+    used = sorted(((after[pid] - before.get(pid, 0), pid) for pid in after), reverse=True)[:count]
+    hertz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    lines = []
+    for ticks, pid in used:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            command = "?"
+        lines.append(f"cpu {100 * ticks / hertz / seconds:5.0f}%  pid {pid}  {command[:140]}")
     return lines
 
 
@@ -115,7 +182,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     the tail of each app's log follows the traceback. So a page that hung on a CI machine says where it waited."""
     report = yield
     if report.failed and call.when == "call":
-        lines = browser_states(item)
+        lines = [*browser_states(item), *busiest_processes()]
         before = {log_path: len(log_lines(log_path)) for log_path in RUNNING}  # the log as the test left it
         for sig in (signal.SIGUSR2, signal.SIGUSR1):
             for process in list(RUNNING.values()):

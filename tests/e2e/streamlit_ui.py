@@ -60,12 +60,30 @@ def fill_probe(page: Page, prompt: str, answer: str = "") -> None:
     box.press("Enter")
 
 
-def click_score(page: Page) -> None:
+def scorings(page: Page) -> int:
+    """The highest scoring number drawn on the page (Probe's token views carry data-scoring; 0 when none)."""
+    return page.evaluate(
+        "() => Math.max(0, ...Array.from(document.querySelectorAll('[data-scoring]'), (e) => +e.dataset.scoring))"
+    )
+
+
+def click_score(page: Page) -> int:
+    """Click Score; return the scorings drawn before the click, for `wait_scored(page, after=…)`."""
+    before = scorings(page)
     page.get_by_role("button", name="Score", exact=True).click()
+    return before
 
 
-def wait_scored(page: Page, contains: str | None = None) -> None:
-    """Wait for the coloured token view (holding `contains` in its scored tokens, when given) and the run's end."""
+def wait_scored(page: Page, contains: str | None = None, after: int | None = None) -> None:
+    """Wait for the coloured token view and the run's end. `after`: a view drawn by a later scoring than that
+    number (click_score's answer), so a rescoring of the inputs already on screen is waited for too; `contains`:
+    a view holding that text in its scored tokens."""
+    if after is not None:
+        page.wait_for_function(
+            "(n) => Array.from(document.querySelectorAll('[data-scoring]')).some((e) => +e.dataset.scoring > n)",
+            arg=after,
+            polling="raf",
+        )
     if contains is None:
         expect(page.locator(SCORED).first).to_be_visible()
     else:

@@ -32,8 +32,7 @@ def test_attribution_heatmap_and_logit_lens_for_a_forget_question(
     open_with_default_pair(page, demo_app_url)
     choose(page, "Example from the demo forget / retain sets", f"forget · {item.question}")
     expect(page.get_by_role("textbox", name="Reference answer (optional)")).to_have_value(item.answer)
-    click_score(page)
-    wait_scored(page)
+    wait_scored(page, after=click_score(page))  # the first visit scored these inputs already: wait for this scoring
 
     go_to(page, "Attribution")
     choose(page, "Example from the demo forget / retain sets", f"forget · {item.question}")

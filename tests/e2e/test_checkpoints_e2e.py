@@ -75,9 +75,9 @@ def test_click_a_checkpoint_then_probe_uses_it(page: Page, demo_app_url: str, qu
 
     go_to(page, "Probe")
     fill_probe(page, item.question, item.answer)
-    click_score(page)
+    before = click_score(page)
     expect(page.locator(SCORED).first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-    wait_scored(page)
+    wait_scored(page, after=before)
     pair = ModelPair.load(quick_demo.spec("target", template), quick_demo.spec(f"npo@{CLICKED_STEP}", template))
     expected = score(pair, [ProbeRequest(item.question, item.answer)], chat=quick_demo.recipe.chat)[0]
     # the first token view is this probe's (the page may show another example's tokens after it)

@@ -52,8 +52,7 @@ def assert_matches(page: Page, expected: ProbeResult) -> None:
 def test_probe_same_model_and_html_injection(page: Page, app_url: str, embedded_model_dir, shot_dir):
     load_pair(page, app_url, str(embedded_model_dir), str(embedded_model_dir))
     fill_probe(page, INJECTION, ANSWER_INJECTION)
-    click_score(page)
-    wait_scored(page, contains="Paris")  # the first visit's example is drawn already: wait for this answer's view
+    wait_scored(page, contains="Paris", after=click_score(page))  # not the first visit's example, drawn already
     drawn = rendered_tokens(page)
     assert drawn and all(t["delta"] == 0.0 for t in drawn)  # the same model on both sides shifts nothing
     assert "".join(t["text"] for t in drawn) == ANSWER_INJECTION  # the answer's markup shows as its characters
@@ -73,8 +72,7 @@ def test_forget_prompt_loses_probability_on_the_demo_pair_and_its_link_reproduce
     expect(page.get_by_role("textbox", name="Reference answer (optional)")).to_have_value(item.answer)
     chat = is_on(page, "Chat template")
     assert chat == quick_demo.recipe.chat  # on a demo pair the toggle starts in the demo's own format
-    click_score(page)
-    wait_scored(page)
+    wait_scored(page, after=click_score(page))  # the first visit scored this example already: wait for this scoring
     expected = solo(demo_pair, item.question, item.answer, chat)
     assert_matches(page, expected)
     assert expected.delta < 0 and metric_number(page, ANSWER_DELTA) < 0  # unlearning took the answer's probability
@@ -118,10 +116,9 @@ def test_four_sessions_scoring_at_once_get_their_solo_results(
             fill_probe(page, item.question, item.answer)
             pages.append(page)
         chats = [is_on(page, "Chat template") for page in pages]
-        for page in pages:  # all four runs start before any is waited for
-            click_score(page)
-        for page, item in zip(pages, items, strict=True):
-            wait_scored(page, contains=item.answer)  # its own answer, not the first visit's example drawn before
+        befores = [click_score(page) for page in pages]  # all four runs start before any is waited for
+        for page, item, before in zip(pages, items, befores, strict=True):
+            wait_scored(page, contains=item.answer, after=before)  # its own answer, not the first visit's example
         for page, item, chat in zip(pages, items, chats, strict=True):
             assert_matches(page, solo(demo_pair, item.question, item.answer, chat))
     finally:

@@ -87,9 +87,14 @@ def downloaded_csv(at: AppTest, label: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(RecordingStorage.files[Path(download.proto.url).stem]))
 
 
+SCORING_BLOCK = re.compile(r'<div data-scoring="\d+">(.*)</div>', re.DOTALL)
+
+
 def token_markup(at: AppTest) -> list[str]:
-    """The coloured-token HTML blocks on the page, in order."""
-    return [block.value for block in at.get("html") if "ulens-tokens" in block.value]
+    """The coloured-token HTML blocks on the page, in order, without the block that numbers a scoring's views
+    (the generation's views have none)."""
+    blocks = [block.value for block in at.get("html") if "ulens-tokens" in block.value]
+    return [match.group(1) if (match := SCORING_BLOCK.fullmatch(block)) else block for block in blocks]
 
 
 def load_results(at: AppTest, paths: str = "", oracle: str = "") -> None:

@@ -102,7 +102,13 @@ def test_probe_first_visit_scores_a_forget_and_a_retain_example_with_their_readi
     reading = comparison_reading(*expected, str(tiny_pair_dirs[0]), str(tiny_pair_dirs[1]))
     assert [shown(info.value) for info in at.info] == [reading]
     assert [metric.value for metric in at.metric] == [f"{result.delta:+.3f}" for result in expected]
-    assert len([h for h in at.get("html") if "ulens-tokens" in h.proto.body]) == 2  # forget and retain side by side
+    views = [h.proto.body for h in at.get("html") if "ulens-tokens" in h.proto.body]
+    assert len(views) == 2  # forget and retain side by side
+    assert all(view.startswith('<div data-scoring="1">') for view in views)  # both drawn by the session's 1st scoring
+    button(at, "Score").click().run()  # the same inputs scored again: same numbers, a new scoring number
+    views = [h.proto.body for h in at.get("html") if "ulens-tokens" in h.proto.body]
+    assert len(views) == 2 and all(view.startswith('<div data-scoring="2">') for view in views)
+    assert [metric.value for metric in at.metric] == [f"{result.delta:+.3f}" for result in expected]
     at.text_area(key=keys.PROBE_PROMPT).input("the capital of france is")
     button(at, "Score").click().run()  # a question of the person's own: the retain example goes
     assert len([h for h in at.get("html") if "ulens-tokens" in h.proto.body]) == 1 and not at.info
