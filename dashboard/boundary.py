@@ -12,6 +12,7 @@ log (stderr), without stopping it (dashboard/diagnostics.py; `kill -USR2` also s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import secrets
@@ -64,16 +65,28 @@ def error_boundary(where: str) -> Iterator[None]:
             st.error(f"Something went wrong (error {error_id}); the details are in the server log.")
 
 
+_IN_FRAGMENT = contextvars.ContextVar("ulens_in_fragment", default=False)
+
+
+def in_fragment() -> bool:
+    """Whether the code running now is inside one of our fragments (drawn inline or rerun on its own)."""
+    return _IN_FRAGMENT.get()
+
+
 def fragment(function: Callable[..., Any] | None = None, **options: Any) -> Any:
     """`st.fragment` with the error boundary inside: a fragment's own rerun does not pass through the page's
     boundary, so without this its errors would reach Streamlit's handler. Used as `@fragment` or
-    `@fragment(run_every=…)`."""
+    `@fragment(run_every=…)`. While it runs, `in_fragment()` is true."""
 
     def decorate(inner: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(inner)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            with error_boundary(f"fragment {inner.__qualname__}"):
-                return inner(*args, **kwargs)
+            token = _IN_FRAGMENT.set(True)
+            try:
+                with error_boundary(f"fragment {inner.__qualname__}"):
+                    return inner(*args, **kwargs)
+            finally:
+                _IN_FRAGMENT.reset(token)
 
         return st.fragment(guarded, **options)
 

@@ -16,7 +16,7 @@ from core.common.errors import UserError
 from core.models.pair import ModelPair, model_job
 from core.models.spec import DEMO_PREFIX, ModelSpec, resolve_spec
 from core.unlearn.demo import default_recipe
-from dashboard.boundary import fragment
+from dashboard.boundary import fragment, in_fragment
 from dashboard.plain import plain
 from dashboard.state import keys, loader
 from dashboard.state.loader import PairLoad
@@ -202,11 +202,19 @@ def live_progress(meanwhile: str | None = MEANWHILE) -> None:
 
 def pair_or_progress(meanwhile: str | None = MEANWHILE) -> ModelPair | None:
     """The session's pair, or None after drawing what the page needs instead: the live progress of its load, or
-    a hint to load one. For pages with content of their own to show while the pair loads."""
+    a hint to load one. For pages with content of their own to show while the pair loads.
+
+    Inside a fragment the progress is drawn as it is now, not as the fragment that redraws itself every second: a
+    timed fragment nested in another fragment breaks Streamlit's frontend when it goes away (the page stops with
+    "'setIn' cannot be called on an ElementNode"). The sidebar's own live progress, outside any fragment, still
+    redraws the app when the load ends."""
     pair = current_pair()
     if pair is not None:
         return pair
-    if session_load() is not None:
+    load = session_load()
+    if load is not None and in_fragment():
+        progress_panel(load, meanwhile)
+    elif load is not None:
         live_progress(meanwhile)
     else:
         st.info("Load a model pair in the sidebar first.")

@@ -22,7 +22,14 @@ from dashboard.links import PageLink
 from dashboard.plain import plain
 from dashboard.question import available_examples, example_picker, use_example
 from dashboard.state import keys
-from dashboard.state.pair import busy_note, chat_default, pair_key, pair_or_progress, shared_model_job
+from dashboard.state.pair import (
+    busy_note,
+    chat_default,
+    current_pair,
+    pair_key,
+    pair_or_progress,
+    shared_model_job,
+)
 from dashboard.state.sidebar import sidebar
 from dashboard.state.template import page_template
 
@@ -261,21 +268,20 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
 
 
 @fragment
-def probe_panel() -> None:
-    """The inputs, then the Score panel. A fragment: editing an input reruns this panel only (not the sidebar and
-    the page around it)."""
-    draw_inputs()
-    score_panel()
-
-
-@fragment
 def score_panel() -> None:
     """Score / Generate and the results, right under the buttons (in view at 1400×900 without scrolling). A
-    fragment inside the panel: clicking Score reruns only these few elements, so the browser has almost nothing to
-    redraw while the two forward passes share its CPU. While the pair loads, its progress stands here."""
+    fragment: clicking Score reruns only these few elements, so the browser has almost nothing to redraw while the
+    two forward passes share its CPU. Its buttons stay disabled until the pair is loaded.
+
+    The only fragment on the page. The inputs above it are not one: with the Score panel a fragment inside theirs,
+    a Score click while an input's rerun of the outer fragment was still running (an example picked, then Score at
+    once) made Streamlit's frontend fail ("'setIn' cannot be called on an ElementNode") and the page stopped
+    answering. Editing an input now reruns the whole page. The load's progress is drawn after the panel, at the
+    page's level, because a fragment that redraws itself every second must not sit inside another fragment (see
+    pair_or_progress)."""
     inputs = current_inputs()
     cols = st.columns([1, 2, 4])
-    pair = pair_or_progress(MEANWHILE)
+    pair = current_pair()
     score_clicked = cols[0].button("Score", type="primary", key="probe_score", disabled=pair is None)
     generate_clicked = cols[1].button("Generate from both", key="probe_generate", disabled=pair is None)
     if pair is None:
@@ -355,4 +361,7 @@ if handover:
 if ignored:
     st.warning(f"Ignored from the link: {plain('; '.join(ignored))}.")  # the link's values, shown as typed
 first_visit()
-probe_panel()
+draw_inputs()
+score_panel()
+if current_pair() is None:  # right under the buttons, outside the fragments: the load's live progress (or a hint)
+    pair_or_progress(MEANWHILE)

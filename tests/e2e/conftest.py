@@ -9,6 +9,7 @@ session. The quick demo is built in the cache home before that app starts (once;
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -59,6 +60,25 @@ def context(context: BrowserContext) -> BrowserContext:
     return context
 
 
+PAGE_ERRORS: dict[Any, list[str]] = {}  # page -> its uncaught script errors and console errors, for a failure's report
+
+
+@pytest.fixture
+def page(page: Any) -> Iterator[Any]:
+    """The test's page, its script errors recorded (Streamlit's frontend failing shows up there first)."""
+    errors: list[str] = []
+
+    def console(message: Any) -> None:
+        if message.type == "error":
+            errors.append(f"console: {message.text[:300]}")
+
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {str(error)[:300]}"))
+    page.on("console", console)
+    PAGE_ERRORS[page] = errors
+    yield page
+    PAGE_ERRORS.pop(page, None)
+
+
 RUNNING: dict[Path, subprocess.Popen] = {}  # the apps up now, by log file: a failing test reports what they were doing
 LOG_TAIL_LINES = 60
 
@@ -90,8 +110,10 @@ def browser_states(item: pytest.Item) -> list[str]:
             state = page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state", timeout=2000)
             status = page.get_by_test_id("stStatusWidget").all_inner_texts()
             lines.append(f"browser page {page.url}: script state {state!r}, status widget {status!r}")
+            lines.extend(f"  {error}" for error in PAGE_ERRORS.get(page, [])[-6:])
         except Exception as exc:  # a closed page, a crashed browser: say so, say where its script is, go on
             lines.append(f"browser page {page.url}: state unreadable ({type(exc).__name__})")
+            lines.extend(f"  {error}" for error in PAGE_ERRORS.get(page, [])[-6:])
             lines.extend(script_stack(page))
     return lines
 
@@ -162,6 +184,26 @@ def busiest_processes(count: int = 6, seconds: float = 1.0) -> list[str]:
     return lines
 
 
+def browser_processes() -> list[str]:
+    """Each Chromium process: its type and its kernel state (R running, S sleeping, D waiting on the disk, Z dead)
+    and, when sleeping, the kernel function it waits in."""
+    lines = []
+    for cmdline in sorted(Path("/proc").glob("[0-9]*/cmdline")):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")  # children rewrite it
+            if "chrom" not in command.split(" ", 1)[0]:
+                continue
+            kind = re.search(r"--type=(\S+)", command)
+            sub = re.search(r"--utility-sub-type=(\S+)", command)
+            kind = (kind.group(1) if kind else "browser") + (f" ({sub.group(1)})" if sub else "")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = (cmdline.parent / "wchan").read_text().strip() or "-"
+        except (OSError, IndexError):
+            continue
+        lines.append(f"chromium pid {cmdline.parent.name} {kind}: state {state}, waits in {wchan}")
+    return lines
+
+
 def log_lines(log_path: Path) -> list[str]:
     return log_path.read_text(errors="replace").splitlines()
 
@@ -182,7 +224,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     the tail of each app's log follows the traceback. So a page that hung on a CI machine says where it waited."""
     report = yield
     if report.failed and call.when == "call":
-        lines = [*browser_states(item), *busiest_processes()]
+        lines = [*browser_states(item), *busiest_processes(), *browser_processes()]
         before = {log_path: len(log_lines(log_path)) for log_path in RUNNING}  # the log as the test left it
         for sig in (signal.SIGUSR2, signal.SIGUSR1):
             for process in list(RUNNING.values()):
