@@ -16,7 +16,7 @@ from core.models.pair import ModelPair
 from core.present import numbers
 from core.present.figures.probe import comparison_reading, token_shift_figure, token_table
 from core.present.highlight import VIEWS, default_scale, legend_html, token_html
-from dashboard.boundary import report_errors
+from dashboard.boundary import fragment, report_errors
 from dashboard.exports import chart, csv_download
 from dashboard.links import PageLink
 from dashboard.plain import plain
@@ -267,14 +267,18 @@ def draw_generation(gen: GenerationResult, view: str) -> None:
         )
 
 
+@fragment
 def score_panel() -> None:
-    """Score / Generate and the results, right under the buttons (in view at 1400×900 without scrolling). Its
-    buttons stay disabled until the pair is loaded.
+    """Score / Generate and the results, right under the buttons (in view at 1400×900 without scrolling). A
+    fragment: clicking Score reruns only these few elements, so the browser has almost nothing to redraw while the
+    two forward passes share its CPU. Its buttons stay disabled until the pair is loaded.
 
-    Not an `st.fragment` (a Score click reruns the whole page): a fragment's rerun that arrives while another run of
-    the page is still going (an example picked, then Score at once) breaks Streamlit 1.67's frontend ("'setIn'
-    cannot be called on an ElementNode", "Bad delta path index"), and the page stops answering. The load's
-    progress is drawn after the panel, at the page's level, for the same reason (see pair_or_progress)."""
+    The only fragment on the page. The inputs above it are not one: with the Score panel a fragment inside theirs,
+    a Score click while an input's rerun of the outer fragment was still running (an example picked, then Score at
+    once) made Streamlit's frontend fail ("'setIn' cannot be called on an ElementNode") and the page stopped
+    answering. Editing an input now reruns the whole page. The load's progress is drawn after the panel, at the
+    page's level, because a fragment that redraws itself every second must not sit inside another fragment (see
+    pair_or_progress)."""
     inputs = current_inputs()
     cols = st.columns([1, 2, 4])
     pair = current_pair()
@@ -359,5 +363,5 @@ if ignored:
 first_visit()
 draw_inputs()
 score_panel()
-if current_pair() is None:  # right under the buttons: the load's live progress (or a hint to load a pair)
+if current_pair() is None:  # right under the buttons, outside the fragments: the load's live progress (or a hint)
     pair_or_progress(MEANWHILE)

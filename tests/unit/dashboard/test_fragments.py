@@ -56,7 +56,7 @@ def reachable(start: ast.FunctionDef, by_name: dict[str, list[ast.FunctionDef]])
 def test_the_dashboard_has_fragments_and_none_draws_another():
     by_name = functions()
     fragments = {name for name, defs in by_name.items() for d in defs if any(map(is_fragment, d.decorator_list))}
-    assert {"live_progress", "demo_progress_live", "tradeoff_panel"} <= fragments  # the reader finds them
+    assert {"score_panel", "live_progress", "demo_progress_live"} <= fragments  # the reader finds them
     nested = {
         (function.name, inner)
         for name in fragments
