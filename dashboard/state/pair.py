@@ -204,9 +204,9 @@ def pair_or_progress(meanwhile: str | None = MEANWHILE) -> ModelPair | None:
     """The session's pair, or None after drawing what the page needs instead: the live progress of its load, or
     a hint to load one. For pages with content of their own to show while the pair loads.
 
-    Inside a fragment the progress is drawn as it is now, not as the fragment that redraws itself every second: a
-    timed fragment nested in another fragment breaks Streamlit's frontend when it goes away (the page stops with
-    "'setIn' cannot be called on an ElementNode"). The sidebar's own live progress, outside any fragment, still
+    Inside a fragment the progress is drawn as it is now, not as the fragment that redraws itself every second:
+    Streamlit's frontend can fail on a fragment nested in another one (the page stops with "'setIn' cannot be
+    called on an ElementNode"; docs/ARCHITECTURE.md). The sidebar's own live progress, outside any fragment, still
     redraws the app when the load ends."""
     pair = current_pair()
     if pair is not None:

@@ -1,7 +1,7 @@
 """A load's progress inside a fragment (dashboard/state/pair.py, pair_or_progress): drawn as it is, never as the
-fragment that redraws itself every second. A timed fragment nested in another fragment breaks Streamlit's frontend
-when it goes away ("'setIn' cannot be called on an ElementNode": the page stops answering); outside fragments the
-progress stays live."""
+fragment that redraws itself every second. Streamlit's frontend can fail on a fragment nested in another one
+("'setIn' cannot be called on an ElementNode": the page stops answering); outside fragments the progress stays
+live."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """No fragment of the dashboard draws another fragment. Streamlit's frontend fails on nested fragments: a rerun of
 the inner one that arrives while the outer one reruns stops the page with "'setIn' cannot be called on an
-ElementNode", and a timed inner fragment that goes away does the same (docs/ARCHITECTURE.md). Read from the source:
-every function decorated with `fragment` / `fragment(...)` (dashboard/boundary.py), and every function it can reach
-through calls by name anywhere in the dashboard."""
+ElementNode" (docs/ARCHITECTURE.md; upstream reports the same for a timed inner fragment, streamlit#15084). Read
+from the source: every function decorated with `fragment` / `fragment(...)` (dashboard/boundary.py), and every
+function it can reach through calls by name anywhere in the dashboard."""
 
 from __future__ import annotations
 
