@@ -141,14 +141,17 @@ def open_examples(page: Page) -> bool:
 
 
 def choose(page: Page, label: str, option: str) -> None:
-    """Pick `option` in the selectbox labelled `label` (wait for what its callback fills before the next click:
-    a click during that rerun sends the inputs as they were)."""
+    """Pick `option` in the selectbox labelled `label`, then wait for the rerun it starts to end, as a person who
+    looks at what the pick filled in does. A click during that rerun sends the inputs as they were, and a fragment's
+    rerun arriving during it can break Streamlit 1.67's frontend (docs/ARCHITECTURE.md, known and not solved); the
+    quick click is tested on its own (test_score_clicked_right_after_an_example_pill_loses_nothing)."""
     box = page.get_by_test_id("stSelectbox").filter(has_text=label)
     opened = not box.first.is_visible() and open_examples(page)  # Probe keeps its demo picker in a popover
     box.locator("input").click()
     page.get_by_role("option", name=option, exact=True).click()
     if opened:
         page.keyboard.press("Escape")  # close the popover again, as a user does, so it covers nothing
+    wait_idle(page)
 
 
 def page_shot(page: Page, path: Path, max_height: int = 4000) -> None:
