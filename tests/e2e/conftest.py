@@ -110,48 +110,10 @@ def browser_states(item: pytest.Item) -> list[str]:
             state = page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state", timeout=2000)
             status = page.get_by_test_id("stStatusWidget").all_inner_texts()
             lines.append(f"browser page {page.url}: script state {state!r}, status widget {status!r}")
-            lines.extend(f"  {error}" for error in PAGE_ERRORS.get(page, [])[-6:])
-        except Exception as exc:  # a closed page, a crashed browser: say so, say where its script is, go on
+        except Exception as exc:  # a closed page, a crashed frontend: say so and go on
             lines.append(f"browser page {page.url}: state unreadable ({type(exc).__name__})")
-            lines.extend(f"  {error}" for error in PAGE_ERRORS.get(page, [])[-6:])
-            lines.extend(script_stack(page))
+        lines.extend(f"  {error}" for error in PAGE_ERRORS.get(page, [])[-6:])  # its last script errors
     return lines
-
-
-DEBUGGERS: dict[Any, tuple[Any, list[dict]]] = {}  # page -> (its DevTools session, the pauses it reported)
-
-
-def attach_debugger(page: Any) -> None:
-    """Enable the DevTools debugger on `page` now, so that if it later hangs, script_stack can pause it (enabling it
-    needs the page's main thread, so it cannot be done once the page is stuck)."""
-    paused: list[dict] = []
-    cdp = page.context.new_cdp_session(page)
-    cdp.on("Debugger.paused", lambda event: paused.append(event))  # Playwright wants a Python function here
-    cdp.send("Debugger.enable")
-    DEBUGGERS[page] = (cdp, paused)
-
-
-def script_stack(page: Any, wait_s: float = 5.0) -> list[str]:
-    """Where an unresponsive page's JavaScript is, for a page with an attached debugger: pause it, read its stack."""
-    if page not in DEBUGGERS:
-        return []
-    cdp, paused = DEBUGGERS[page]
-    try:
-        cdp.send("Debugger.pause")
-        deadline = time.monotonic() + wait_s
-        while not paused and time.monotonic() < deadline:
-            time.sleep(0.1)
-            page.context.cookies()  # a round trip to the browser process, which delivers the pause event
-    except Exception as exc:
-        return [f"  page script: not paused ({type(exc).__name__}: {str(exc)[:120]})"]
-    if not paused:
-        return [f"  page script: not paused within {wait_s:.0f} s (no JavaScript running: layout, or a dead renderer)"]
-    return [
-        f"  page script at {frame.get('functionName') or '(anonymous)'} "
-        f"{frame.get('url', '').rsplit('/', 1)[-1]}:{frame['location']['lineNumber'] + 1}:"
-        f"{frame['location'].get('columnNumber', 0) + 1}"
-        for frame in paused[-1].get("callFrames", [])[:12]
-    ]
 
 
 def cpu_ticks() -> dict[int, int]:
