@@ -363,5 +363,5 @@ if ignored:
 first_visit()
 draw_inputs()
 score_panel()
-if current_pair() is None:  # right under the buttons, outside the fragments: the load's live progress (or a hint)
+if current_pair() is None:  # right under the buttons, outside the Score fragment: the load's live progress (or a hint)
     pair_or_progress(MEANWHILE)
