@@ -1,6 +1,7 @@
 """`python -m dashboard.serve run dashboard/app.py [flags]`: Streamlit's own command line (`python -m streamlit …`),
 with the pages' heavy imports (torch, transformers, the core packages the pages draw with) done before the server
-starts listening, so the first browser session draws its page at once instead of importing them first.
+starts listening, so the first browser session draws its page at once instead of importing them first (with two
+other one-off costs moved before it, and the collector's pass after every script run made short: `prepare`).
 
 `make run` starts the dashboard this way. A plain `streamlit run dashboard/app.py` still works the same; only its
 first session waits for those imports (a few seconds on a 2-core machine: docs/PERFORMANCE.md, The first minute).
@@ -9,7 +10,9 @@ first session waits for those imports (a few seconds on a 2-core machine: docs/P
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -20,6 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DASHBOARD = Path(__file__).resolve().parent
 THIRD_PARTY = ("plotly.graph_objects", "pandas")  # the figures and tables every page draws with
+SERVER_MODULES = (  # what `streamlit run` imports before it listens (their files are read by prepare's inspect.stack)
+    "streamlit.web.cli",
+    "streamlit.web.bootstrap",
+    "streamlit.web.server.starlette.starlette_server",
+    "streamlit.web.server.starlette.starlette_app",
+)
 
 
 def page_imports(folder: Path = DASHBOARD) -> tuple[str, ...]:
@@ -45,10 +54,32 @@ def warm_imports(modules: tuple[str, ...] | None = None) -> float:
     return time.perf_counter() - began
 
 
+def prepare() -> float:
+    """Everything done before the server listens; the seconds it took. Each step takes a fixed cost off the first
+    page a browser opens, or off every script run (docs/PERFORMANCE.md, The first minute):
+
+    - warm_imports(): the pages' heavy imports.
+    - Streamlit's server modules, then `inspect.stack()` once. The first element any session draws makes Streamlit
+      call it (to tell a Python prompt from `streamlit run`), and its first call reads the real path of every loaded
+      module's file: 0.08 s with torch and transformers loaded, which the very first page waited for.
+    - gc.collect(), then gc.freeze(): the objects left by the imports (about 340,000) are kept out of the cyclic
+      collector's passes from then on; they live as long as the process anyway. Streamlit collects every generation
+      after each script run (its runner.postScriptGC), which took 0.15 s with them (0.26 s with a pair loaded) and
+      holds the GIL while the run's last messages wait to be sent. A pair loaded later is not frozen: its cycles are
+      still collected when another pair replaces it."""
+    began = time.perf_counter()
+    warm_imports()
+    warm_imports(SERVER_MODULES)
+    inspect.stack()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - began
+
+
 def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    seconds = warm_imports()
+    seconds = prepare()
     diagnostics.install()  # kill -USR1 / -USR2: where a hung server waits (the main thread's signal handler)
     print(f"Unlearning Lens: imports ready in {seconds:.1f} s; starting the server", file=sys.stderr, flush=True)
     from streamlit.web import cli

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -21,12 +22,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="start the build in a detached process (log: build.log next to status.json) and return at once; "
         "nothing is started when the demo is already built or being built",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lower this build's CPU priority by N first (POSIX niceness; a background build uses 10, so the "
+        "dashboard a person is using meanwhile is served before the training steps)",
+    )
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build every missing stage with a progress bar, then print where each run is."""
     experiment = DemoExperiment(RECIPES["quick"] if args.quick else None)
+    if args.nice > 0 and hasattr(os, "nice"):  # before any training thread exists: every one inherits it
+        os.nice(args.nice)
     if args.background:
         sys.stdout.write(start_background_build(experiment, args.quick) + "\n")
         return 0

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 QUICK_ENV = "ULENS_DEMO_QUICK"  # set to 1: demo:NAME and the dashboard use the reduced (quick) experiment
 STATUS_FILE = "status.json"
+BACKGROUND_NICENESS = 10  # `core demo --background` builds at this POSIX niceness (about 1/10 of a normal CPU weight)
 _NAME = re.compile(r"^(?P<stage>[a-z_]+)(?:@(?P<step>\d+))?$")
 _BUILT: dict[tuple, tuple[list[str], bool]] = {}  # DemoExperiment._built, keyed by the runs folder's mtime
 _BUILT_LOCK = threading.Lock()  # Streamlit sessions are threads
@@ -416,7 +417,9 @@ def start_background_build(experiment: DemoExperiment, quick: bool = False) -> s
         return f"demo ({experiment.recipe.name}) is being built by process {status.get('pid')} ({status['message']})"
     experiment.root.mkdir(parents=True, exist_ok=True)
     log_path = experiment.root / "build.log"
-    command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
+    # at a lower CPU priority: the dashboard this build's models are for stays quick to answer while it trains
+    niced = ["--nice", str(BACKGROUND_NICENESS)]
+    command = [sys.executable, "-m", "core", "demo", *niced, *(["--quick"] if quick else [])]
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command,

@@ -180,7 +180,7 @@ def test_background_build_starts_once_and_never_over_a_live_or_finished_build(
     monkeypatch.setattr(subprocess, "Popen", spawn)
     fresh = DemoExperiment(TINY, DEMO_DIR, base_dir=tiny_base, root=tmp_path / "fresh")
     message = demo.start_background_build(fresh)
-    assert len(calls) == 1 and calls[0]["command"] == [sys.executable, "-m", "core", "demo"]
+    assert len(calls) == 1 and calls[0]["command"] == [sys.executable, "-m", "core", "demo", "--nice", "10"]
     assert calls[0]["start_new_session"] is True
     assert "4242" in message and (tmp_path / "fresh" / "build.log").is_file()
 
@@ -195,3 +195,19 @@ def test_background_build_starts_once_and_never_over_a_live_or_finished_build(
 
     experiment, _ = built  # finished: nothing to do
     assert "already built" in demo.start_background_build(experiment) and len(calls) == 2
+
+
+def test_a_build_lowers_its_own_cpu_priority_first_when_asked(monkeypatch, capsys) -> None:
+    """The detached build runs `core demo --nice 10`: the niceness is taken before anything else happens (so every
+    training thread, started later, inherits it)."""
+    from core import cli
+    from core.cli import demo as demo_cli
+
+    order: list[tuple] = []
+    monkeypatch.setattr(os, "nice", lambda step: order.append(("nice", step)), raising=False)
+    monkeypatch.setattr(demo_cli, "start_background_build", lambda *args: order.append(("build",)) or "started")
+    assert cli.main(["demo", "--nice", "3", "--background"]) == 0
+    assert order == [("nice", 3), ("build",)] and "started" in capsys.readouterr().out
+    order.clear()
+    assert cli.main(["demo", "--background"]) == 0  # a foreground or plain run keeps its priority
+    assert order == [("build",)]
