@@ -129,6 +129,10 @@ def bench_browser(texts: list[str], env: dict[str, str], log_dir: Path) -> dict:
             healthy = time.perf_counter() - started
             open_with_default_pair(page, url)
             cold = time.perf_counter() - started
+            answer = page.get_by_role("textbox", name="Reference answer (optional)")
+            answer.fill("")  # the first visit filled in its example's answer: score the prompt itself
+            answer.press("Enter")
+            wait_idle(page)
             box = page.get_by_role("textbox", name="Prompt")
             token_view, finished, scored_tokens = [], [], []
             for text in texts:

@@ -54,7 +54,8 @@ def open_with_default_pair(page: Page, url: str) -> None:
 
 def fill_probe(page: Page, prompt: str, answer: str = "") -> None:
     """Type the prompt and the reference answer (Enter commits the answer box, as a user does), then wait for the
-    rerun that starts: a Score click made during it can be lost (docs/ARCHITECTURE.md, known and not solved)."""
+    rerun that starts: a Score click made during it can score the inputs from before the commit (docs/ARCHITECTURE.md,
+    known and not solved)."""
     page.get_by_role("textbox", name="Prompt").fill(prompt)
     box = page.get_by_role("textbox", name="Reference answer (optional)")
     box.fill(answer)

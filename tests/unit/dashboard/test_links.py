@@ -157,6 +157,38 @@ def test_typed_folders_load_with_one_click(secret: Path) -> None:
     assert at.query_params["folder"] == str(secret)  # the link now names it: reopening it asks first
 
 
+# ---------------------------------------------------------------------------------------------- the session's own links
+
+
+def _link_page() -> None:
+    """A page with one linked input: what new_params returned this run, then the value written back."""
+    import streamlit as st
+
+    from dashboard.links import PageLink
+
+    link = PageLink(("q",), seen_key="test_link")
+    st.session_state.setdefault("returned", []).append(link.new_params())
+    link.write({"q": st.session_state.get("typed", "first")})
+
+
+def test_an_older_address_of_the_session_s_own_is_not_a_new_link() -> None:
+    """A rerun can carry the browser's address from before the session's last write (the prompt's run wrote its
+    link while the answer's rerun was on its way). That address is the session's own: it must not put the earlier
+    inputs back. A link the session never saw still is new."""
+    at = AppTest.from_function(_link_page, default_timeout=TIMEOUT)
+    at.query_params["q"] = "opened"
+    at.run()  # a link opened: new, then the page writes its own value ("first")
+    at.session_state["typed"] = "typed"
+    at.run()  # the page writes "typed"
+    assert at.query_params["q"] == "typed"
+    for stale in ("first", "opened"):  # both older addresses arrive late
+        at.query_params["q"] = stale
+        at.run()
+    at.query_params["q"] = "pasted"
+    at.run()
+    assert at.session_state["returned"] == [{"q": "opened"}, None, None, None, {"q": "pasted"}]
+
+
 # ---------------------------------------------------------------------------------------------- link values as text
 
 
